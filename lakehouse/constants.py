@@ -1,0 +1,31 @@
+"""Catalog, schema and table names, and defaults shared by every layer (one place to change them)."""
+
+from __future__ import annotations
+
+# Trino catalog that maps the Delta warehouse (infra/trino/etc/catalog/delta.properties).
+CATALOG = "delta"
+# Trino schema (and warehouse folder) for tables shared by all datasets.
+SYSTEM_SCHEMA = "lakehouse"
+
+# Per-dataset tables live in <warehouse>/<dataset>/<table>; shared ones in <warehouse>/lakehouse/<table>.
+BRONZE = "bronze"
+SILVER = "silver"
+BATCH_SCORES = "batch_scores"
+HOT_SCORES = "hot_scores"
+LANDING = "landing"
+MERGED_VIEW = "merged"
+
+QUARANTINE = "quarantine"
+MODELS = "models"
+BATCH_RUNS = "batch_runs"
+
+DATASET_TABLES = (BRONZE, SILVER, BATCH_SCORES, HOT_SCORES, LANDING)
+SYSTEM_TABLES = (QUARANTINE, MODELS, BATCH_RUNS)
+
+# Which layer answered a row of the merged view.
+LAYER_BATCH = "batch"
+LAYER_SPEED = "speed"
+
+DEFAULT_TRINO_PORT = 18080
+DEFAULT_KAFKA_PORT = 19092
+DEFAULT_KAFKA_CONTROLLER_PORT = 19093

@@ -1,0 +1,1 @@
+"""Local services started by the project on loopback: Trino and Kafka."""

@@ -1,0 +1,124 @@
+"""Typed settings: defaults < lakehouse.toml (or $LAKEHOUSE_CONFIG) < LAKEHOUSE_* environment variables.
+
+LAKEHOUSE_PROFILE picks the profile (local by default). Secrets (S3 keys, Trino passwords) are
+read only from the environment, never from a file in the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from lakehouse import constants
+
+# The checkout this package runs from (installed editable by `make setup`).
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("LAKEHOUSE_CONFIG", PROJECT_ROOT / "lakehouse.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAKEHOUSE_", extra="forbid")
+
+    profile: Literal["local", "staging", "production"] = "local"
+    # Ignored folder holding the venv, JVM cache, service data, logs and (locally) the warehouse.
+    work_dir: Path = PROJECT_ROOT / ".work"
+    # Delta warehouse root: a local folder or s3://bucket/prefix. Empty means <work_dir>/warehouse.
+    warehouse: str = ""
+    spark_master: str = "local[2]"
+    spark_driver_memory: str = "4g"
+    trino_host: str = "127.0.0.1"
+    trino_port: int = Field(default=constants.DEFAULT_TRINO_PORT, ge=1, le=65535)
+    trino_user: str = "lakehouse"
+    trino_heap: str = "2G"
+    kafka_port: int = Field(default=constants.DEFAULT_KAFKA_PORT, ge=1, le=65535)
+    kafka_controller_port: int = Field(
+        default=constants.DEFAULT_KAFKA_CONTROLLER_PORT, ge=1, le=65535
+    )
+    kafka_heap: str = "512m"
+    # Seconds to wait for a service to answer after starting it.
+    service_start_timeout: float = Field(default=180.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+        )
+
+    @field_validator("work_dir")
+    @classmethod
+    def _absolute_work_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _default_warehouse(self) -> "Settings":
+        if not self.warehouse:
+            self.warehouse = str(self.work_dir / "warehouse")
+        elif "://" not in self.warehouse:
+            self.warehouse = str(Path(self.warehouse).expanduser().resolve())
+        elif not self.warehouse.startswith(("s3://", "s3a://", "file://")):
+            raise ValueError(
+                f"warehouse {self.warehouse!r}: use a local path or an s3:// URI"
+            )
+        return self
+
+    # Derived locations -------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        return self.work_dir / "cache"
+
+    @property
+    def jvm_cache_dir(self) -> Path:
+        return self.cache_dir / "jvm"
+
+    @property
+    def services_dir(self) -> Path:
+        return self.work_dir / "services"
+
+    @property
+    def data_dir(self) -> Path:
+        """Generated input files (demo data, replay files)."""
+        return self.work_dir / "data"
+
+    @property
+    def warehouse_is_local(self) -> bool:
+        return "://" not in self.warehouse or self.warehouse.startswith("file://")
+
+    def table_uri(self, schema: str, table: str) -> str:
+        """Location of a Delta table: <warehouse>/<schema>/<table>."""
+        return f"{self.warehouse.rstrip('/')}/{schema}/{table}"
+
+    @property
+    def trino_url(self) -> str:
+        return f"http://{self.trino_host}:{self.trino_port}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; tests call get_settings.cache_clear() after changing the environment."""
+    return Settings()

@@ -1,0 +1,171 @@
+"""The batch job: ingest -> validate -> silver + quarantine -> train -> batch view -> watermark.
+
+Run it as `lakehouse batch run`, or under spark-submit:
+    spark-submit batch/job.py --dataset sensor_events --input 'data/*.json'
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+import schemas
+from batch import features as batch_features
+from batch import run_log, tables
+from batch.ingest import SOURCE_FILE, read_raw
+from batch.score import score
+from batch.spark import spark_session
+from batch.train import train
+from batch.validation import split, validate
+from lakehouse import constants, storage
+from lakehouse.errors import LakehouseError, RunError
+from lakehouse.settings import Settings, get_settings
+from schemas.declaration import Dataset
+
+log = logging.getLogger(__name__)
+
+STEPS = ("ingest", "validate", "silver", "train", "score", "expire")
+Progress = Callable[[str], None]
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+
+
+def resolve_inputs(inputs: list[str]) -> list[str]:
+    """Local paths and globs expanded (an empty match is an error); s3:// URIs passed through."""
+    resolved: list[str] = []
+    for item in inputs:
+        if "://" in item:
+            resolved.append(item)
+            continue
+        matches = sorted(glob.glob(item, recursive=True))
+        if not matches:
+            raise LakehouseError(f"input {item!r} matches no file")
+        resolved += matches
+    return resolved
+
+
+def _one_per_event_id(valid: DataFrame, dataset: Dataset) -> DataFrame:
+    # Deterministic pick among repeats of an event id: earliest source file, then event time.
+    order = Window.partitionBy(dataset.event_id).orderBy(SOURCE_FILE, dataset.event_time)
+    return valid.withColumn("_repeat", F.row_number().over(order)).where("_repeat = 1").drop("_repeat")
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str, progress: Progress | None) -> Iterator[None]:
+    if progress:
+        progress(step)
+    started = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - started
+    log.info("step %s took %.1fs", step, timings[step])
+
+
+def run_batch(
+    dataset_name: str,
+    inputs: list[str],
+    *,
+    settings: Settings | None = None,
+    spark: SparkSession | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> run_log.RunRecord:
+    """One batch run over the given input files; returns (and logs to batch_runs) its record."""
+    settings = settings or get_settings()
+    dataset = schemas.load(dataset_name)
+    run_id = run_id or new_run_id()
+    paths = resolve_inputs(inputs)
+    record = run_log.RunRecord(
+        run_id=run_id, dataset=dataset.name, status=run_log.STATUS_FAILED,
+        started_at=datetime.now(timezone.utc), finished_at=datetime.now(timezone.utc), inputs=paths,
+    )
+    spark = spark or spark_session(settings)
+    log.info("run %s: dataset %s, %d input file(s)", run_id, dataset.name, len(paths))
+    try:
+        _run_steps(spark, dataset, paths, settings, record, progress)
+        record.status = run_log.STATUS_SUCCEEDED
+    except Exception as error:
+        record.error = f"{type(error).__name__}: {error}"
+        raise RunError(run_id, record.error) from error
+    finally:
+        record.finished_at = datetime.now(timezone.utc)
+        run_log.append(settings, record)
+    if not record.counts_add_up:
+        raise RunError(run_id, f"counts do not add up: {record}")
+    return record
+
+
+def _run_steps(
+    spark: SparkSession,
+    dataset: Dataset,
+    paths: list[str],
+    settings: Settings,
+    record: run_log.RunRecord,
+    progress: Progress | None,
+) -> None:
+    timings = record.timings
+    with _timed(timings, "ingest", progress):
+        raw = read_raw(spark, dataset, paths).persist()
+        record.input_rows = raw.count()
+    with _timed(timings, "validate", progress):
+        validated = validate(raw, dataset).persist()
+        valid, rejected = split(validated, dataset)
+        record.quarantined_rows = rejected.count()
+        tables.merge_quarantine(spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings)
+    with _timed(timings, "silver", progress):
+        valid = valid.persist()
+        valid_in_input = valid.count()
+        record.valid_rows = tables.merge_silver(spark, _one_per_event_id(valid, dataset), dataset, settings, record.run_id)
+        record.duplicate_rows = valid_in_input - record.valid_rows
+    validated.unpersist()
+    raw.unpersist()
+    valid.unpersist()
+
+    silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))
+    features = batch_features.compute(silver, dataset).persist()
+    with _timed(timings, "train", progress):
+        training = train(features, dataset, settings, record.run_id)
+        record.model_version = training.version
+    with _timed(timings, "score", progress):
+        view = score(features, silver, dataset, settings, record.run_id)
+        tables.write_batch_view(view, dataset, settings)
+        batch_view = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.BATCH_SCORES))
+        summary = batch_view.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.sum(F.col("is_anomaly").cast("long")).alias("anomalies"),
+            F.max(dataset.event_time).alias("watermark"),
+        ).collect()[0]
+        record.scored_rows, record.anomalies = int(summary["rows"]), int(summary["anomalies"] or 0)
+        record.silver_rows = silver.count()
+        watermark = summary["watermark"]
+        record.watermark = watermark.replace(tzinfo=timezone.utc) if watermark is not None else None
+    features.unpersist()
+    with _timed(timings, "expire", progress):
+        record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, watermark)
+
+
+def run(argv: list[str] | None = None) -> run_log.RunRecord:
+    """spark-submit entry point."""
+    parser = argparse.ArgumentParser(description="Lakehouse batch run: ingest, validate, train, score.")
+    parser.add_argument("--dataset", required=True, choices=schemas.available())
+    parser.add_argument("--input", action="append", required=True, help="file, folder, glob or s3:// URI (repeatable)")
+    parser.add_argument("--run-id", default=None)
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    record = run_batch(arguments.dataset, arguments.input, run_id=arguments.run_id)
+    log.info("run %s succeeded: %s", record.run_id, record)
+    return record
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,100 @@
+"""The run log (`batch_runs`): one row per batch run with its counts, timings and watermark.
+
+The watermark of a dataset is the newest event time its last successful run fully covers; the
+serving layer's merged view reads it from here. Small single-row commits go through delta-rs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from lakehouse import constants, storage
+from lakehouse.settings import Settings
+
+STATUS_SUCCEEDED = "succeeded"
+STATUS_FAILED = "failed"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("inputs", pa.string()),
+        pa.field("input_rows", pa.int64()),
+        pa.field("valid_rows", pa.int64()),
+        pa.field("quarantined_rows", pa.int64()),
+        pa.field("duplicate_rows", pa.int64()),
+        pa.field("silver_rows", pa.int64()),
+        pa.field("scored_rows", pa.int64()),
+        pa.field("anomalies", pa.int64()),
+        pa.field("model_version", pa.int64()),
+        pa.field("expired_hot_rows", pa.int64()),
+        pa.field("watermark", pa.timestamp("us", tz="UTC")),
+        pa.field("timings", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    dataset: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    inputs: list[str]
+    input_rows: int | None = None
+    valid_rows: int | None = None
+    quarantined_rows: int | None = None
+    duplicate_rows: int | None = None
+    silver_rows: int | None = None
+    scored_rows: int | None = None
+    anomalies: int | None = None
+    model_version: int | None = None
+    expired_hot_rows: int | None = None
+    watermark: datetime | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def counts_add_up(self) -> bool:
+        return self.input_rows == (self.valid_rows or 0) + (self.quarantined_rows or 0) + (self.duplicate_rows or 0)
+
+
+def table_uri(settings: Settings) -> str:
+    return settings.table_uri(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+
+
+def append(settings: Settings, record: RunRecord) -> None:
+    row = asdict(record)
+    row["inputs"] = json.dumps(record.inputs)
+    row["timings"] = json.dumps({name: round(seconds, 3) for name, seconds in record.timings.items()})
+    uri = table_uri(settings)
+    write_deltalake(uri, pa.Table.from_pylist([row], schema=SCHEMA), mode="append", storage_options=storage.storage_options(uri))
+
+
+def runs(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
+    uri = table_uri(settings)
+    if not storage.table_exists(uri):
+        return SCHEMA.empty_table().to_pandas()
+    frame = storage.open_table(uri).to_pandas()
+    if dataset:
+        frame = frame[frame["dataset"] == dataset]
+    return frame.sort_values("started_at").reset_index(drop=True)
+
+
+def current_watermark(settings: Settings, dataset: str) -> pd.Timestamp | None:
+    frame = runs(settings, dataset)
+    frame = frame[frame["status"] == STATUS_SUCCEEDED]
+    if frame.empty or frame["watermark"].isna().all():
+        return None
+    return frame["watermark"].max()

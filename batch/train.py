@@ -1,0 +1,115 @@
+"""Training: fit one PyOD detector per entity (or one per dataset) on silver history."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import types as T
+
+from lakehouse import detectors, registry
+from lakehouse.features import feature_names
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+
+log = logging.getLogger(__name__)
+
+DATASET_ENTITY = "*"  # registry entity_id of a model trained on every entity of a dataset
+
+_RESULT_SCHEMA = T.StructType(
+    [
+        T.StructField("entity_id", T.StringType()),
+        T.StructField("artifact", T.BinaryType()),
+        T.StructField("train_rows", T.LongType()),
+        T.StructField("train_start", T.TimestampType()),
+        T.StructField("train_end", T.TimestampType()),
+        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    version: int
+    trained_entities: int
+    skipped_entities: list[str]
+
+
+def _fit_frame(dataset: Dataset, frame: pd.DataFrame, entity_id: str) -> pd.DataFrame:
+    names = feature_names(dataset)
+    if len(frame) < dataset.detector.min_train_rows:
+        return pd.DataFrame(
+            [{"entity_id": entity_id, "artifact": None, "train_rows": len(frame), "train_start": None, "train_end": None, "metrics": None}]
+        )
+    model, metrics = detectors.fit(dataset.detector, frame[names].to_numpy(dtype=np.float64), names)
+    times = frame[dataset.event_time]
+    return pd.DataFrame(
+        [
+            {
+                "entity_id": entity_id,
+                "artifact": model.to_bytes(),
+                "train_rows": len(frame),
+                "train_start": times.min(),
+                "train_end": times.max(),
+                "metrics": metrics,
+            }
+        ]
+    )
+
+
+def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> TrainingResult:
+    """Fit detectors on the feature rows, store their artifacts and register them as a new version."""
+    if dataset.detector.per == "entity":
+        results = (
+            features.groupBy(dataset.entity)
+            .applyInPandas(lambda frame: _fit_frame(dataset, frame, str(frame[dataset.entity].iloc[0])), schema=_RESULT_SCHEMA)
+            .toPandas()
+        )
+    else:
+        # One model for the whole dataset: the feature rows fit in the driver for the data sizes
+        # this mode is meant for (a dataset of few, similar entities).
+        results = _fit_frame(dataset, features.toPandas(), DATASET_ENTITY)
+    version = registry.next_version(settings, dataset.name)
+    created_at = registry.now_utc()
+    rows, skipped = [], []
+    for result in results.itertuples():
+        if result.artifact is None:
+            skipped.append(result.entity_id)
+            continue
+        model = detectors.FittedModel.from_bytes(bytes(result.artifact))
+        uri = registry.save_artifact(settings, dataset.name, version, result.entity_id, model)
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "entity_id": result.entity_id,
+                "version": version,
+                "detector": dataset.detector.name,
+                "params": dataset.detector.params,
+                "contamination": dataset.detector.contamination,
+                "threshold": model.threshold,
+                "feature_names": model.feature_names,
+                "train_start": _utc(result.train_start),
+                "train_end": _utc(result.train_end),
+                "train_rows": int(result.train_rows),
+                "metrics": dict(result.metrics),
+                "artifact_uri": uri,
+                "run_id": run_id,
+                "created_at": created_at,
+            }
+        )
+    if skipped:
+        log.warning(
+            "%s: %d entities have fewer than %d rows and got no model: %s",
+            dataset.name, len(skipped), dataset.detector.min_train_rows, ", ".join(sorted(skipped)[:10]),
+        )
+    registry.register(settings, rows)
+    return TrainingResult(version=version, trained_entities=len(rows), skipped_entities=sorted(skipped))
+
+
+def _utc(value) -> "pd.Timestamp":
+    # Spark hands timestamps to pandas as naive values in the session time zone (UTC).
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()

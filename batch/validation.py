@@ -1,0 +1,132 @@
+"""Batch validation: the declaration's rules as Spark column expressions.
+
+Each record gets `_failed_rules` (array of rule names) and `_errors` (one readable message per
+failure naming the record, the field and the rule). The rule list, the type patterns and the
+order come from schemas/rules.py, shared with the speed layer's RecordValidator.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from batch.ingest import SOURCE_FILE
+from schemas.declaration import Dataset, FieldSpec
+from schemas.engines import spark_type
+from schemas.rules import TYPE_PATTERNS, Rule, _field_rules, anchored
+
+FAILED_RULES = "_failed_rules"
+ERRORS = "_errors"
+RAW = "_raw"
+
+
+def with_text_fields(frame: DataFrame, dataset: Dataset) -> DataFrame:
+    """Rename input columns to field names, blank to null, and add derived fields (still text)."""
+    columns = [
+        F.when(F.col(field.input_name) == "", None).otherwise(F.col(field.input_name)).alias(field.name)
+        for field in dataset.input_fields
+    ]
+    frame = frame.select(*columns, SOURCE_FILE, F.to_json(F.struct(*[F.col(f.input_name) for f in dataset.input_fields])).alias(RAW))
+    for field in dataset.derived_fields:
+        frame = frame.withColumn(field.name, _derive(field))
+    return frame
+
+
+def _derive(field: FieldSpec) -> Column:
+    derivation = field.derive
+    if derivation.file_stem:
+        # Last path segment without its extension, as PurePosixPath(...).stem in the speed layer.
+        name = F.element_at(F.split(F.col(SOURCE_FILE), "/"), -1)
+        return F.when(F.col(SOURCE_FILE) == "", None).otherwise(F.regexp_replace(name, r"\.[^.]*$", ""))
+    # concat_ws skips nulls, so a missing part must null the whole id explicitly.
+    parts = [F.col(name) for name in derivation.join]
+    any_missing = F.greatest(*[part.isNull().cast("int") for part in parts]) == 1 if len(parts) > 1 else parts[0].isNull()
+    return F.when(any_missing, None).otherwise(F.concat_ws(derivation.separator, *parts))
+
+
+def _typed(field: FieldSpec) -> Column:
+    text = F.col(field.name)
+    if field.type == "string":
+        return text
+    if field.type == "timestamp":
+        return F.expr(f"try_cast(`{field.name}` AS TIMESTAMP)")
+    return F.expr(f"try_cast(`{field.name}` AS {spark_type(field.type)})")
+
+
+def _type_ok(field: FieldSpec, typed: Column) -> Column:
+    text = F.col(field.name)
+    ok = text.rlike(anchored(TYPE_PATTERNS[field.type])) & typed.isNotNull()
+    if field.type == "double":
+        ok = ok & ~F.isnan(typed) & (F.abs(typed) != float("inf"))
+    return ok
+
+
+def _violation(rule: Rule, field: FieldSpec, typed: Column) -> Column:
+    """True when the record breaks the rule; null-safe, and only if the field's earlier rules held."""
+    text = F.col(field.name)
+    present = text.isNotNull()
+    if rule.kind == "not_null":
+        return ~present
+    if rule.kind == "type":
+        return present & ~_type_ok(field, typed)
+    type_holds = present if TYPE_PATTERNS[field.type] is None else present & _type_ok(field, typed)
+    if rule.kind == "range":
+        broken = F.lit(False)
+        if field.minimum is not None:
+            broken = broken | (typed < F.lit(field.minimum))
+        if field.maximum is not None:
+            broken = broken | (typed > F.lit(field.maximum))
+        return type_holds & broken
+    if rule.kind == "allowed_values":
+        return type_holds & ~text.isin(*field.allowed)
+    if rule.kind == "pattern":
+        return type_holds & ~text.rlike(anchored(field.pattern))
+    raise ValueError(f"unknown rule kind {rule.kind}")
+
+
+def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
+    """Add typed values, `_failed_rules` and `_errors`; a record is valid when `_failed_rules` is empty.
+
+    Like the speed layer, only the first failed rule of each field is reported.
+    """
+    frame = with_text_fields(frame, dataset)
+    record_id = F.coalesce(F.col(dataset.event_id), F.lit("<no event id>"))
+    failures: list[Column] = []
+    messages: list[Column] = []
+    typed_columns: dict[str, Column] = {}
+    for field in dataset.fields:
+        typed = _typed(field)
+        typed_columns[field.name] = typed
+        first_failure: Column | None = None
+        first_message: Column | None = None
+        for rule in reversed(_field_rules(field)):
+            broken = _violation(rule, field, typed)
+            message = F.format_string(
+                "record %s: field '%s' %s (rule %s), got %s",
+                record_id,
+                F.lit(field.name),
+                F.lit(rule.description),
+                F.lit(rule.name),
+                F.coalesce(F.concat(F.lit("'"), F.col(field.name), F.lit("'")), F.lit("None")),
+            )
+            first_failure = F.when(broken, F.lit(rule.name)).otherwise(first_failure if first_failure is not None else F.lit(None))
+            first_message = F.when(broken, message).otherwise(first_message if first_message is not None else F.lit(None))
+        if first_failure is not None:
+            failures.append(first_failure)
+            messages.append(first_message)
+    frame = frame.withColumn(FAILED_RULES, F.array_compact(F.array(*failures)) if failures else F.array())
+    frame = frame.withColumn(ERRORS, F.array_compact(F.array(*messages)) if messages else F.array())
+    # Typed values replace the text ones; invalid records keep their original text in `_raw`.
+    for name, typed in typed_columns.items():
+        frame = frame.withColumn(f"_typed_{name}", typed)
+    for name in typed_columns:
+        frame = frame.withColumn(name, F.col(f"_typed_{name}")).drop(f"_typed_{name}")
+    return frame
+
+
+def split(validated: DataFrame, dataset: Dataset) -> tuple[DataFrame, DataFrame]:
+    """(valid records with the declared typed columns, rejected records with their reasons)."""
+    is_valid = F.size(F.col(FAILED_RULES)) == 0
+    valid = validated.where(is_valid).select(*[field.name for field in dataset.fields], SOURCE_FILE)
+    rejected = validated.where(~is_valid)
+    return valid, rejected

@@ -1,0 +1,74 @@
+"""PyOD detectors: build from a declaration, fit, score with the fitted threshold, (de)serialise."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+import numpy as np
+
+from schemas.declaration import DetectorSpec
+
+# Detector name in schemas/*.yaml -> PyOD class.
+DETECTORS = {
+    "iforest": "pyod.models.iforest:IForest",
+    "hbos": "pyod.models.hbos:HBOS",
+    "ecod": "pyod.models.ecod:ECOD",
+    "copod": "pyod.models.copod:COPOD",
+    "knn": "pyod.models.knn:KNN",
+    "lof": "pyod.models.lof:LOF",
+}
+
+
+def build(spec: DetectorSpec) -> Any:
+    module_name, class_name = DETECTORS[spec.name].split(":")
+    detector_class = getattr(import_module(module_name), class_name)
+    return detector_class(contamination=spec.contamination, **spec.params)
+
+
+@dataclass
+class FittedModel:
+    """A fitted detector and what scoring needs from it; the artifact stored in the registry."""
+
+    detector: Any
+    threshold: float
+    feature_names: list[str]
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outlier scores (higher is more anomalous) and the anomaly flags (score > threshold)."""
+        if len(features) == 0:
+            return np.empty(0), np.empty(0, dtype=bool)
+        scores = np.asarray(self.detector.decision_function(features), dtype=np.float64)
+        return scores, scores > self.threshold
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        pickle.dump(self, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        return buffer.getvalue()
+
+    @staticmethod
+    def from_bytes(payload: bytes) -> "FittedModel":
+        # Artifacts come only from this project's own registry in the warehouse.
+        model = pickle.loads(payload)  # noqa: S301
+        if not isinstance(model, FittedModel):
+            raise TypeError(f"artifact holds {type(model).__name__}, not a FittedModel")
+        return model
+
+
+def fit(spec: DetectorSpec, features: np.ndarray, feature_names: list[str]) -> tuple[FittedModel, dict[str, float]]:
+    """Fit a detector on training features; return the model and its training metrics."""
+    detector = build(spec)
+    detector.fit(features)
+    threshold = float(detector.threshold_)
+    training_scores = np.asarray(detector.decision_scores_, dtype=np.float64)
+    metrics = {
+        "train_rows": float(len(features)),
+        "threshold": threshold,
+        "train_anomaly_rate": float(np.mean(training_scores > threshold)),
+        "train_score_mean": float(np.mean(training_scores)),
+        "train_score_std": float(np.std(training_scores)),
+    }
+    return FittedModel(detector=detector, threshold=threshold, feature_names=feature_names), metrics

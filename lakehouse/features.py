@@ -1,0 +1,97 @@
+"""Per-entity time-series features: the one function batch and speed both call.
+
+For every event of an entity, in event-time order, and for each declared feature field x:
+  x, x_diff (x minus the previous value), x_deviation (x minus the mean of the previous `window`
+  values) and x_zscore (that deviation over their standard deviation), plus the time of day as
+  sin/cos. Statistics look only at *previous* events, so an event's features depend on exactly
+  `window` values of history: the speed layer keeps those in per-entity state and gets the very
+  same numbers as the batch layer, which sees the whole history at once.
+
+The window statistics are summed in a fixed order with plain float64 arithmetic, so the result
+for an event is bit-identical whether it is computed in a batch of one or of a million.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.declaration import Dataset
+
+_SECONDS_PER_DAY = 86_400.0
+_MIN_STD = 1e-9
+
+
+def feature_names(dataset: Dataset) -> list[str]:
+    names: list[str] = []
+    for field in dataset.features.fields:
+        names += [field, f"{field}_diff", f"{field}_deviation", f"{field}_zscore"]
+    if dataset.features.time_of_day:
+        names += ["time_of_day_sin", "time_of_day_cos"]
+    return names
+
+
+def compute_features(
+    dataset: Dataset,
+    values: np.ndarray,
+    event_times: np.ndarray,
+    history: np.ndarray | None = None,
+) -> np.ndarray:
+    """Features of consecutive events of one entity.
+
+    values: (n, k) float64, the k feature fields of n events in event-time order.
+    event_times: (n,) datetime64 (UTC) of the same events.
+    history: (m, k) float64, the values of the m events just before values[0] (m may be 0;
+        only the last `window` rows are used).
+    Returns (n, len(feature_names(dataset))) float64.
+    """
+    window = dataset.features.window
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"values must be 2-D (events, fields), got shape {values.shape}")
+    count, width = values.shape
+    if history is None or len(history) == 0:
+        history = np.empty((0, width), dtype=np.float64)
+    history = np.asarray(history, dtype=np.float64)[-window:]
+    # Previous `window` values of each event: NaN where the entity had less history.
+    padding = np.full((window - len(history), width), np.nan)
+    series = np.concatenate([padding, history, values])
+    previous = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)[:count]
+    # previous has shape (n, k, window); previous[i, :, -1] is the value just before event i.
+
+    present = ~np.isnan(previous)
+    filled = np.where(present, previous, 0.0)
+    seen = np.zeros((count, width))
+    total = np.zeros((count, width))
+    for position in range(window):  # fixed summation order: identical for any n
+        seen += present[:, :, position]
+        total += filled[:, :, position]
+    mean = np.divide(total, seen, out=values.copy(), where=seen > 0)
+    squares = np.zeros((count, width))
+    for position in range(window):
+        difference = np.where(present[:, :, position], filled[:, :, position] - mean, 0.0)
+        squares += difference * difference
+    std = np.sqrt(np.divide(squares, seen, out=np.zeros((count, width)), where=seen > 0))
+
+    last = previous[:, :, -1]
+    diff = np.where(np.isnan(last), 0.0, values - np.nan_to_num(last))
+    deviation = values - mean
+    zscore = np.divide(deviation, std, out=np.zeros((count, width)), where=std > _MIN_STD)
+
+    columns = []
+    for field_index in range(width):
+        columns += [
+            values[:, field_index],
+            diff[:, field_index],
+            deviation[:, field_index],
+            zscore[:, field_index],
+        ]
+    if dataset.features.time_of_day:
+        columns += list(_time_of_day(event_times))
+    return np.column_stack(columns)
+
+
+def _time_of_day(event_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    times = np.asarray(event_times).astype("datetime64[us]")
+    seconds = (times - times.astype("datetime64[D]")).astype("timedelta64[us]").astype(np.int64) / 1e6
+    angle = 2.0 * np.pi * seconds / _SECONDS_PER_DAY
+    return np.sin(angle), np.cos(angle)

@@ -1,0 +1,133 @@
+"""Seeded synthetic `sensor_events` with planted, labelled anomalies and planted bad records.
+
+Every sensor gets one anomaly of each kind: a temperature spike, a pressure level shift, a
+vibration drift and a stuck temperature reading. Labels say which event carries which anomaly,
+so tests and `lakehouse eval` can check what the detectors flag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ANOMALY_KINDS = ("spike", "level_shift", "drift", "stuck")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    sensors: int = 8
+    days: float = 6.0
+    interval_minutes: int = 5
+    start: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    seed: int = 42
+
+    @property
+    def periods(self) -> int:
+        return int(self.days * 24 * 60 / self.interval_minutes)
+
+
+def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
+    """Clean events (all valid), sorted by event time, with an `anomaly` label column ('' = normal)."""
+    rng = np.random.default_rng(config.seed)
+    periods = config.periods
+    times = [config.start + timedelta(minutes=config.interval_minutes * step) for step in range(periods)]
+    day_phase = 2 * np.pi * np.arange(periods) * config.interval_minutes / (24 * 60)
+    frames = []
+    for sensor in range(config.sensors):
+        base = 55 + 3 * sensor
+        temperature = base + 5 * np.sin(day_phase + sensor) + rng.normal(0, 0.3, periods)
+        pressure = 5 + 0.4 * np.sin(day_phase + 0.5 * sensor) + rng.normal(0, 0.05, periods)
+        vibration = np.abs(2 + rng.normal(0, 0.15, periods))
+        labels = np.array([""] * periods, dtype=object)
+        # Anomalies land in the last 60% of the series, so there is clean history to learn from.
+        slots = np.sort(rng.choice(np.arange(int(periods * 0.4), periods - 150, 150), size=4, replace=False))
+        spike, shift, drift, stuck = (int(slot) for slot in slots)
+        temperature[spike] += 25
+        labels[spike] = "spike"
+        pressure[shift : shift + 30] += 3
+        labels[shift : shift + 30] = "level_shift"
+        vibration[drift : drift + 100] += np.linspace(0, 12, 100)
+        labels[drift : drift + 100] = "drift"
+        temperature[stuck : stuck + 40] = temperature[stuck]
+        labels[stuck : stuck + 40] = "stuck"
+        status = np.where(labels == "", "ok", "warning")
+        status = np.where(rng.random(periods) < 0.002, "maintenance", status)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "event_id": [rng.bytes(16).hex() for _ in range(periods)],
+                    "entity_id": f"sensor-{sensor:03d}",
+                    "event_time": times,
+                    "temperature": np.round(temperature, 4),
+                    "pressure": np.round(pressure, 4),
+                    "vibration": np.round(vibration, 4),
+                    "status": status,
+                    "anomaly": labels,
+                }
+            )
+        )
+    events = pd.concat(frames, ignore_index=True)
+    return events.sort_values(["event_time", "entity_id"], kind="stable").reset_index(drop=True)
+
+
+def to_records(events: pd.DataFrame) -> list[dict]:
+    """Events as JSON-ready dicts (ISO timestamps with Z), without the label column."""
+    records = []
+    for row in events.drop(columns=["anomaly"]).to_dict("records"):
+        row["event_time"] = row["event_time"].strftime("%Y-%m-%dT%H:%M:%SZ")
+        records.append(row)
+    return records
+
+
+# Each corruption breaks exactly one rule, named so tests can check the quarantine reasons.
+CORRUPTIONS = {
+    "temperature.type": lambda record: {**record, "temperature": "n/a"},
+    "pressure.range": lambda record: {**record, "pressure": 250.0},
+    "status.allowed_values": lambda record: {**record, "status": "exploded"},
+    "entity_id.pattern": lambda record: {**record, "entity_id": "SENSOR_X"},
+    "event_time.type": lambda record: {**record, "event_time": "2024-13-45T99:00:00Z"},
+    "vibration.not_null": lambda record: {key: value for key, value in record.items() if key != "vibration"},
+}
+
+
+@dataclass
+class Planted:
+    """Input records with the bad ones and duplicates that were planted in them."""
+
+    records: list[dict]
+    bad: dict[str, str]  # event_id -> the rule its record breaks
+    duplicates: int
+
+
+def plant_problems(records: list[dict], *, seed: int, bad_rate: float = 0.004, duplicate_rate: float = 0.004) -> Planted:
+    """Corrupt a few records (one rule each) and repeat a few others verbatim."""
+    rng = np.random.default_rng(seed)
+    output: list[dict] = []
+    bad: dict[str, str] = {}
+    duplicates = 0
+    rules = sorted(CORRUPTIONS)
+    for record in records:
+        draw = rng.random()
+        if draw < bad_rate:
+            rule = rules[int(rng.integers(len(rules)))]
+            output.append(CORRUPTIONS[rule](record))
+            bad[record["event_id"]] = rule
+        elif draw < bad_rate + duplicate_rate:
+            output += [record, dict(record)]
+            duplicates += 1
+        else:
+            output.append(record)
+    return Planted(output, bad, duplicates)
+
+
+def write_json_lines(records: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as stream:
+        for record in records:
+            stream.write(json.dumps(record) + "\n")
+    return path

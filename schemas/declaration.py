@@ -1,0 +1,174 @@
+"""The dataset declaration: fields, keys, features, detector and quality rules, declared once in YAML.
+
+Everything else (Spark, Arrow and Trino schemas, the batch rule expressions, the stream's record
+validator) is derived from a `Dataset`, so batch and speed cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lakehouse.errors import ConfigurationError
+
+FieldType = Literal["string", "double", "long", "boolean", "timestamp"]
+NUMERIC_TYPES = ("double", "long")
+IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Derivation(_Strict):
+    """How a field not present in the input is built from the record or its source file."""
+
+    join: list[str] | None = None
+    separator: str = "@"
+    file_stem: bool = False
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Derivation":
+        if bool(self.join) == self.file_stem:
+            raise ValueError("derive needs exactly one of `join: [fields]` or `file_stem: true`")
+        return self
+
+
+class FieldSpec(_Strict):
+    name: str
+    type: FieldType
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed: list[str] | None = None
+    pattern: str | None = None
+    # Column name in the input when it differs from `name` (NAB files call event_time `timestamp`).
+    source: str | None = None
+    derive: Derivation | None = None
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"field name {value!r} must match {IDENTIFIER.pattern}")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+    @model_validator(mode="after")
+    def _rules_fit_type(self) -> "FieldSpec":
+        if (self.minimum is not None or self.maximum is not None) and self.type not in NUMERIC_TYPES:
+            raise ValueError(f"{self.name}: minimum/maximum need a numeric type, not {self.type}")
+        if (self.allowed or self.pattern) and self.type != "string":
+            raise ValueError(f"{self.name}: allowed/pattern need type string, not {self.type}")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"{self.name}: minimum {self.minimum} > maximum {self.maximum}")
+        return self
+
+    @property
+    def input_name(self) -> str:
+        return self.source or self.name
+
+
+class FeatureSpec(_Strict):
+    fields: list[str] = Field(min_length=1)
+    # Number of previous events of the same entity the rolling statistics look at.
+    window: int = Field(default=24, ge=2, le=10_000)
+    time_of_day: bool = True
+
+
+DetectorName = Literal["iforest", "hbos", "ecod", "copod", "knn", "lof"]
+
+
+class DetectorSpec(_Strict):
+    name: DetectorName = "iforest"
+    contamination: float = Field(default=0.01, gt=0, le=0.5)
+    per: Literal["entity", "dataset"] = "entity"
+    min_train_rows: int = Field(default=200, ge=10)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Dataset(_Strict):
+    name: str
+    description: str = ""
+    format: Literal["csv", "json", "parquet"] = "json"
+    event_id: str
+    event_time: str
+    entity: str
+    fields: list[FieldSpec] = Field(min_length=1)
+    features: FeatureSpec
+    detector: DetectorSpec = DetectorSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"dataset name {value!r} must match {IDENTIFIER.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _keys_declared(self) -> "Dataset":
+        names = [field.name for field in self.fields]
+        duplicated = {name for name in names if names.count(name) > 1}
+        if duplicated:
+            raise ValueError(f"fields declared twice: {sorted(duplicated)}")
+        by_name = {field.name: field for field in self.fields}
+        for role in ("event_id", "event_time", "entity"):
+            key = getattr(self, role)
+            if key not in by_name:
+                raise ValueError(f"{role} {key!r} is not a declared field")
+            if not by_name[key].required:
+                raise ValueError(f"{role} {key!r} must be required")
+        if by_name[self.event_time].type != "timestamp":
+            raise ValueError(f"event_time {self.event_time!r} must have type timestamp")
+        for name in self.features.fields:
+            if name not in by_name or by_name[name].type not in NUMERIC_TYPES:
+                raise ValueError(f"feature field {name!r} must be a declared numeric field")
+        for field in self.fields:
+            if field.derive and field.derive.join:
+                unknown = [name for name in field.derive.join if name not in by_name]
+                if unknown:
+                    raise ValueError(f"{field.name}: derive.join names unknown fields {unknown}")
+        return self
+
+    def field(self, name: str) -> FieldSpec:
+        for field in self.fields:
+            if field.name == name:
+                return field
+        raise KeyError(name)
+
+    @cached_property
+    def input_fields(self) -> list[FieldSpec]:
+        """Fields read from the input (the rest are derived)."""
+        return [field for field in self.fields if field.derive is None]
+
+    @cached_property
+    def derived_fields(self) -> list[FieldSpec]:
+        """Derived fields in dependency order (file-stem ones first, joins after)."""
+        return sorted(
+            (field for field in self.fields if field.derive is not None),
+            key=lambda field: 0 if field.derive.file_stem else 1,
+        )
+
+    @property
+    def needs_source_file(self) -> bool:
+        return any(field.derive and field.derive.file_stem for field in self.fields)
+
+
+def load_dataset_file(path: Path) -> Dataset:
+    try:
+        document = yaml.safe_load(path.read_text())
+        return Dataset.model_validate(document)
+    except (OSError, yaml.YAMLError, ValueError) as error:
+        raise ConfigurationError(f"dataset declaration {path}: {error}") from error

@@ -1,0 +1,206 @@
+"""Quality rules derived from a declaration, and the per-record validator the speed layer uses.
+
+The batch layer turns the same `Rule` list into Spark column expressions (batch/validation.py).
+Both engines see the input as text first and apply identical regular expressions for types, so
+they reject the same records for the same reasons (tests/test_parity.py proves it).
+
+Text normalisation shared by both engines: an empty string is a missing value; nothing else is
+trimmed or rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from schemas.declaration import Dataset, FieldSpec
+
+RuleKind = Literal["not_null", "type", "range", "allowed_values", "pattern"]
+
+# What text each type accepts. Written in the common subset of Java and Python regex syntax.
+TYPE_PATTERNS: dict[str, str | None] = {
+    "string": None,
+    "double": r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?",
+    "long": r"[+-]?[0-9]{1,18}",
+    "boolean": r"(?:true|false|TRUE|FALSE|True|False)",
+    "timestamp": (
+        r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+        r"(?:Z|[+-][0-9]{2}:[0-9]{2})?"
+    ),
+}
+
+
+def anchored(pattern: str) -> str:
+    """Whole-value match, the same in Java (Spark rlike) and Python (re.search)."""
+    return f"^(?:{pattern})$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    field: str
+    kind: RuleKind
+    description: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.field}.{self.kind}"
+
+
+def rules_for(dataset: Dataset) -> list[Rule]:
+    """Every rule of a dataset, in evaluation order (a field's later rules need its earlier ones)."""
+    rules: list[Rule] = []
+    for field in dataset.fields:
+        rules.extend(_field_rules(field))
+    return rules
+
+
+def _field_rules(field: FieldSpec) -> list[Rule]:
+    rules: list[Rule] = []
+    if field.required:
+        rules.append(Rule(field.name, "not_null", "must be present and not empty"))
+    if TYPE_PATTERNS[field.type] is not None:
+        finite = " and finite" if field.type == "double" else ""
+        rules.append(Rule(field.name, "type", f"must be a valid {field.type}{finite}"))
+    if field.minimum is not None or field.maximum is not None:
+        low = "-inf" if field.minimum is None else f"{field.minimum:g}"
+        high = "+inf" if field.maximum is None else f"{field.maximum:g}"
+        rules.append(Rule(field.name, "range", f"must be within [{low}, {high}]"))
+    if field.allowed:
+        rules.append(Rule(field.name, "allowed_values", f"must be one of {field.allowed}"))
+    if field.pattern:
+        rules.append(Rule(field.name, "pattern", f"must match {field.pattern!r}"))
+    return rules
+
+
+@dataclass(frozen=True)
+class Failure:
+    rule: str
+    field: str
+    value: str | None
+    message: str
+
+
+class RecordValidator:
+    """Validates one decoded record (a dict) against a dataset: the speed layer's validator."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._type_patterns = {
+            name: re.compile(anchored(pattern))
+            for name, pattern in TYPE_PATTERNS.items()
+            if pattern is not None
+        }
+        self._value_patterns = {
+            field.name: re.compile(anchored(field.pattern))
+            for field in dataset.fields
+            if field.pattern
+        }
+
+    def texts(self, record: dict[str, Any], source_file: str | None = None) -> dict[str, str | None]:
+        """The record's declared fields as text, derived fields filled in."""
+        texts = {field.name: as_text(record.get(field.input_name)) for field in self.dataset.input_fields}
+        for field in self.dataset.derived_fields:
+            texts[field.name] = derive_text(field, texts, source_file)
+        return texts
+
+    def validate(
+        self, record: dict[str, Any], source_file: str | None = None
+    ) -> tuple[dict[str, Any] | None, list[Failure]]:
+        """Return (typed record, []) when valid, else (None, the failed rules)."""
+        texts = self.texts(record, source_file)
+        typed: dict[str, Any] = {}
+        failures: list[Failure] = []
+        record_id = texts.get(self.dataset.event_id) or "<no event id>"
+        for field in self.dataset.fields:
+            text = texts[field.name]
+            failed = self._check_field(field, text, typed)
+            if failed is not None:
+                failures.append(
+                    Failure(
+                        rule=failed.name,
+                        field=field.name,
+                        value=text,
+                        message=f"record {record_id}: field {field.name!r} {failed.description} "
+                        f"(rule {failed.name}), got {text!r}",
+                    )
+                )
+        return (None, failures) if failures else (typed, [])
+
+    def _check_field(self, field: FieldSpec, text: str | None, typed: dict[str, Any]) -> Rule | None:
+        for rule in _field_rules(field):
+            if rule.kind == "not_null":
+                if text is None:
+                    return rule
+                continue
+            if text is None:
+                typed[field.name] = None
+                return None
+            if rule.kind == "type":
+                value = self._parse(field.type, text)
+                if value is None:
+                    return rule
+                typed[field.name] = value
+            elif rule.kind == "range":
+                value = typed[field.name]
+                if (field.minimum is not None and value < field.minimum) or (
+                    field.maximum is not None and value > field.maximum
+                ):
+                    return rule
+            elif rule.kind == "allowed_values":
+                if text not in field.allowed:
+                    return rule
+            elif rule.kind == "pattern":
+                if not self._value_patterns[field.name].search(text):
+                    return rule
+        typed.setdefault(field.name, None if text is None else text)
+        return None
+
+    def _parse(self, type_name: str, text: str) -> Any:
+        if not self._type_patterns[type_name].search(text):
+            return None
+        if type_name == "double":
+            value = float(text)
+            return value if math.isfinite(value) else None
+        if type_name == "long":
+            return int(text)
+        if type_name == "boolean":
+            return text.lower() == "true"
+        return parse_timestamp(text)
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """ISO 8601 text to an aware UTC datetime; text without an offset is UTC (as Spark's session)."""
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def as_text(value: Any) -> str | None:
+    """A decoded JSON value as the text Spark's JSON reader gives for a string-typed column."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    text = str(value)
+    return text if text != "" else None
+
+
+def derive_text(field: FieldSpec, texts: dict[str, str | None], source_file: str | None) -> str | None:
+    derivation = field.derive
+    if derivation.file_stem:
+        return PurePosixPath(source_file).stem if source_file else None
+    parts = [texts.get(name) for name in derivation.join]
+    if any(part is None for part in parts):
+        return None
+    return derivation.separator.join(parts)

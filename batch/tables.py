@@ -13,8 +13,21 @@ from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
 
-def _last_operation_metrics(spark: SparkSession, uri: str) -> dict[str, str]:
-    return DeltaTable.forPath(spark, uri).history(1).collect()[0]["operationMetrics"] or {}
+def _last_commit(spark: SparkSession, uri: str) -> tuple[int, dict[str, str]]:
+    row = DeltaTable.forPath(spark, uri).history(1).collect()[0]
+    return int(row["version"]), row["operationMetrics"] or {}
+
+
+def _committed_metric(spark: SparkSession, uri: str, metric: str, operation) -> int:
+    """Run a Delta operation and return one of its metrics; 0 when it committed nothing.
+
+    Delta skips the commit of a MERGE or DELETE that changes nothing, so the newest commit's
+    metrics would belong to an earlier operation: compare versions first.
+    """
+    version_before, _ = _last_commit(spark, uri)
+    operation()
+    version_after, metrics = _last_commit(spark, uri)
+    return int(metrics.get(metric, 0)) if version_after != version_before else 0
 
 
 def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> int:
@@ -31,14 +44,13 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
     )
     if not storage.table_exists(uri):
         rows.limit(0).write.format("delta").partitionBy("event_date").save(uri)
-    (
+    merge = (
         DeltaTable.forPath(spark, uri)
         .alias("silver")
         .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
         .whenNotMatchedInsertAll()
-        .execute()
     )
-    return int(_last_operation_metrics(spark, uri).get("numTargetRowsInserted", 0))
+    return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
 
 
 def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataFrame:
@@ -63,7 +75,7 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
     rows = rows.dropDuplicates(["dataset", "record_hash"])
     if not storage.table_exists(uri):
         rows.limit(0).write.format("delta").save(uri)
-    (
+    merge = (
         DeltaTable.forPath(spark, uri)
         .alias("quarantine")
         .merge(
@@ -71,9 +83,8 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
             "quarantine.dataset = incoming.dataset AND quarantine.record_hash = incoming.record_hash",
         )
         .whenNotMatchedInsertAll()
-        .execute()
     )
-    return int(_last_operation_metrics(spark, uri).get("numTargetRowsInserted", 0))
+    return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
 
 
 def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> None:
@@ -88,5 +99,4 @@ def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, w
     if watermark is None or not storage.table_exists(uri):
         return 0
     table = DeltaTable.forPath(spark, uri)
-    table.delete(F.col(dataset.event_time) <= F.lit(watermark))
-    return int(_last_operation_metrics(spark, uri).get("numDeletedRows", 0))
+    return _committed_metric(spark, uri, "numDeletedRows", lambda: table.delete(F.col(dataset.event_time) <= F.lit(watermark)))

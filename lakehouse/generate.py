@@ -44,17 +44,21 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
         pressure = 5 + 0.4 * np.sin(day_phase + 0.5 * sensor) + rng.normal(0, 0.05, periods)
         vibration = np.abs(2 + rng.normal(0, 0.15, periods))
         labels = np.array([""] * periods, dtype=object)
-        # Anomalies land in the last 60% of the series, so there is clean history to learn from.
-        slots = np.sort(rng.choice(np.arange(int(periods * 0.4), periods - 150, 150), size=4, replace=False))
-        spike, shift, drift, stuck = (int(slot) for slot in slots)
+        # Anomalies land in the last 60% of the series, so there is clean history to learn from;
+        # their lengths scale down for short series.
+        jitter = lambda fraction: int(periods * (fraction + rng.uniform(0, 0.02)))  # noqa: E731
+        spike, shift, drift, stuck = jitter(0.45), jitter(0.56), jitter(0.68), jitter(0.86)
+        shift_length = max(5, min(30, periods // 40))
+        drift_length = max(10, min(100, periods // 15))
+        stuck_length = max(5, min(40, periods // 30))
         temperature[spike] += 25
         labels[spike] = "spike"
-        pressure[shift : shift + 30] += 3
-        labels[shift : shift + 30] = "level_shift"
-        vibration[drift : drift + 100] += np.linspace(0, 12, 100)
-        labels[drift : drift + 100] = "drift"
-        temperature[stuck : stuck + 40] = temperature[stuck]
-        labels[stuck : stuck + 40] = "stuck"
+        pressure[shift : shift + shift_length] += 3
+        labels[shift : shift + shift_length] = "level_shift"
+        vibration[drift : drift + drift_length] += np.linspace(0, 12, drift_length)
+        labels[drift : drift + drift_length] = "drift"
+        temperature[stuck : stuck + stuck_length] = temperature[stuck]
+        labels[stuck : stuck + stuck_length] = "stuck"
         status = np.where(labels == "", "ok", "warning")
         status = np.where(rng.random(periods) < 0.002, "maintenance", status)
         frames.append(

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         default=constants.DEFAULT_KAFKA_CONTROLLER_PORT, ge=1, le=65535
     )
     kafka_heap: str = "512m"
+    # Where local services keep pid, logs and data; empty means <work_dir>/services. Tests point
+    # it at a temporary folder so they never touch the services a developer has running.
+    services_root: str = ""
     # Seconds to wait for a service to answer after starting it.
     service_start_timeout: float = Field(default=180.0, gt=0)
 
@@ -94,7 +97,7 @@ class Settings(BaseSettings):
 
     @property
     def services_dir(self) -> Path:
-        return self.work_dir / "services"
+        return Path(self.services_root).resolve() if self.services_root else self.work_dir / "services"
 
     @property
     def data_dir(self) -> Path:

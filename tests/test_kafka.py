@@ -21,7 +21,7 @@ from lakehouse.services.kafka import (
 from lakehouse.settings import Settings
 
 # Until tests/conftest.py imports the fixture, take it from its module directly.
-from fixtures_kafka import kafka_broker  # noqa: F401
+
 
 pytestmark = pytest.mark.kafka
 log = logging.getLogger(__name__)

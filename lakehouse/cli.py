@@ -1,0 +1,244 @@
+"""The `lakehouse` command: services, batch and speed jobs, SQL, and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from lakehouse import logs
+from lakehouse.errors import LakehouseError
+from lakehouse.logs import console
+
+app = typer.Typer(
+    help="Lambda-architecture lakehouse for anomaly detection (Spark + Delta, Beam, Trino).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+batch_app = typer.Typer(help="Batch layer: Spark jobs over files into Delta.", no_args_is_help=True)
+speed_app = typer.Typer(help="Speed layer: the Beam pipeline into the hot Delta table.", no_args_is_help=True)
+serve_app = typer.Typer(help="Serving layer: Trino tables and the merged views.", no_args_is_help=True)
+app.add_typer(batch_app, name="batch")
+app.add_typer(speed_app, name="speed")
+app.add_typer(serve_app, name="serve")
+
+Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset declared in schemas/.")]
+Service = Annotated[Optional[list[str]], typer.Option("--only", help="trino and/or kafka (default: both).")]
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logs.configure(verbose)
+
+
+def _services(only: list[str] | None):
+    from lakehouse.services.kafka import KafkaBroker
+    from lakehouse.services.trino import TrinoServer
+
+    known = {"trino": TrinoServer, "kafka": KafkaBroker}
+    names = only or list(known)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(known)}")
+    return [known[name]() for name in names]
+
+
+def _print_status(services) -> None:
+    table = Table(title="Local services")
+    for column in ("service", "state", "pid", "address", "log"):
+        table.add_column(column)
+    for service in services:
+        status = service.status()
+        state = "[green]ready[/]" if status.ready else ("[yellow]starting[/]" if status.running else "[red]stopped[/]")
+        table.add_row(status.name, state, str(status.pid or "-"), status.address, str(status.log_file))
+    console.print(table)
+
+
+@app.command()
+def setup(
+    component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, beam (default: all).")] = None,
+) -> None:
+    """Fetch the pinned JVM artifacts from Maven Central into the cache (done lazily otherwise)."""
+    from lakehouse import jvm
+
+    for name in component or jvm.COMPONENTS:
+        with console.status(f"fetching {name} artifacts"):
+            folder = jvm.ensure(name)  # type: ignore[arg-type]
+        console.print(f"[green]✓[/] {name}: {folder}")
+
+
+@app.command()
+def up(only: Service = None) -> None:
+    """Start the local Trino and Kafka on loopback (reused when already running)."""
+    services = _services(only)
+    for service in services:
+        with console.status(f"starting {service.name}"):
+            service.start()
+    if any(service.name == "trino" for service in services):
+        from serving import views
+
+        views.refresh_all()
+    _print_status(services)
+
+
+@app.command()
+def down(only: Service = None) -> None:
+    """Stop the local services."""
+    for service in _services(only):
+        stopped = service.stop()
+        console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
+
+
+@app.command()
+def status(only: Service = None) -> None:
+    """Show whether each local service is running and answering."""
+    _print_status(_services(only))
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option(help="Folder for the generated files.")] = Path(".work/data/sensor_events"),
+    sensors: Annotated[int, typer.Option(min=1)] = 8,
+    days: Annotated[float, typer.Option(min=0.5)] = 6.0,
+    seed: int = 42,
+) -> None:
+    """Generate synthetic sensor_events (JSON lines) with labelled anomalies and planted bad records."""
+    from lakehouse import demo
+
+    files = demo.write_inputs(out, sensors=sensors, days=days, seed=seed)
+    console.print_json(json.dumps({name: str(path) for name, path in files.items()}))
+
+
+@batch_app.command("run")
+def batch_run(
+    dataset: Dataset,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="File, folder, glob or s3:// URI (repeatable).")],
+) -> None:
+    """Ingest, validate, write silver and quarantine, train, score the batch view, move the watermark."""
+    from rich.progress import Progress
+
+    from batch.job import STEPS, run_batch
+
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"batch {dataset}", total=len(STEPS))
+
+        def advance(step: str) -> None:
+            progress.update(task, description=f"batch {dataset}: {step}", completed=STEPS.index(step))
+
+        record = run_batch(dataset, input, progress=advance)
+        progress.update(task, completed=len(STEPS), description=f"batch {dataset}: done")
+    _print_run(record)
+
+
+def _print_run(record) -> None:
+    table = Table(title=f"Batch run {record.run_id}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows", "anomalies", "model_version", "expired_hot_rows", "watermark"):
+        table.add_row(name, str(getattr(record, name)))
+    table.add_row("seconds", f"{sum(record.timings.values()):.1f}")
+    console.print(table)
+
+
+@batch_app.command("models")
+def batch_models(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")] = None) -> None:
+    """List the model registry."""
+    from lakehouse import registry
+    from lakehouse.settings import get_settings
+
+    frame = registry.list_models(get_settings(), dataset)
+    _print_frame(frame[["dataset", "entity_id", "version", "detector", "threshold", "train_rows", "train_start", "train_end", "run_id"]], "Model registry")
+
+
+@batch_app.command("runs")
+def batch_runs(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")] = None) -> None:
+    """List batch runs with their counts and watermarks."""
+    from batch import run_log
+    from lakehouse.settings import get_settings
+
+    frame = run_log.runs(get_settings(), dataset)
+    _print_frame(frame[["run_id", "dataset", "status", "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "watermark"]], "Batch runs")
+
+
+@speed_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def speed_run(
+    context: typer.Context,
+    dataset: Dataset,
+    input: Annotated[str, typer.Option("--input", "-i", help="JSON-lines file or glob to replay.")],
+) -> None:
+    """Replay events through the Beam pipeline into the hot table (extra args go to Beam, e.g. --runner)."""
+    from speed.pipeline import run
+
+    with console.status(f"speed {dataset}: scoring {input}"):
+        result = run(["--dataset", dataset, "--input", input, *context.args])
+    console.print(result)
+
+
+@serve_app.command("refresh")
+def serve_refresh() -> None:
+    """Register every warehouse table in Trino and (re)create the merged views."""
+    from serving import views
+
+    for line in views.refresh_all():
+        console.print(line)
+
+
+@app.command()
+def sql(
+    query: Annotated[Optional[str], typer.Argument(help="SQL text; '-' or nothing reads stdin.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the query from a file.")] = None,
+    output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+) -> None:
+    """Run SQL on the local Trino and print the result."""
+    from serving import trino_client
+
+    if file is not None:
+        text = file.read_text()
+    elif query in (None, "-"):
+        text = sys.stdin.read()
+    else:
+        text = query
+    frame = trino_client.query(text.strip().rstrip(";"))
+    if output == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif output == "json":
+        sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
+    else:
+        _print_frame(frame, None)
+
+
+def _print_frame(frame, title: str | None) -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*["" if value is None else str(value) for value in row])
+    console.print(table)
+    console.print(f"({len(frame)} rows)")
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep earlier demo tables instead of starting fresh.")] = False,
+    stop: Annotated[bool, typer.Option(help="Stop the services at the end.")] = False,
+) -> None:
+    """The whole Lambda cycle: generate -> batch -> speed -> Trino merged view, with every count."""
+    from lakehouse import demo as demo_module
+
+    demo_module.run(fresh=not keep, stop_services=stop)
+
+
+def main() -> None:
+    try:
+        app()
+    except LakehouseError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Logging for the command line: rich console output, quiet third-party loggers."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+console = Console(stderr=True)
+
+_NOISY = ("py4j", "apache_beam", "urllib3", "matplotlib", "numba", "great_expectations", "deltalake")
+
+
+def configure(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(name)s: %(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Keep caches of the libraries we call out of HOME (see the README's "Where things go").
+    from lakehouse.settings import get_settings
+
+    cache = get_settings().cache_dir
+    os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))

@@ -1,0 +1,196 @@
+"""A small client for the local Trino server: queries as DataFrames, statements, table registration.
+
+Every failure comes back as a project error: QueryError (with the SQL and Trino's query id) when
+Trino rejects a statement, ServiceError when the server does not answer at all.
+
+Tables are written by Spark and delta-rs and only registered in Trino's "delta" catalog, whose
+file metastore lives in the warehouse (see lakehouse/services/trino.py). Locations are passed to
+Trino as local:///absolute/path for local folders (lakehouse.services.trino.trino_uri).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import trino
+import trino.exceptions
+
+from lakehouse.constants import CATALOG
+from lakehouse.errors import ConfigurationError, QueryError, ServiceError
+from lakehouse.services.trino import trino_uri
+from lakehouse.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_LOCATION = re.compile(r"^\s*location = '((?:[^']|'')*)'", re.MULTILINE)
+
+
+def connect(settings: Settings | None = None) -> trino.dbapi.Connection:
+    """A DB-API connection to the local server, catalog "delta", session time zone UTC."""
+    settings = settings or get_settings()
+    return trino.dbapi.connect(
+        host=settings.trino_host,
+        port=settings.trino_port,
+        user=settings.trino_user,
+        catalog=CATALOG,
+        http_scheme="http",
+        # Timestamps in results and in SQL such as current_timestamp do not depend on the machine.
+        timezone="UTC",
+    )
+
+
+def query(sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None) -> pd.DataFrame:
+    """Run a query and return all its rows; params fill the ? placeholders."""
+    settings = settings or get_settings()
+    with closing(connect(settings)) as connection:
+        columns, rows = _run(connection, sql, params, settings)
+    return pd.DataFrame.from_records(rows, columns=columns)
+
+
+def execute(sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None) -> None:
+    """Run a statement (DDL, CALL, ...) to completion."""
+    settings = settings or get_settings()
+    with closing(connect(settings)) as connection:
+        _run(connection, sql, params, settings)
+
+
+def register_table(schema: str, table: str, location: str, *, settings: Settings | None = None) -> bool:
+    """Make an existing Delta table queryable as delta.<schema>.<table>; True if anything changed.
+
+    Idempotent: a table already registered at the same location is left alone. A registration
+    at another location, or one whose table Trino cannot read any more (folder deleted), is
+    replaced. A folder deleted and written again at the same location needs nothing: the catalog
+    reads each table's Delta log afresh on every query (delta.metadata.cache-ttl=0s).
+    """
+    settings = settings or get_settings()
+    schema, table = _checked_name(schema), _checked_name(table)
+    uri = trino_uri(location)
+    schema_uri = trino_uri(f"{settings.warehouse.rstrip('/')}/{schema}")
+    with closing(connect(settings)) as connection:
+        _run(
+            connection,
+            f'CREATE SCHEMA IF NOT EXISTS {CATALOG}."{schema}" WITH (location = {_literal(schema_uri)})',
+            None,
+            settings,
+        )
+        registered = _registered_location(connection, schema, table, settings)
+        if registered == uri:
+            return False
+        if registered is not None:
+            log.info("re-registering %s.%s: was %s, now %s", schema, table, registered, uri)
+            _run(
+                connection,
+                f"CALL {CATALOG}.system.unregister_table("
+                f"schema_name => {_literal(schema)}, table_name => {_literal(table)})",
+                None,
+                settings,
+            )
+        register = (
+            f"CALL {CATALOG}.system.register_table(schema_name => {_literal(schema)}, "
+            f"table_name => {_literal(table)}, table_location => {_literal(uri)})"
+        )
+        try:
+            _run(connection, register, None, settings)
+        except QueryError:
+            # Another process may have registered the same table meanwhile: fine if it agrees.
+            if _registered_location(connection, schema, table, settings) != uri:
+                raise
+            return False
+    return True
+
+
+def register_warehouse(settings: Settings | None = None) -> list[str]:
+    """Register every Delta table found as <warehouse>/<schema>/<table>/_delta_log; return their names."""
+    settings = settings or get_settings()
+    if not settings.warehouse_is_local:
+        # TODO(issue 5): list the schema and table prefixes of an s3:// warehouse.
+        raise ConfigurationError(f"warehouse {settings.warehouse}: only a local warehouse can be scanned so far")
+    root = Path(settings.warehouse.removeprefix("file://"))
+    registered: list[str] = []
+    for schema, table in _warehouse_tables(root):
+        register_table(schema, table, settings.table_uri(schema, table), settings=settings)
+        registered.append(f"{schema}.{table}")
+    return registered
+
+
+def _warehouse_tables(root: Path) -> Iterator[tuple[str, str]]:
+    if not root.is_dir():
+        return
+    for schema_folder in sorted(root.iterdir()):
+        # Folders such as _trino_metastore are not schemas.
+        if not schema_folder.is_dir() or schema_folder.name.startswith(("_", ".")):
+            continue
+        for table_folder in sorted(schema_folder.iterdir()):
+            if not (table_folder / "_delta_log").is_dir():
+                continue
+            if _NAME.match(schema_folder.name) and _NAME.match(table_folder.name):
+                yield schema_folder.name, table_folder.name
+            else:
+                log.warning("skipping %s: not a valid Trino schema and table name", table_folder)
+
+
+def _registered_location(connection: trino.dbapi.Connection, schema: str, table: str, settings: Settings) -> str | None:
+    """The location a registered table points at, "" if Trino cannot read it, None if absent."""
+    _, rows = _run(
+        connection,
+        f"SELECT 1 FROM {CATALOG}.information_schema.tables "
+        "WHERE table_schema = ? AND table_name = ? AND table_type = 'BASE TABLE'",
+        [schema, table],
+        settings,
+    )
+    if not rows:
+        return None
+    try:
+        _, rows = _run(connection, f'SHOW CREATE TABLE {CATALOG}."{schema}"."{table}"', None, settings)
+    except QueryError as error:
+        log.info("%s.%s is registered but unreadable: %s", schema, table, error)
+        return ""
+    match = _LOCATION.search(rows[0][0])
+    return match.group(1).replace("''", "'") if match else ""
+
+
+def _run(
+    connection: trino.dbapi.Connection, sql: str, params: Sequence[Any] | None, settings: Settings
+) -> tuple[list[str], list[list[Any]]]:
+    """Run one statement to completion; return its column names and rows."""
+    with _project_errors(sql, settings):
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql, list(params) if params is not None else None)
+            # Trino finishes a statement only once its results are consumed, even a CALL.
+            rows = cursor.fetchall()
+            columns = [column[0] for column in cursor.description or []]
+        finally:
+            cursor.close()
+    return columns, rows
+
+
+@contextmanager
+def _project_errors(sql: str, settings: Settings) -> Iterator[None]:
+    try:
+        yield
+    except trino.exceptions.TrinoQueryError as error:
+        raise QueryError(f"{error.error_name}: {error.message}", sql=sql, query_id=error.query_id) from error
+    except (trino.exceptions.TrinoConnectionError, trino.exceptions.HttpError) as error:
+        raise ServiceError(
+            "trino", f"not reachable at {settings.trino_url}; start it with `lakehouse up` ({error})"
+        ) from error
+
+
+def _checked_name(name: str) -> str:
+    """Trino folds unquoted names to lower case; accept only names that survive that unchanged."""
+    if not _NAME.match(name):
+        raise ConfigurationError(f"{name!r} is not a valid Trino schema or table name (lower case, digits, _)")
+    return name
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+

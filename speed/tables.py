@@ -1,0 +1,105 @@
+"""Delta tables the speed layer writes with delta-rs: the hot table (upsert) and quarantine."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError
+
+from lakehouse import constants, storage
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+
+log = logging.getLogger(__name__)
+
+_UTC = pa.timestamp("us", tz="UTC")
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string()),
+        pa.field("event_id", pa.string()),
+        pa.field("record_hash", pa.string()),
+        pa.field("raw", pa.string()),
+        pa.field("failed_rules", pa.list_(pa.string())),
+        pa.field("errors", pa.list_(pa.string())),
+        pa.field("source", pa.string()),
+        pa.field("layer", pa.string()),
+        pa.field("run_id", pa.string()),
+        pa.field("quarantined_at", _UTC),
+    ]
+)
+_COMMIT_ATTEMPTS = 5
+
+
+def hot_schema(dataset: Dataset) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(dataset.event_id, pa.string()),
+            pa.field(dataset.entity, pa.string()),
+            pa.field(dataset.event_time, _UTC),
+            *[pa.field(name, pa.float64()) for name in dataset.features.fields],
+            pa.field("score", pa.float64()),
+            pa.field("is_anomaly", pa.bool_()),
+            pa.field("model_version", pa.int64()),
+            pa.field("scored_at", _UTC),
+        ]
+    )
+
+
+def ensure_table(uri: str, schema: pa.Schema) -> None:
+    """Create an empty Delta table if none exists (before the pipeline starts: one creator)."""
+    if not storage.table_exists(uri):
+        write_deltalake(uri, schema.empty_table(), mode="ignore", storage_options=storage.storage_options(uri))
+
+
+def _with_retries(action, what: str) -> None:
+    # Optimistic concurrency: another writer (a batch run expiring hot rows) may commit first.
+    for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+        try:
+            action()
+            return
+        except CommitFailedError:
+            if attempt == _COMMIT_ATTEMPTS:
+                raise
+            log.warning("%s: commit conflict, retrying (%d/%d)", what, attempt, _COMMIT_ATTEMPTS)
+            time.sleep(0.1 * attempt)
+
+
+def upsert_by_key(uri: str, rows: pa.Table, key: str) -> None:
+    """Insert new keys, update existing ones: a replayed event overwrites itself, never duplicates."""
+    if rows.num_rows == 0:
+        return
+
+    def merge() -> None:
+        table = DeltaTable(uri, storage_options=storage.storage_options(uri))
+        (
+            table.merge(rows, predicate=f"target.{key} = source.{key}", source_alias="source", target_alias="target")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+
+    _with_retries(merge, f"upsert into {uri}")
+
+
+def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
+    """Insert rows whose keys are not in the table yet (idempotent append)."""
+    if rows.num_rows == 0:
+        return
+    predicate = " AND ".join(f"target.{key} = source.{key}" for key in keys)
+
+    def merge() -> None:
+        table = DeltaTable(uri, storage_options=storage.storage_options(uri))
+        table.merge(rows, predicate=predicate, source_alias="source", target_alias="target").when_not_matched_insert_all().execute()
+
+    _with_retries(merge, f"insert into {uri}")
+
+
+def hot_table_uri(settings: Settings, dataset: Dataset) -> str:
+    return settings.table_uri(dataset.name, constants.HOT_SCORES)
+
+
+def quarantine_uri(settings: Settings) -> str:
+    return settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)

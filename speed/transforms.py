@@ -1,0 +1,281 @@
+"""The speed layer's Beam transforms: parse and validate, per-entity features, score, write.
+
+Validation and features are the very functions the batch layer uses (schemas/rules.py,
+lakehouse/features.py), so the two layers reject the same records and compute the same features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from lakehouse import constants, registry
+from lakehouse.features import compute_features
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+from schemas.rules import RecordValidator
+from speed import tables
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER = "dead_letter"
+VALID = "valid"
+
+
+def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
+    """A rejected record in the shared quarantine layout, with its original text untouched."""
+    return {
+        "dataset": dataset.name,
+        "event_id": event_id,
+        "record_hash": hashlib.sha256(f"{raw}\u0000{source}".encode()).hexdigest(),
+        "raw": raw,
+        "failed_rules": rules,
+        "errors": errors,
+        "source": source,
+        "layer": constants.LAYER_SPEED,
+        "run_id": None,
+        "quarantined_at": datetime.now(timezone.utc),
+    }
+
+
+class ParseAndValidate(beam.DoFn):
+    """(source, JSON text) -> typed record on the main output, or a dead letter with its reasons."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.valid = Metrics.counter("speed", "valid")
+        self.rejected = Metrics.counter("speed", "dead_letters")
+
+    def setup(self) -> None:
+        self.validator = RecordValidator(self.dataset)
+
+    def process(self, element: tuple[str, str]) -> Iterable[Any]:
+        source, text = element
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            self.rejected.inc()
+            message = f"record at {source}: malformed JSON ({error.msg} at column {error.colno})"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.json"], [message]))
+            return
+        if not isinstance(record, dict):
+            self.rejected.inc()
+            message = f"record at {source}: expected a JSON object, got {type(record).__name__}"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.object"], [message]))
+            return
+        typed, failures = self.validator.validate(record, source_file=source)
+        if failures:
+            self.rejected.inc()
+            event_id = self.validator.texts(record, source).get(self.dataset.event_id)
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                dead_letter(self.dataset, text, source, event_id, [f.rule for f in failures], [f.message for f in failures]),
+            )
+            return
+        self.valid.inc()
+        yield typed
+
+
+class ComputeFeatures(beam.DoFn):
+    """Per-entity features from the entity's recent history kept in Beam state.
+
+    State holds the newest `window` events (event time, event id, values) in event-time order. An
+    event that arrives late but within the window gets exactly the features the batch layer gives
+    it; events already emitted after it are not revised (the next batch run recomputes them).
+    """
+
+    HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.late = Metrics.counter("speed", "late_events")
+
+    def process(self, element: tuple[str, dict], history=beam.DoFn.StateParam(HISTORY)) -> Iterable[dict]:
+        _, record = element
+        dataset = self.dataset
+        state = history.read() or ([], [], np.empty((0, len(dataset.features.fields))))
+        times, ids, values = state
+        event_time = record[dataset.event_time]
+        key = (event_time, record[dataset.event_id])
+        position = _insertion_point(times, ids, key)
+        if position < len(times):
+            self.late.inc()
+        row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
+        features = compute_features(
+            dataset, row, np.array([np.datetime64(event_time.replace(tzinfo=None), "us")]), values[:position]
+        )[0]
+        if position < len(times) and tuple((times[position], ids[position])) == key:
+            pass  # a replayed event: its features are recomputed, history is unchanged
+        else:
+            times = times[:position] + [event_time] + times[position:]
+            ids = ids[:position] + [record[dataset.event_id]] + ids[position:]
+            values = np.concatenate([values[:position], row, values[position:]])
+        keep = dataset.features.window
+        history.write((times[-keep:], ids[-keep:], values[-keep:]))
+        yield {**record, "_features": features}
+
+
+def _insertion_point(times: list, ids: list, key: tuple) -> int:
+    # Fast path: in-order arrival appends at the end.
+    if not times or (times[-1], ids[-1]) < key:
+        return len(times)
+    position = len(times)
+    while position > 0 and (times[position - 1], ids[position - 1]) >= key:
+        position -= 1
+    return position
+
+
+class ScoreBatch(beam.DoFn):
+    """Scores a batch of featured events with the newest registered model of each entity.
+
+    Models are reloaded when the registry table gets a new version, checked at most every
+    `reload_seconds`, so a batch run's new models reach a running pipeline without a restart.
+    An event whose entity has no model goes to the dead-letter output.
+    """
+
+    def __init__(self, dataset: Dataset, settings: Settings, reload_seconds: float = 30.0) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.reload_seconds = reload_seconds
+        self.scored = Metrics.counter("speed", "scored")
+        self.anomalies = Metrics.counter("speed", "anomalies")
+        self.unknown = Metrics.counter("speed", "unknown_entity")
+        self.reloads = Metrics.counter("speed", "model_reloads")
+
+    def setup(self) -> None:
+        self.models: dict[str, registry.RegisteredModel] = {}
+        self.loaded_version: int | None = None
+        self.checked_at = 0.0
+        self._maybe_reload(force=True)
+
+    def _maybe_reload(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.checked_at < self.reload_seconds:
+            return
+        self.checked_at = now
+        version = registry.registry_version(self.settings)
+        if version is not None and version != self.loaded_version:
+            self.models = registry.load_latest(self.settings, self.dataset.name)
+            self.loaded_version = version
+            self.reloads.inc()
+            log.info("speed: loaded %d models of %s (registry version %s)", len(self.models), self.dataset.name, version)
+
+    def process(self, batch: list[dict]) -> Iterable[Any]:
+        self._maybe_reload()
+        dataset = self.dataset
+        by_entity: dict[str, list[dict]] = {}
+        for record in batch:
+            by_entity.setdefault(record[dataset.entity], []).append(record)
+        scored_at = datetime.now(timezone.utc)
+        for entity_id, records in by_entity.items():
+            entry = self.models.get(entity_id) or self.models.get("*")
+            if entry is None:
+                for record in records:
+                    self.unknown.inc(1)
+                    raw = json.dumps({key: _jsonable(value) for key, value in record.items() if key != "_features"})
+                    message = (
+                        f"record {record[dataset.event_id]}: field '{dataset.entity}' names an entity with no "
+                        f"registered model (rule {dataset.entity}.known_entity), got '{entity_id}'"
+                    )
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTER,
+                        dead_letter(dataset, raw, "speed:score", record[dataset.event_id], [f"{dataset.entity}.known_entity"], [message]),
+                    )
+                continue
+            matrix = np.vstack([record["_features"] for record in records])
+            scores, flags = entry.model.score(matrix)
+            for record, score, flag in zip(records, scores, flags):
+                self.scored.inc()
+                if flag:
+                    self.anomalies.inc()
+                row = {key: value for key, value in record.items() if key != "_features"}
+                yield {
+                    dataset.event_id: row[dataset.event_id],
+                    dataset.entity: row[dataset.entity],
+                    dataset.event_time: row[dataset.event_time],
+                    **{name: row[name] for name in dataset.features.fields},
+                    "score": float(score),
+                    "is_anomaly": bool(flag),
+                    "model_version": entry.version,
+                    "scored_at": scored_at,
+                }
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+class UpsertHotScores(beam.DoFn):
+    """Upserts a batch of scored events into the hot Delta table by event id (one commit per batch)."""
+
+    def __init__(self, dataset: Dataset, settings: Settings) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.committed = Metrics.counter("speed", "hot_rows_committed")
+        self.latency = Metrics.distribution("speed", "commit_latency_ms")
+
+    def setup(self) -> None:
+        self.uri = tables.hot_table_uri(self.settings, self.dataset)
+        self.schema = tables.hot_schema(self.dataset)
+
+    def process(self, batch: list[dict]) -> Iterable[int]:
+        # A replay may put the same event twice in one batch: the last one wins.
+        latest = {row[self.dataset.event_id]: row for row in batch}
+        started = time.perf_counter()
+        tables.upsert_by_key(self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id)
+        self.latency.update(int((time.perf_counter() - started) * 1000))
+        self.committed.inc(len(latest))
+        yield len(latest)
+
+
+class WriteDeadLetters(beam.DoFn):
+    """Adds dead letters to the shared quarantine table, once per (dataset, record hash)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def setup(self) -> None:
+        self.uri = tables.quarantine_uri(self.settings)
+
+    def process(self, batch: list[dict]) -> Iterable[int]:
+        unique = {(row["dataset"], row["record_hash"]): row for row in batch}
+        tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=tables.QUARANTINE_SCHEMA), ["dataset", "record_hash"])
+        yield len(unique)
+
+
+class ScoreEvents(beam.PTransform):
+    """(source, JSON text) -> scored rows (main output) and dead letters (tag `dead_letter`)."""
+
+    def __init__(self, dataset: Dataset, settings: Settings, *, max_batch_size: int = 1000, reload_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.settings = settings
+        self.max_batch_size = max_batch_size
+        self.reload_seconds = reload_seconds
+
+    def expand(self, lines):
+        dataset = self.dataset
+        parsed = lines | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
+        featured = (
+            parsed[VALID]
+            | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record))
+            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset))
+        )
+        scored = (
+            featured
+            | "BatchForScoring" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
+            | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(DEAD_LETTER, main=VALID)
+        )
+        dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+        return {VALID: scored[VALID], DEAD_LETTER: dead_letters}

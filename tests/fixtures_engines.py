@@ -1,0 +1,53 @@
+"""Fixtures for tests that run Spark (with Delta) and Beam: isolated warehouses, one Spark session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakehouse import generate as generator
+from lakehouse.settings import Settings, get_settings
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """One local Spark session with Delta for the whole test run (starting one costs ~10 s)."""
+    from batch.spark import spark_session
+
+    session = spark_session(get_settings(), app_name="lakehouse-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> Settings:
+    """Settings whose warehouse is a fresh temporary folder (Delta tables are addressed by path)."""
+    return get_settings().model_copy(update={"warehouse": str(tmp_path / "warehouse")})
+
+
+@dataclass
+class SensorInputs:
+    events: object  # pandas DataFrame with the `anomaly` labels
+    history: generator.Planted
+    recent: generator.Planted
+    history_files: list[Path]
+    recent_file: Path
+
+
+def make_sensor_inputs(folder: Path, *, sensors: int = 3, days: float = 3.0, seed: int = 11) -> SensorInputs:
+    """History (first two thirds, two JSON files) and a recent replay file, with planted problems."""
+    events = generator.generate(generator.GeneratorConfig(sensors=sensors, days=days, seed=seed))
+    split = events.event_time.iloc[int(len(events) * 2 / 3)]
+    history = generator.plant_problems(generator.to_records(events[events.event_time < split]), seed=seed)
+    recent = generator.plant_problems(generator.to_records(events[events.event_time >= split]), seed=seed + 1)
+    middle = len(history.records) // 2
+    files = [
+        generator.write_json_lines(history.records[:middle], folder / "history" / "part-1.jsonl"),
+        generator.write_json_lines(history.records[middle:], folder / "history" / "part-2.jsonl"),
+    ]
+    recent_file = generator.write_json_lines(recent.records, folder / "recent" / "replay.jsonl")
+    return SensorInputs(events, history, recent, files, recent_file)

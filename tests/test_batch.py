@@ -1,0 +1,129 @@
+"""The batch job on real Spark with Delta: counts, quarantine, registry, batch view, idempotence."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from batch import run_log
+from batch.job import run_batch
+from lakehouse import constants, registry
+from lakehouse.errors import LakehouseError
+
+from fixtures_engines import make_sensor_inputs
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, tmp_path_factory):
+    from lakehouse.settings import get_settings
+
+    folder = tmp_path_factory.mktemp("batch")
+    settings = get_settings().model_copy(update={"warehouse": str(folder / "warehouse")})
+    inputs = make_sensor_inputs(folder)
+    record = run_batch("sensor_events", [str(folder / "history" / "*.jsonl")], settings=settings, spark=spark)
+    return settings, inputs, record
+
+
+def _table(settings, schema, table) -> pd.DataFrame:
+    return DeltaTable(settings.table_uri(schema, table)).to_pandas()
+
+
+def test_every_input_record_is_valid_quarantined_or_a_duplicate(first_run):
+    _, inputs, record = first_run
+    assert record.status == "succeeded"
+    assert record.input_rows == len(inputs.history.records)
+    assert record.quarantined_rows == len(inputs.history.bad) > 0
+    assert record.duplicate_rows == inputs.history.duplicates > 0
+    assert record.input_rows == record.valid_rows + record.quarantined_rows + record.duplicate_rows
+
+
+def test_silver_holds_each_valid_event_once(first_run):
+    settings, inputs, record = first_run
+    silver = _table(settings, "sensor_events", constants.SILVER)
+    assert len(silver) == record.valid_rows == silver.event_id.nunique()
+    assert set(silver.event_id).isdisjoint(inputs.history.bad)
+    assert set(silver.columns) >= {"event_date", "source_file", "run_id", "ingested_at"}
+
+
+def test_quarantine_keeps_each_rejected_record_with_the_rule_it_broke(first_run):
+    settings, inputs, _ = first_run
+    quarantine = _table(settings, constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    assert len(quarantine) == len(inputs.history.bad)
+    for row in quarantine.itertuples():
+        original_id = next(event_id for event_id in inputs.history.bad if event_id in row.raw)
+        assert list(row.failed_rules) == [inputs.history.bad[original_id]]
+        assert row.layer == "batch" and row.dataset == "sensor_events"
+        assert inputs.history.bad[original_id] in row.errors[0]
+
+
+def test_a_model_per_entity_is_registered(first_run):
+    settings, _, record = first_run
+    models = registry.list_models(settings, "sensor_events")
+    assert sorted(models.entity_id) == ["sensor-000", "sensor-001", "sensor-002"]
+    assert set(models.version) == {record.model_version}
+    loaded = registry.load_latest(settings, "sensor_events")
+    assert loaded["sensor-000"].model.threshold == pytest.approx(models.threshold.iloc[0])
+
+
+def test_the_batch_view_scores_every_event_and_flags_the_planted_spikes(first_run):
+    settings, inputs, record = first_run
+    view = _table(settings, "sensor_events", constants.BATCH_SCORES)
+    assert len(view) == record.valid_rows == record.scored_rows
+    assert view.score.notna().all()
+    labels = inputs.events.set_index("event_id").anomaly
+    spikes = [event_id for event_id in view.event_id if labels.get(event_id) == "spike"]
+    assert spikes, "the history should contain planted spikes"
+    assert view.set_index("event_id").loc[spikes, "is_anomaly"].all()
+    # Detection is selective: far fewer flags than events.
+    assert view.is_anomaly.mean() < 0.05
+
+
+def test_watermark_is_the_newest_valid_event_time(first_run):
+    settings, _, record = first_run
+    silver = _table(settings, "sensor_events", constants.SILVER)
+    assert record.watermark == silver.event_time.max().to_pydatetime()
+    assert run_log.current_watermark(settings, "sensor_events") == silver.event_time.max()
+
+
+def test_rerunning_the_same_input_changes_no_table(first_run, spark):
+    settings, inputs, first = first_run
+    before = {name: len(_table(settings, "sensor_events", name)) for name in (constants.SILVER, constants.BATCH_SCORES)}
+    quarantined_before = len(_table(settings, constants.SYSTEM_SCHEMA, constants.QUARANTINE))
+    again = run_batch("sensor_events", first.inputs, settings=settings, spark=spark)
+    assert again.valid_rows == 0
+    assert again.duplicate_rows == first.valid_rows + first.duplicate_rows
+    assert again.input_rows == again.valid_rows + again.quarantined_rows + again.duplicate_rows
+    after = {name: len(_table(settings, "sensor_events", name)) for name in (constants.SILVER, constants.BATCH_SCORES)}
+    assert after == before
+    assert len(_table(settings, constants.SYSTEM_SCHEMA, constants.QUARANTINE)) == quarantined_before
+    assert again.watermark == first.watermark
+
+
+def test_an_input_that_matches_nothing_is_a_clear_error(warehouse, spark):
+    with pytest.raises(LakehouseError, match="matches no file"):
+        run_batch("sensor_events", ["/nonexistent/*.jsonl"], settings=warehouse, spark=spark)
+
+
+def test_csv_series_take_their_entity_from_the_file_name(warehouse, spark, tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "nab"
+    folder.mkdir()
+    times = pd.date_range("2014-04-01", periods=400, freq="5min")
+    values = np.sin(np.arange(400) / 20) + 10
+    values[300] = 60
+    for name in ("cpu_a", "cpu_b"):
+        pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": values}).to_csv(folder / f"{name}.csv", index=False)
+    with open(folder / "cpu_b.csv", "a") as stream:
+        stream.write("2014-04-03 00:00:00,not-a-number\n")
+    record = run_batch("metrics", [str(folder / "*.csv")], settings=warehouse, spark=spark)
+    assert (record.input_rows, record.valid_rows, record.quarantined_rows) == (801, 800, 1)
+    view = DeltaTable(warehouse.table_uri("metrics", constants.BATCH_SCORES)).to_pandas()
+    assert sorted(view.entity_id.unique()) == ["cpu_a", "cpu_b"]
+    assert view.set_index("event_id").loc["cpu_a@2014-04-02 01:00:00", "is_anomaly"]
+    quarantine = DeltaTable(warehouse.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()
+    assert list(quarantine.failed_rules.iloc[0]) == ["value.type"]
+    assert quarantine.event_id.iloc[0] == "cpu_b@2014-04-03 00:00:00"

@@ -1,0 +1,108 @@
+"""Dataset declarations and the rules derived from them (no engines needed)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+import schemas
+from lakehouse.errors import ConfigurationError
+from schemas.declaration import Dataset
+from schemas.engines import arrow_schema, spark_ddl, trino_columns
+from schemas.rules import RecordValidator, rules_for
+
+
+def test_every_declared_dataset_loads():
+    assert set(schemas.available()) >= {"metrics", "sensor_events"}
+    for name in schemas.available():
+        assert schemas.load(name).name == name
+
+
+def test_unknown_dataset_names_the_declared_ones():
+    with pytest.raises(ConfigurationError, match="sensor_events"):
+        schemas.load("no_such_dataset")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"event_time": "status"}, "must have type timestamp"),
+        ({"entity": "missing"}, "not a declared field"),
+        ({"features": {"fields": ["status"]}}, "numeric field"),
+    ],
+)
+def test_invalid_declarations_say_what_is_wrong(change, message):
+    document = schemas.load("sensor_events").model_dump()
+    document.update(change)
+    with pytest.raises(ValueError, match=message):
+        Dataset.model_validate(document)
+
+
+def test_range_on_a_string_field_is_refused():
+    document = schemas.load("sensor_events").model_dump()
+    document["fields"][-1]["minimum"] = 1
+    with pytest.raises(ValueError, match="minimum/maximum need a numeric type"):
+        Dataset.model_validate(document)
+
+
+def test_engine_schemas_derive_from_one_declaration():
+    dataset = schemas.load("sensor_events")
+    names = [field.name for field in dataset.fields]
+    assert arrow_schema(dataset).names == names
+    assert spark_ddl(dataset).startswith("event_id STRING NOT NULL, entity_id STRING NOT NULL, event_time TIMESTAMP")
+    assert trino_columns(dataset)["event_time"] == "timestamp(3) with time zone"
+
+
+def test_rules_are_named_field_dot_kind():
+    names = [rule.name for rule in rules_for(schemas.load("sensor_events"))]
+    assert "temperature.range" in names and "status.allowed_values" in names and "entity_id.pattern" in names
+
+
+GOOD = {
+    "event_id": "0123456789abcdef0123456789abcdef",
+    "entity_id": "sensor-001",
+    "event_time": "2024-01-01T00:05:00Z",
+    "temperature": 61.5,
+    "pressure": "5.1",
+    "vibration": 2,
+    "status": "ok",
+}
+
+
+def test_a_good_record_is_typed():
+    typed, failures = RecordValidator(schemas.load("sensor_events")).validate(GOOD)
+    assert failures == []
+    assert typed["event_time"] == datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)
+    assert typed["pressure"] == 5.1 and typed["vibration"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "change, rule",
+    [
+        ({"temperature": "hot"}, "temperature.type"),
+        ({"temperature": "NaN"}, "temperature.type"),
+        ({"temperature": 1e400}, "temperature.type"),
+        ({"temperature": 500}, "temperature.range"),
+        ({"status": "OK"}, "status.allowed_values"),
+        ({"entity_id": "sensor-1"}, "entity_id.pattern"),
+        ({"event_time": "2024-02-30T00:00:00Z"}, "event_time.type"),
+        ({"event_time": "yesterday"}, "event_time.type"),
+        ({"pressure": ""}, "pressure.not_null"),
+        ({"vibration": None}, "vibration.not_null"),
+        ({"vibration": True}, "vibration.type"),
+    ],
+)
+def test_each_bad_value_fails_exactly_its_rule(change, rule):
+    _, failures = RecordValidator(schemas.load("sensor_events")).validate({**GOOD, **change})
+    assert [failure.rule for failure in failures] == [rule]
+    message = failures[0].message
+    assert GOOD["event_id"] in message and rule in message and f"'{rule.split('.')[0]}'" in message
+
+
+def test_derived_fields_come_from_the_file_name_and_other_fields():
+    validator = RecordValidator(schemas.load("metrics"))
+    typed, failures = validator.validate({"timestamp": "2014-04-01 00:05:00", "value": "3.5"}, "s3://bucket/nab/cpu_util.csv")
+    assert failures == []
+    assert typed["entity_id"] == "cpu_util"
+    assert typed["event_id"] == "cpu_util@2014-04-01 00:05:00"

@@ -1,6 +1,6 @@
 """Seeded synthetic `sensor_events` with planted, labelled anomalies and planted bad records.
 
-Every sensor gets one anomaly of each kind: a temperature spike, a pressure level shift, a
+Every sensor gets one anomaly of each kind, and two temperature spikes: a pressure level shift, a
 vibration drift and a stuck temperature reading. Labels say which event carries which anomaly,
 so tests and `lakehouse eval` can check what the detectors flag.
 """
@@ -47,12 +47,12 @@ def generate(config: GeneratorConfig = GeneratorConfig()) -> pd.DataFrame:
         # Anomalies land in the last 60% of the series, so there is clean history to learn from;
         # their lengths scale down for short series.
         jitter = lambda fraction: int(periods * (fraction + rng.uniform(0, 0.02)))  # noqa: E731
-        spike, shift, drift, stuck = jitter(0.45), jitter(0.56), jitter(0.68), jitter(0.86)
+        spike, shift, drift, stuck, late_spike = jitter(0.45), jitter(0.56), jitter(0.68), jitter(0.86), jitter(0.95)
         shift_length = max(5, min(30, periods // 40))
         drift_length = max(10, min(100, periods // 15))
         stuck_length = max(5, min(40, periods // 30))
-        temperature[spike] += 25
-        labels[spike] = "spike"
+        temperature[[spike, late_spike]] += 25
+        labels[[spike, late_spike]] = "spike"
         pressure[shift : shift + shift_length] += 3
         labels[shift : shift + shift_length] = "level_shift"
         vibration[drift : drift + drift_length] += np.linspace(0, 12, drift_length)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import requests
 import trino
 import trino.exceptions
 
@@ -35,6 +36,9 @@ _LOCATION = re.compile(r"^\s*location = '((?:[^']|'')*)'", re.MULTILINE)
 def connect(settings: Settings | None = None) -> trino.dbapi.Connection:
     """A DB-API connection to the local server, catalog "delta", session time zone UTC."""
     settings = settings or get_settings()
+    # The server is on loopback: ignore any HTTP proxy configured in the environment.
+    session = requests.Session()
+    session.trust_env = False
     return trino.dbapi.connect(
         host=settings.trino_host,
         port=settings.trino_port,
@@ -43,6 +47,7 @@ def connect(settings: Settings | None = None) -> trino.dbapi.Connection:
         http_scheme="http",
         # Timestamps in results and in SQL such as current_timestamp do not depend on the machine.
         timezone="UTC",
+        http_session=session,
     )
 
 

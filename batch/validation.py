@@ -49,7 +49,8 @@ def _typed(field: FieldSpec) -> Column:
     if field.type == "string":
         return text
     if field.type == "timestamp":
-        return F.expr(f"try_cast(`{field.name}` AS TIMESTAMP)")
+        # Millisecond precision, as schemas.rules.parse_timestamp (Trino reads timestamp(3)).
+        return F.date_trunc("millisecond", F.expr(f"try_cast(`{field.name}` AS TIMESTAMP)"))
     return F.expr(f"try_cast(`{field.name}` AS {spark_type(field.type)})")
 
 

@@ -36,16 +36,16 @@ def write_inputs(out: Path, *, sensors: int = 8, days: float = 6.0, seed: int = 
     for day in range(whole_days - 1):
         low, high = start + timedelta(days=day), start + timedelta(days=day + 1)
         part = events[(events.event_time >= low) & (events.event_time < high)]
-        planted = generator.plant_problems(generator.to_records(part), seed=seed + day)
+        planted = generator.plant_problems(generator.to_records(part), seed=seed)
         files[f"batch_day{day + 1}"] = generator.write_json_lines(planted.records, out / "batch" / f"day-{low:%Y-%m-%d}.jsonl")
     last_batch_end = start + timedelta(days=whole_days - 1)
     replays = {
         "replay_a": (last_batch_end - timedelta(days=0.5), last_batch_end + timedelta(days=0.5)),
         "replay_b": (last_batch_end + timedelta(days=0.5), start + timedelta(days=days)),
     }
-    for index, (name, (low, high)) in enumerate(replays.items()):
+    for name, (low, high) in replays.items():
         part = events[(events.event_time >= low) & (events.event_time < high)]
-        planted = generator.plant_problems(generator.to_records(part), seed=seed + 100 + index)
+        planted = generator.plant_problems(generator.to_records(part), seed=seed)
         path = generator.write_json_lines(planted.records, out / "replay" / f"{name}.jsonl")
         with open(path, "a") as stream:
             stream.write('{"event_id": "truncated-by-a-crash", "temperature": 2\n')  # malformed JSON
@@ -57,7 +57,7 @@ def write_inputs(out: Path, *, sensors: int = 8, days: float = 6.0, seed: int = 
     return files
 
 
-def run(*, fresh: bool = True, stop_services: bool = False) -> dict:
+def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0) -> dict:
     from batch.job import run_batch
     from batch.spark import spark_session
     from lakehouse.services.trino import TrinoServer
@@ -74,8 +74,11 @@ def run(*, fresh: bool = True, stop_services: bool = False) -> dict:
     if fresh:
         reset_dataset(settings, DATASET)
     out = settings.data_dir / "demo"
-    files = write_inputs(out)
+    files = write_inputs(out, sensors=sensors, days=days)
     console.print(f"generated inputs in {out}")
+    from pyspark.sql import SparkSession
+
+    owns_spark = SparkSession.getActiveSession() is None
     spark = spark_session(settings)
     summary: dict = {"batch": [], "speed": []}
 
@@ -104,7 +107,8 @@ def run(*, fresh: bool = True, stop_services: bool = False) -> dict:
     speed(files["replay_a"], "speed replay A")
     batch(batch_days[-1:], "batch run 2 (day 5)")
     speed(files["replay_b"], "speed replay B")
-    spark.stop()
+    if owns_spark:
+        spark.stop()
 
     with console.status("waiting for Trino"):
         trino.wait_ready()
@@ -141,7 +145,7 @@ def run(*, fresh: bool = True, stop_services: bool = False) -> dict:
     )
     if stop_services:
         trino.stop()
-    summary.update(merged=merged, flagged=flagged, quarantine=quarantine, files=files, trino=trino_status)
+    summary.update(merged=merged, flagged=flagged, quarantine=quarantine, files=files, trino=trino_status, spikes=spikes)
     return summary
 
 

@@ -16,11 +16,10 @@ from schemas.declaration import DetectorSpec
 DETECTORS = {
     "iforest": "pyod.models.iforest:IForest",
     "hbos": "pyod.models.hbos:HBOS",
-    "ecod": "pyod.models.ecod:ECOD",
-    "copod": "pyod.models.copod:COPOD",
     "knn": "pyod.models.knn:KNN",
     "lof": "pyod.models.lof:LOF",
 }
+SCALERS = {"robust": "sklearn.preprocessing:RobustScaler", "standard": "sklearn.preprocessing:StandardScaler"}
 
 
 def build(spec: DetectorSpec) -> Any:
@@ -31,16 +30,24 @@ def build(spec: DetectorSpec) -> Any:
 
 @dataclass
 class FittedModel:
-    """A fitted detector and what scoring needs from it; the artifact stored in the registry."""
+    """A fitted detector and what scoring needs from it; the artifact stored in the registry.
+
+    Scoring one row gives the same score as scoring it among many: detectors whose scores depend
+    on the other rows scored with them (PyOD's ECOD and COPOD re-fit on train + new rows) would
+    break batch/speed parity, so they are not offered.
+    """
 
     detector: Any
     threshold: float
     feature_names: list[str]
+    scaler: Any = None
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Outlier scores (higher is more anomalous) and the anomaly flags (score > threshold)."""
         if len(features) == 0:
             return np.empty(0), np.empty(0, dtype=bool)
+        if self.scaler is not None:
+            features = self.scaler.transform(features)
         scores = np.asarray(self.detector.decision_function(features), dtype=np.float64)
         return scores, scores > self.threshold
 
@@ -60,6 +67,11 @@ class FittedModel:
 
 def fit(spec: DetectorSpec, features: np.ndarray, feature_names: list[str]) -> tuple[FittedModel, dict[str, float]]:
     """Fit a detector on training features; return the model and its training metrics."""
+    scaler = None
+    if spec.scale != "none":
+        module_name, class_name = SCALERS[spec.scale].split(":")
+        scaler = getattr(import_module(module_name), class_name)().fit(features)
+        features = scaler.transform(features)
     detector = build(spec)
     detector.fit(features)
     threshold = float(detector.threshold_)
@@ -71,4 +83,4 @@ def fit(spec: DetectorSpec, features: np.ndarray, feature_names: list[str]) -> t
         "train_score_mean": float(np.mean(training_scores)),
         "train_score_std": float(np.std(training_scores)),
     }
-    return FittedModel(detector=detector, threshold=threshold, feature_names=feature_names), metrics
+    return FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler), metrics

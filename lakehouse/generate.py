@@ -7,6 +7,7 @@ so tests and `lakehouse eval` can check what the detectors flag.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -109,16 +110,21 @@ class Planted:
 
 
 def plant_problems(records: list[dict], *, seed: int, bad_rate: float = 0.004, duplicate_rate: float = 0.004) -> Planted:
-    """Corrupt a few records (one rule each) and repeat a few others verbatim."""
-    rng = np.random.default_rng(seed)
+    """Corrupt a few records (one rule each) and repeat a few others verbatim.
+
+    The choice depends only on the seed and the event id, so an event that reaches both the batch
+    files and a speed replay is corrupted (or repeated) the same way in both, as a real bad event
+    would be.
+    """
     output: list[dict] = []
     bad: dict[str, str] = {}
     duplicates = 0
     rules = sorted(CORRUPTIONS)
     for record in records:
-        draw = rng.random()
+        digest = hashlib.sha256(f"{seed}:{record['event_id']}".encode()).digest()
+        draw = int.from_bytes(digest[:4], "big") / 2**32
         if draw < bad_rate:
-            rule = rules[int(rng.integers(len(rules)))]
+            rule = rules[digest[4] % len(rules)]
             output.append(CORRUPTIONS[rule](record))
             bad[record["event_id"]] = rule
         elif draw < bad_rate + duplicate_rate:

@@ -88,11 +88,14 @@ class FeatureSpec(_Strict):
     time_of_day: bool = True
 
 
-DetectorName = Literal["iforest", "hbos", "ecod", "copod", "knn", "lof"]
+DetectorName = Literal["iforest", "hbos", "knn", "lof"]
 
 
 class DetectorSpec(_Strict):
-    name: DetectorName = "iforest"
+    name: DetectorName = "knn"
+    # Features mix units (degrees, bar, z-scores, sin/cos): distance-based detectors need them on
+    # one scale. Robust scaling (median/IQR) is not dragged by the anomalies in the history.
+    scale: Literal["robust", "standard", "none"] = "robust"
     contamination: float = Field(default=0.01, gt=0, le=0.5)
     per: Literal["entity", "dataset"] = "entity"
     min_train_rows: int = Field(default=200, ge=10)

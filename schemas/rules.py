@@ -174,11 +174,16 @@ class RecordValidator:
 
 
 def parse_timestamp(text: str) -> datetime | None:
-    """ISO 8601 text to an aware UTC datetime; text without an offset is UTC (as Spark's session)."""
+    """ISO 8601 text to an aware UTC datetime; text without an offset is UTC (as Spark's session).
+
+    Kept to millisecond precision: Trino reads Delta timestamps as timestamp(3), and the merged
+    view's boundary (event_time <= watermark) must compare the values both layers stored.
+    """
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    value = value.replace(microsecond=value.microsecond // 1000 * 1000)
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)

@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 import schemas
+from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
 from speed import tables
 from speed.transforms import DEAD_LETTER, VALID, ScoreEvents, UpsertHotScores, WriteDeadLetters
@@ -27,8 +28,10 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 class SpeedOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--dataset", required=True, help="dataset declared in schemas/")
-        parser.add_argument("--input", required=True, help="JSON-lines file or glob to replay")
+        # Not `required`: Beam parses every registered options class for any pipeline, so a
+        # required flag here would break unrelated pipelines; run() checks them instead.
+        parser.add_argument("--dataset", help="dataset declared in schemas/")
+        parser.add_argument("--input", help="JSON-lines file or glob to replay")
         parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
 
@@ -80,6 +83,9 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         # falls back to its in-process FnApiRunner; go to that engine directly.
         standard.runner = LOCAL_RUNNER
     options.view_as(SetupOptions).save_main_session = False
+    missing = [flag for flag in ("dataset", "input") if not getattr(speed_options, flag)]
+    if missing:
+        raise ConfigurationError(f"speed pipeline needs {', '.join('--' + flag for flag in missing)}")
     dataset = schemas.load(speed_options.dataset)
     # Created here, once, so that parallel workers never race to create a table.
     tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))

@@ -26,6 +26,7 @@ from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from schemas.rules import RecordValidator
 from speed import tables
+from speed.history import recent_history
 
 log = logging.getLogger(__name__)
 
@@ -90,40 +91,78 @@ class ParseAndValidate(beam.DoFn):
 class ComputeFeatures(beam.DoFn):
     """Per-entity features from the entity's recent history kept in Beam state.
 
-    State holds the newest `window` events (event time, event id, values) in event-time order. An
-    event that arrives late but within the window gets exactly the features the batch layer gives
-    it; events already emitted after it are not revised (the next batch run recomputes them).
+    State holds the entity's newest 2 x `window` events (event time, event id, values) in
+    event-time order. Events usually arrive in order and are appended. An event that arrives late
+    (runners do not promise order, Kafka partitions interleave) is inserted at its place, and
+    every later event whose window now includes it is emitted again with corrected features; the
+    hot table's upsert by event id replaces their earlier rows. So the stream ends with exactly
+    the features the batch layer computes. Only an event older than everything in state (later
+    than 2 x window events) cannot be placed; it is counted in `late_beyond_state`.
     """
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
 
-    def __init__(self, dataset: Dataset) -> None:
+    def __init__(self, dataset: Dataset, settings: Settings) -> None:
         self.dataset = dataset
+        self.settings = settings
         self.late = Metrics.counter("speed", "late_events")
+        self.revised = Metrics.counter("speed", "revised_events")
+        self.too_late = Metrics.counter("speed", "late_beyond_state")
+        self.seeded = Metrics.counter("speed", "entities_seeded_from_silver")
+
+    def setup(self) -> None:
+        self.silver_history = recent_history(self.settings, self.dataset)
 
     def process(self, element: tuple[str, dict], history=beam.DoFn.StateParam(HISTORY)) -> Iterable[dict]:
-        _, record = element
+        entity_id, record = element
         dataset = self.dataset
-        state = history.read() or ([], [], np.empty((0, len(dataset.features.fields))))
+        window = dataset.features.window
+        state = history.read()
+        if state is None:
+            state = self._seed(entity_id, record)
         times, ids, values = state
-        event_time = record[dataset.event_time]
-        key = (event_time, record[dataset.event_id])
+        key = (record[dataset.event_time], record[dataset.event_id])
         position = _insertion_point(times, ids, key)
-        if position < len(times):
-            self.late.inc()
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
-        features = compute_features(
-            dataset, row, np.array([np.datetime64(event_time.replace(tzinfo=None), "us")]), values[:position]
-        )[0]
-        if position < len(times) and tuple((times[position], ids[position])) == key:
-            pass  # a replayed event: its features are recomputed, history is unchanged
-        else:
-            times = times[:position] + [event_time] + times[position:]
-            ids = ids[:position] + [record[dataset.event_id]] + ids[position:]
+        replayed = position < len(times) and (times[position], ids[position]) == key
+        if not replayed:
+            if position < len(times):
+                self.late.inc()
+                if position == 0 and len(times) >= 2 * window:
+                    self.too_late.inc()
+            times = times[:position] + [key[0]] + times[position:]
+            ids = ids[:position] + [key[1]] + ids[position:]
             values = np.concatenate([values[:position], row, values[position:]])
-        keep = dataset.features.window
-        history.write((times[-keep:], ids[-keep:], values[-keep:]))
-        yield {**record, "_features": features}
+        history.write((times[-2 * window :], ids[-2 * window :], values[-2 * window :]))
+        yield {**record, "_features": self._features(times, values, position)}
+        if replayed:
+            return  # a replayed event changes no other event's window
+        # Later events whose window (the `window` events before them) now holds this one.
+        for later in range(position + 1, min(len(times), position + window + 1)):
+            self.revised.inc()
+            yield {
+                dataset.event_id: ids[later],
+                dataset.entity: entity_id,
+                dataset.event_time: times[later],
+                **{name: float(values[later, index]) for index, name in enumerate(dataset.features.fields)},
+                "_features": self._features(times, values, later),
+                "_revised": True,
+            }
+
+    def _features(self, times: list, values: np.ndarray, position: int) -> np.ndarray:
+        event_time = np.array([np.datetime64(times[position].replace(tzinfo=None), "us")])
+        return compute_features(self.dataset, values[position : position + 1], event_time, values[:position])[0]
+
+    def _seed(self, entity_id: str, record: dict):
+        """Initial state of an entity: its silver events before this one (see speed/history.py)."""
+        empty = ([], [], np.empty((0, len(self.dataset.features.fields))))
+        times, ids, values = self.silver_history.get(entity_id, empty)
+        if not times:
+            return empty
+        self.seeded.inc()
+        key = (record[self.dataset.event_time], record[self.dataset.event_id])
+        position = _insertion_point(times, ids, key)
+        return list(times[:position]), list(ids[:position]), values[:position]
 
 
 def _insertion_point(times: list, ids: list, key: tuple) -> int:
@@ -149,6 +188,7 @@ class ScoreBatch(beam.DoFn):
         self.settings = settings
         self.reload_seconds = reload_seconds
         self.scored = Metrics.counter("speed", "scored")
+        self.rescored = Metrics.counter("speed", "rescored_after_late_event")
         self.anomalies = Metrics.counter("speed", "anomalies")
         self.unknown = Metrics.counter("speed", "unknown_entity")
         self.reloads = Metrics.counter("speed", "model_reloads")
@@ -196,10 +236,10 @@ class ScoreBatch(beam.DoFn):
             matrix = np.vstack([record["_features"] for record in records])
             scores, flags = entry.model.score(matrix)
             for record, score, flag in zip(records, scores, flags):
-                self.scored.inc()
+                (self.rescored if record.get("_revised") else self.scored).inc()
                 if flag:
                     self.anomalies.inc()
-                row = {key: value for key, value in record.items() if key != "_features"}
+                row = record
                 yield {
                     dataset.event_id: row[dataset.event_id],
                     dataset.entity: row[dataset.entity],
@@ -270,7 +310,7 @@ class ScoreEvents(beam.PTransform):
         featured = (
             parsed[VALID]
             | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record))
-            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset))
+            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings))
         )
         scored = (
             featured

@@ -1,45 +1,73 @@
-"""Shared pytest fixtures."""
+"""Shared pytest set-up: an isolated environment and the session-scoped local services.
+
+Tests never touch what a developer has running: before anything is imported that reads settings,
+LAKEHOUSE_* variables point the warehouse and the services' folders at a temporary directory and
+move the services to ports of their own. The JVM cache stays the project's (.work/cache), so no
+test downloads anything twice.
+
+Set LAKEHOUSE_TEST_KEEP_SERVICES=1 to keep the test Trino and Kafka (and their warehouse) in
+.work/test-services between runs: the next run reuses them and skips their start-up.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-
-from lakehouse.services.trino import TrinoServer
-from lakehouse.settings import Settings
-
-log = logging.getLogger(__name__)
 
 # Fixtures for Spark/Beam and Kafka live in their own modules.
 pytest_plugins = ["fixtures_engines", "fixtures_kafka"]
 
+log = logging.getLogger(__name__)
+
+KEEP_SERVICES = os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") == "1"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_TEST_PORTS = {"LAKEHOUSE_TRINO_PORT": "18180", "LAKEHOUSE_KAFKA_PORT": "19192", "LAKEHOUSE_KAFKA_CONTROLLER_PORT": "19193"}
+_temporary_root: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _temporary_root
+    if KEEP_SERVICES:
+        root = _PROJECT_ROOT / ".work" / "test-services"
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        _temporary_root = tempfile.mkdtemp(prefix="lakehouse-tests-")
+        root = Path(_temporary_root)
+    os.environ["LAKEHOUSE_WAREHOUSE"] = str(root / "warehouse")
+    os.environ["LAKEHOUSE_SERVICES_ROOT"] = str(root / "services")
+    for name, port in _TEST_PORTS.items():
+        os.environ.setdefault(name, port)
+    # Libraries that write caches under HOME write them in the work folder instead.
+    os.environ.setdefault("MPLCONFIGDIR", str(_PROJECT_ROOT / ".work" / "cache" / "matplotlib"))
+    from lakehouse.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _temporary_root:
+        shutil.rmtree(_temporary_root, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
-def trino_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrinoServer]:
-    """The local Trino server, with settings whose warehouse is a temporary folder.
+def trino_server() -> Iterator["TrinoServer"]:  # noqa: F821
+    """The test Trino server: started once per session (or reused, see KEEP_SERVICES)."""
+    from lakehouse.services.trino import TrinoServer
 
-    The work folder stays the project's .work, so the cached server is reused and never fetched
-    again. A server that is already running is reused and left running; since its catalog may
-    belong to another warehouse (the demo's), tests register their tables by absolute location in
-    schemas of their own and drop them afterwards. Otherwise the fixture starts a server whose
-    metastore lives in the temporary warehouse and stops it when the session ends.
-    """
-    settings = Settings(warehouse=str(tmp_path_factory.mktemp("trino-warehouse")))
-    server = TrinoServer(settings)
+    server = TrinoServer()
     started_here = server.pid() is None
     began = time.monotonic()
-    if started_here:
-        server.start()
-        log.info("started Trino on %s in %.1fs", server.address, time.monotonic() - began)
-    else:
-        # A running process that does not answer yet is still starting: wait for it.
-        server.wait_ready()
-        log.info("reusing the running Trino on %s (pid %s)", server.address, server.pid())
+    server.start()
+    log.info("Trino ready on %s after %.1fs (started here: %s)", server.address, time.monotonic() - began, started_here)
     try:
         yield server
     finally:
-        if started_here:
+        if started_here and not KEEP_SERVICES:
             server.stop()

@@ -1,14 +1,13 @@
-"""Session fixture for the local Kafka broker; conftest.py imports it (pytest loads only conftest.py).
+"""Session fixture for the local Kafka broker (loaded through conftest.py's pytest_plugins).
 
-    from fixtures_kafka import kafka_broker  # noqa: F401
-
-A broker that is already running (pid file and probe) is reused and left running; otherwise the
-fixture starts one and stops it when the session ends.
+The broker lives in the test environment conftest.py sets up; it is started once per session and
+stopped at its end, unless LAKEHOUSE_TEST_KEEP_SERVICES=1 keeps it for the next run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 
@@ -22,16 +21,12 @@ log = logging.getLogger(__name__)
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[KafkaBroker]:
     broker = KafkaBroker()
-    # A running process that does not answer yet is still starting: wait for it, but it is not ours.
     started_here = broker.pid() is None
     began = time.monotonic()
     broker.start(wait=True)
-    if started_here:
-        log.info("started Kafka on %s in %.1fs", broker.address, time.monotonic() - began)
-    else:
-        log.info("reusing the running Kafka on %s (pid %s)", broker.address, broker.pid())
+    log.info("Kafka ready on %s after %.1fs (started here: %s)", broker.address, time.monotonic() - began, started_here)
     try:
         yield broker
     finally:
-        if started_here:
+        if started_here and os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") != "1":
             broker.stop()

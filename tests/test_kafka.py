@@ -177,7 +177,7 @@ def test_stopped_broker_reports_not_running(tmp_path, kafka_broker: KafkaBroker)
     # A second broker in its own folder and on its own ports, so the shared one keeps running.
     port, controller_port = _free_ports(2)
     settings = Settings(
-        work_dir=tmp_path / "work", kafka_port=port, kafka_controller_port=controller_port
+        work_dir=tmp_path / "work", services_root=str(tmp_path / "services"), kafka_port=port, kafka_controller_port=controller_port
     )
     broker = KafkaBroker(settings)
     assert broker.status().running is False
@@ -197,7 +197,7 @@ def test_stopped_broker_reports_not_running(tmp_path, kafka_broker: KafkaBroker)
 
 def test_probe_rejects_another_cluster(tmp_path, kafka_broker: KafkaBroker) -> None:
     # A broker folder whose cluster id differs from the one answering on the port is not ready.
-    settings = Settings(work_dir=tmp_path / "work", kafka_port=kafka_broker.settings.kafka_port)
+    settings = Settings(work_dir=tmp_path / "work", services_root=str(tmp_path / "services"), kafka_port=kafka_broker.settings.kafka_port)
     other = KafkaBroker(settings)
     other.cluster_id_file.parent.mkdir(parents=True)
     other.cluster_id_file.write_text(new_cluster_id() + "\n")

@@ -106,3 +106,8 @@ def test_derived_fields_come_from_the_file_name_and_other_fields():
     assert failures == []
     assert typed["entity_id"] == "cpu_util"
     assert typed["event_id"] == "cpu_util@2014-04-01 00:05:00"
+
+
+def test_event_times_keep_millisecond_precision():
+    typed, _ = RecordValidator(schemas.load("sensor_events")).validate({**GOOD, "event_time": "2024-01-01T00:05:00.250999+01:00"})
+    assert typed["event_time"] == datetime(2023, 12, 31, 23, 5, 0, 250000, tzinfo=timezone.utc)

@@ -282,7 +282,6 @@ def test_register_warehouse_finds_every_table(trino_server: TrinoServer, tmp_pat
 
 
 @pytest.mark.spark
-@pytest.mark.skip(reason="Spark-written tables: covered by the batch layer's owner")
 def test_spark_table_reads_back(spark, settings: Settings, schema: str) -> None:
     # Spark has no timestampNtz from pandas: it writes every timestamp as a (UTC) timestamp,
     # which Trino rounds to milliseconds, so only the millisecond column is compared.

@@ -1,0 +1,115 @@
+"""Batch (Spark) and speed (RecordValidator) reject the same records for the same reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import schemas
+from batch.ingest import read_raw
+from batch.validation import FAILED_RULES, validate
+from schemas.rules import RecordValidator
+
+pytestmark = pytest.mark.spark
+
+BASE = {
+    "entity_id": "sensor-001",
+    "event_time": "2024-01-01T00:05:00Z",
+    "temperature": 61.5,
+    "pressure": 5.1,
+    "vibration": 2.0,
+    "status": "ok",
+}
+# Values chosen at the edges where two engines most easily disagree.
+VARIANTS = [
+    {},
+    {"temperature": "61.5"},
+    {"temperature": "6.15e1"},
+    {"temperature": 1e20},
+    {"temperature": "1e400"},
+    {"temperature": "NaN"},
+    {"temperature": "Infinity"},
+    {"temperature": " 61.5"},
+    {"temperature": "61,5"},
+    {"temperature": ""},
+    {"temperature": None},
+    {"temperature": True},
+    {"temperature": [1, 2]},
+    {"temperature": -50},
+    {"temperature": -50.0001},
+    {"temperature": 200},
+    {"pressure": 0},
+    {"pressure": -0.0},
+    {"pressure": 20.000001},
+    {"status": "OK"},
+    {"status": ""},
+    {"status": 3},
+    {"entity_id": "sensor-0011"},
+    {"entity_id": "xsensor-001"},
+    {"entity_id": 1},
+    {"event_time": "2024-01-01 00:05:00"},
+    {"event_time": "2024-01-01T00:05:00.123+02:00"},
+    {"event_time": "2024-01-01"},
+    {"event_time": "2024-02-30T00:00:00Z"},
+    {"event_time": "2024-01-01T25:00:00Z"},
+    {"event_time": "01/01/2024 00:05"},
+    {"event_time": 1704067500},
+    {"event_id": None},
+    {"event_id": "ABCDEF0123456789ABCDEF0123456789"},
+    {"temperature": "hot", "pressure": 99, "status": "bad", "vibration": None},
+]
+
+
+def _records():
+    records = []
+    for index, change in enumerate(VARIANTS):
+        record = {"event_id": f"{index:032x}", **BASE, **change}
+        records.append({key: value for key, value in record.items()})
+    # A record missing a field entirely, not just null.
+    missing = {"event_id": f"{len(records):032x}", **BASE}
+    del missing["vibration"]
+    records.append(missing)
+    return records
+
+
+def test_spark_and_the_record_validator_fail_the_same_rules(spark, tmp_path):
+    dataset = schemas.load("sensor_events")
+    records = _records()
+    path = tmp_path / "tricky.jsonl"
+    path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    validated = validate(read_raw(spark, dataset, [str(path)]), dataset)
+    batch_rules = {
+        row["_raw"]: list(row[FAILED_RULES])
+        for row in validated.select("_raw", FAILED_RULES).collect()
+    }
+    assert len(batch_rules) == len(records)
+    rows = validated.select(FAILED_RULES, "_raw").collect()
+    validator = RecordValidator(dataset)
+    speed = [[failure.rule for failure in validator.validate(record)[1]] for record in records]
+    # Spark keeps input order for a single small file; match rows to records by position.
+    batch = [list(row[FAILED_RULES]) for row in rows]
+    mismatches = [
+        (records[index], batch[index], speed[index]) for index in range(len(records)) if batch[index] != speed[index]
+    ]
+    assert not mismatches, "\n".join(f"{record}: batch {b} speed {s}" for record, b, s in mismatches)
+    # The cases are not trivially all valid or all invalid.
+    assert 5 < sum(1 for rules in speed if rules) < len(records) - 3
+
+
+def test_spark_and_the_record_validator_type_values_alike(spark, tmp_path):
+    dataset = schemas.load("sensor_events")
+    records = [record for record in _records()]
+    validator = RecordValidator(dataset)
+    valid = [(record, typed) for record in records if (typed := validator.validate(record)[0]) is not None]
+    path = tmp_path / "valid.jsonl"
+    path.write_text("\n".join(json.dumps(record) for record, _ in valid) + "\n")
+    rows = validate(read_raw(spark, dataset, [str(path)]), dataset).collect()
+    assert len(rows) == len(valid)
+    for row, (_, typed) in zip(rows, valid):
+        for field in dataset.fields:
+            expected = typed[field.name]
+            actual = row[field.name]
+            if field.type == "timestamp":
+                actual = actual.replace(tzinfo=expected.tzinfo)  # Spark gives naive UTC (session zone)
+            assert actual == expected, (field.name, actual, expected)

@@ -1,0 +1,67 @@
+# Two commands do everything on a fresh machine: `make demo` (the main job) and `make test`.
+# Every target sets up what it needs: a venv from the pinned requirements.txt and the JVM
+# artifacts pinned in infra/jvm/pom.xml, all under the ignored .work/ folder.
+
+SHELL := /bin/bash
+WORK := .work
+VENV := $(WORK)/venv
+PYTHON := $(VENV)/bin/python
+LAKEHOUSE := $(VENV)/bin/lakehouse
+INSTALLED := $(VENV)/.installed
+SYSTEM_PYTHON ?= python3
+
+# Caches of pip, matplotlib and anything honouring XDG stay in the project, not in HOME.
+export PIP_CACHE_DIR := $(abspath $(WORK)/cache/pip)
+export XDG_CACHE_HOME := $(abspath $(WORK)/cache)
+export MPLCONFIGDIR := $(abspath $(WORK)/cache/matplotlib)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup jvm demo test test-fast up down status lock clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(INSTALLED): requirements.txt pyproject.toml
+	@command -v java >/dev/null || { echo "Java 17 is required (Debian: apt-get install openjdk-17-jdk-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is required (Debian: apt-get install maven)"; exit 1; }
+	test -x $(PYTHON) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e .
+	touch $@
+
+setup: $(INSTALLED) jvm ## Create the venv and fetch the JVM artifacts (both cached)
+
+jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta, Trino, Kafka) with mvn
+	$(LAKEHOUSE) setup --component delta --component trino --component kafka
+
+demo: setup ## The main job: one full Lambda cycle (generate, batch, speed, Trino merged view)
+	$(LAKEHOUSE) demo
+
+test: setup ## All tests, with real Spark + Delta, Beam, Trino and Kafka
+	$(PYTHON) -m pytest
+
+test-fast: $(INSTALLED) ## Only the tests that start no engine
+	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not e2e"
+
+up: setup ## Start the local Trino and Kafka
+	$(LAKEHOUSE) up
+
+down: $(INSTALLED) ## Stop the local Trino and Kafka
+	$(LAKEHOUSE) down
+
+status: $(INSTALLED) ## Show the local services
+	$(LAKEHOUSE) status
+
+lock: ## Recompile requirements.txt from requirements.in in a scratch venv
+	rm -rf $(WORK)/lock-venv && $(SYSTEM_PYTHON) -m venv $(WORK)/lock-venv
+	$(WORK)/lock-venv/bin/pip install --quiet -r requirements.in
+	{ echo "# Pinned lock of requirements.in (every package, every version): \`make lock\` regenerates it."; \
+	  echo "# Installed by \`make setup\` into .work/venv; the project itself is installed editable on top."; \
+	  $(WORK)/lock-venv/bin/pip freeze --exclude-editable; } > requirements.txt
+	rm -rf $(WORK)/lock-venv
+
+clean: ## Stop services and remove .work/ except the download caches
+	-$(LAKEHOUSE) down
+	rm -rf $(WORK)/venv $(WORK)/services $(WORK)/warehouse $(WORK)/data $(WORK)/spark

@@ -17,7 +17,12 @@ SOURCE_FILE = "_source_file"
 
 
 def _text_schema(dataset: Dataset) -> T.StructType:
-    return T.StructType([T.StructField(field.input_name, T.StringType()) for field in dataset.input_fields])
+    # Derived fields are read too: a record that carries one (a replay of a file whose name is
+    # gone) keeps its value, as in the speed layer's validator.
+    return T.StructType(
+        [T.StructField(field.input_name, T.StringType()) for field in dataset.input_fields]
+        + [T.StructField(field.name, T.StringType()) for field in dataset.derived_fields]
+    )
 
 
 def read_raw(spark: SparkSession, dataset: Dataset, paths: list[str], *, input_format: str | None = None) -> DataFrame:

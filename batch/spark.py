@@ -13,7 +13,9 @@ import sys
 from pyspark.sql import SparkSession
 
 from lakehouse import jvm
-from lakehouse.settings import Settings, get_settings
+from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
+
+LOG_CONFIG = PROJECT_ROOT / "infra" / "spark" / "log4j2.properties"
 
 
 def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-batch") -> SparkSession:
@@ -49,7 +51,10 @@ def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-b
         # Delta tables here are also written by delta-rs (speed layer): keep table features to
         # what both engines support.
         .config("spark.databricks.delta.properties.defaults.enableDeletionVectors", "false")
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={local_dir / 'derby'}")
+        .config(
+            "spark.driver.extraJavaOptions",
+            f"-Dderby.system.home={local_dir / 'derby'} -Dlog4j2.configurationFile={LOG_CONFIG}",
+        )
     )
     if not settings.warehouse_is_local:
         builder = builder.config("spark.hadoop.fs.s3a.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")

@@ -26,9 +26,15 @@ def with_text_fields(frame: DataFrame, dataset: Dataset) -> DataFrame:
         F.when(F.col(field.input_name) == "", None).otherwise(F.col(field.input_name)).alias(field.name)
         for field in dataset.input_fields
     ]
-    frame = frame.select(*columns, SOURCE_FILE, F.to_json(F.struct(*[F.col(f.input_name) for f in dataset.input_fields])).alias(RAW))
+    carried = [
+        F.when(F.col(field.name) == "", None).otherwise(F.col(field.name)).alias(f"_carried_{field.name}")
+        for field in dataset.derived_fields
+    ]
+    read = [field.input_name for field in dataset.input_fields] + [field.name for field in dataset.derived_fields]
+    frame = frame.select(*columns, *carried, SOURCE_FILE, F.to_json(F.struct(*read)).alias(RAW))
     for field in dataset.derived_fields:
-        frame = frame.withColumn(field.name, _derive(field))
+        frame = frame.withColumn(field.name, F.coalesce(F.col(f"_carried_{field.name}"), _derive(field)))
+        frame = frame.drop(f"_carried_{field.name}")
     return frame
 
 

@@ -168,14 +168,43 @@ def batch_runs(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")
 def speed_run(
     context: typer.Context,
     dataset: Dataset,
-    input: Annotated[str, typer.Option("--input", "-i", help="JSON-lines file or glob to replay.")],
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="JSON-lines file or glob to replay.")] = None,
+    kafka: Annotated[bool, typer.Option("--kafka", help="Read the dataset's Kafka topic up to its end.")] = False,
 ) -> None:
-    """Replay events through the Beam pipeline into the hot table (extra args go to Beam, e.g. --runner)."""
+    """Run the Beam pipeline over a replay file or the Kafka topic (extra args go to Beam, e.g. --runner)."""
+    from lakehouse.constants import events_topic
     from speed.pipeline import run
 
-    with console.status(f"speed {dataset}: scoring {input}"):
-        result = run(["--dataset", dataset, "--input", input, *context.args])
+    if bool(input) == kafka:
+        raise typer.BadParameter("give exactly one source: --input FILE or --kafka")
+    source = ["--kafka_topic", events_topic(dataset)] if kafka else ["--input", input]
+    with console.status(f"speed {dataset}: scoring {source[1]}"):
+        result = run(["--dataset", dataset, *source, *context.args])
     console.print(result)
+
+
+@speed_app.command("produce")
+def speed_produce(
+    dataset: Dataset,
+    input: Annotated[list[Path], typer.Option("--input", "-i", help="JSON-lines or CSV file (repeatable).")],
+    rate: Annotated[float, typer.Option(help="Messages per second; 0 sends as fast as possible.", min=0)] = 0.0,
+    partitions: Annotated[int, typer.Option(help="Partitions if the topic has to be created.", min=1)] = 2,
+) -> None:
+    """Replay files into the dataset's Kafka topic (created if missing), keyed by entity."""
+    from rich.progress import Progress
+
+    import schemas
+    from lakehouse.constants import events_topic
+    from lakehouse.services.kafka import create_topic
+    from speed.produce import produce
+
+    topic = events_topic(dataset)
+    create_topic(topic, partitions)
+    total = sum(1 for path in input for _ in open(path))
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"producing to {topic}", total=total)
+        sent = produce(schemas.load(dataset), list(input), topic, rate=rate, progress=lambda n: progress.advance(task, n))
+    console.print(f"sent {sent} messages to {topic}")
 
 
 @serve_app.command("refresh")

@@ -29,3 +29,8 @@ LAYER_SPEED = "speed"
 DEFAULT_TRINO_PORT = 18080
 DEFAULT_KAFKA_PORT = 19092
 DEFAULT_KAFKA_CONTROLLER_PORT = 19093
+
+
+def events_topic(dataset: str) -> str:
+    """Kafka topic a dataset's events arrive on."""
+    return f"lakehouse.{dataset}.events"

@@ -2,9 +2,9 @@
 
     generate 6 days of sensor_events (8 sensors, planted anomalies and bad records)
     batch run 1  on days 1-4               -> silver, quarantine, models v1, batch view, W1
-    speed replay A  (day 4.5 to 5.5)       -> hot table, scored with v1
+    Kafka: replay A (day 4.5 to 5.5)       -> Beam reads the topic -> hot table, scored with v1
     batch run 2  on day 5 (arrived later)  -> models v2, W2 = end of day 5, hot rows <= W2 expired
-    speed replay B  (day 5.5 to 6)         -> hot table, scored with v2 (reloaded, no restart)
+    Kafka: replay B (day 5.5 to 6)         -> Beam reads only the new messages -> scored with v2
     Trino: merged view = batch rows up to W2 + hot rows after it
 """
 
@@ -60,7 +60,11 @@ def write_inputs(out: Path, *, sensors: int = 8, days: float = 6.0, seed: int = 
 def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0) -> dict:
     from batch.job import run_batch
     from batch.spark import spark_session
+    import schemas
+    from lakehouse.constants import events_topic
+    from lakehouse.services.kafka import KafkaBroker, create_topic, delete_topic
     from lakehouse.services.trino import TrinoServer
+    from speed.produce import produce
     from lakehouse.warehouse import reset_dataset
     from serving import trino_client, views
     from speed.pipeline import run as run_speed
@@ -69,10 +73,15 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
     started = time.perf_counter()
     trino = TrinoServer(settings)
     console.rule("[bold]Lakehouse demo: one Lambda cycle")
-    with console.status("starting Trino (in the background while Spark works)"):
+    kafka = KafkaBroker(settings)
+    topic = events_topic(DATASET)
+    with console.status("starting Trino (it finishes in the background while Spark works) and Kafka"):
         trino_status = trino.start(wait=False)
+        kafka.start()
     if fresh:
         reset_dataset(settings, DATASET)
+        delete_topic(topic, settings=settings)
+    create_topic(topic, partitions=2, settings=settings)
     out = settings.data_dir / "demo"
     files = write_inputs(out, sensors=sensors, days=days)
     console.print(f"generated inputs in {out}")
@@ -93,12 +102,14 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
         )
 
     def speed(path: Path, label: str) -> None:
-        lines = sum(1 for _ in open(path))
-        with console.status(f"{label}: Beam pipeline"):
-            result = run_speed(["--dataset", DATASET, "--input", str(path)], settings=settings)
+        with console.status(f"{label}: producing to Kafka"):
+            sent = produce(schemas.load(DATASET), [path], topic, settings=settings)
+        with console.status(f"{label}: Beam pipeline reading {topic}"):
+            result = run_speed(["--dataset", DATASET, "--kafka_topic", topic], settings=settings)
         summary["speed"].append(result)
+        summary.setdefault("produced", []).append(sent)
         console.print(
-            f"[green]✓[/] {label}: {lines} lines = scored {result.scored} + dead letters {result.dead_letters}; "
+            f"[green]✓[/] {label}: {sent} Kafka messages = scored {result.scored} + dead letters {result.dead_letters}; "
             f"{result.committed} hot upserts; {result.anomalies} anomalies"
         )
 
@@ -123,7 +134,7 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
     spikes = labels[labels.anomaly == "spike"]["event_id"].tolist()
     id_list = ", ".join(f"'{event_id}'" for event_id in spikes)
     flagged = trino_client.query(
-        f"SELECT event_id, entity_id, event_time, temperature, score, is_anomaly, layer "
+        f"SELECT entity_id, event_time, temperature, round(score, 2) AS score, is_anomaly, layer "
         f"FROM delta.{DATASET}.merged WHERE event_id IN ({id_list}) ORDER BY event_time"
     )
     _show(flagged, "planted temperature spikes in the merged view")
@@ -139,12 +150,13 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
             f"({', '.join(f'{row.layer}: {row.events}' for row in merged.itertuples())}); "
             f"{int(flagged.is_anomaly.sum())} of {len(spikes)} planted spikes flagged.\n"
             f"Query it yourself:  lakehouse sql \"SELECT * FROM delta.{DATASET}.merged LIMIT 10\"\n"
-            f"Done in {elapsed:.0f}s. Trino stays up at {settings.trino_url} (stop it with `lakehouse down`).",
+            f"Done in {elapsed:.0f}s. Trino ({settings.trino_url}) and Kafka ({settings.kafka_bootstrap}) stay up; `lakehouse down` stops them.",
             title="demo",
         )
     )
     if stop_services:
         trino.stop()
+        kafka.stop()
     summary.update(merged=merged, flagged=flagged, quarantine=quarantine, files=files, trino=trino_status, spikes=spikes)
     return summary
 

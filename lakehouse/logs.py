@@ -13,6 +13,12 @@ console = Console(stderr=True)
 _NOISY = ("py4j", "apache_beam", "urllib3", "matplotlib", "numba", "great_expectations", "deltalake")
 
 
+class _DropKnownNoise(logging.Filter):
+    # Beam's import logs this on the root logger when the optional GCP clients are absent.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
 def configure(verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(
@@ -22,6 +28,8 @@ def configure(verbose: bool = False) -> None:
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropKnownNoise())
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     # Keep caches of the libraries we call out of HOME (see the README's "Where things go").

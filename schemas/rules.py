@@ -102,10 +102,10 @@ class RecordValidator:
         }
 
     def texts(self, record: dict[str, Any], source_file: str | None = None) -> dict[str, str | None]:
-        """The record's declared fields as text, derived fields filled in."""
+        """The record's declared fields as text, derived fields filled in where the record lacks them."""
         texts = {field.name: as_text(record.get(field.input_name)) for field in self.dataset.input_fields}
         for field in self.dataset.derived_fields:
-            texts[field.name] = derive_text(field, texts, source_file)
+            texts[field.name] = as_text(record.get(field.name)) or derive_text(field, texts, source_file)
         return texts
 
     def validate(

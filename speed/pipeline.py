@@ -3,7 +3,8 @@
 Run it as `lakehouse speed run`, or directly with any Beam runner's options:
     python -m speed.pipeline --dataset sensor_events --input 'replay/*.jsonl' --runner DirectRunner
 
-This session's source is a file replay (JSON lines); the Kafka source is the speed-layer issue's.
+Sources: a file replay (JSON lines) or a Kafka topic read up to its current end, with the
+consumer group's offsets committed after the hot table has every row (speed/kafka_source.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import schemas
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
 from speed import tables
+from speed.kafka_source import ReadKafkaRange, commit_offsets, plan_ranges
 from speed.transforms import DEAD_LETTER, VALID, ScoreEvents, UpsertHotScores, WriteDeadLetters
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ class SpeedOptions(PipelineOptions):
         # required flag here would break unrelated pipelines; run() checks them instead.
         parser.add_argument("--dataset", help="dataset declared in schemas/")
         parser.add_argument("--input", help="JSON-lines file or glob to replay")
+        parser.add_argument("--kafka_topic", help="read this Kafka topic instead of --input")
+        parser.add_argument("--kafka_bootstrap_servers", help="default: the local broker of `lakehouse up`")
+        parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
         parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
 
@@ -45,12 +50,15 @@ class SpeedResult:
     unknown_entity: int
 
 
-def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings) -> None:
-    """Wire the pipeline: read -> ScoreEvents -> hot table and quarantine."""
+def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, kafka_ranges=None) -> None:
+    """Wire the pipeline: read (file replay or Kafka range) -> ScoreEvents -> hot table and quarantine."""
     dataset = schemas.load(options.dataset)
+    if options.kafka_topic:
+        source = pipeline | "ReadKafka" >> ReadKafkaRange(_bootstrap(options, settings), _group(options), kafka_ranges)
+    else:
+        source = pipeline | "ReadReplay" >> beam.io.ReadFromTextWithFilename(options.input)
     outputs = (
-        pipeline
-        | "ReadReplay" >> beam.io.ReadFromTextWithFilename(options.input)
+        source
         | "ScoreEvents" >> ScoreEvents(dataset, settings, max_batch_size=options.max_batch_size, reload_seconds=options.model_reload_seconds)
     )
     (
@@ -63,6 +71,14 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings) ->
         | "BatchDeadLetters" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings))
     )
+
+
+def _bootstrap(options: SpeedOptions, settings: Settings) -> str:
+    return options.kafka_bootstrap_servers or settings.kafka_bootstrap
+
+
+def _group(options: SpeedOptions) -> str:
+    return options.kafka_group or f"lakehouse-speed-{options.dataset}"
 
 
 def _counter(result, name: str) -> int:
@@ -83,17 +99,25 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         # falls back to its in-process FnApiRunner; go to that engine directly.
         standard.runner = LOCAL_RUNNER
     options.view_as(SetupOptions).save_main_session = False
-    missing = [flag for flag in ("dataset", "input") if not getattr(speed_options, flag)]
-    if missing:
-        raise ConfigurationError(f"speed pipeline needs {', '.join('--' + flag for flag in missing)}")
+    if not speed_options.dataset:
+        raise ConfigurationError("speed pipeline needs --dataset")
+    if bool(speed_options.input) == bool(speed_options.kafka_topic):
+        raise ConfigurationError("speed pipeline needs exactly one source: --input or --kafka_topic")
     dataset = schemas.load(speed_options.dataset)
     # Created here, once, so that parallel workers never race to create a table.
     tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))
     tables.ensure_table(tables.quarantine_uri(settings), tables.QUARANTINE_SCHEMA)
+    kafka_ranges = None
+    if speed_options.kafka_topic:
+        kafka_ranges = plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options))
+        log.info("reading %s: %s", speed_options.kafka_topic, [(r.partition, r.start, r.end) for r in kafka_ranges])
     pipeline = beam.Pipeline(options=options)
-    build(pipeline, speed_options, settings)
+    build(pipeline, speed_options, settings, kafka_ranges)
     result = pipeline.run()
     result.wait_until_finish()
+    if kafka_ranges:
+        # Only now is every row of the range in the hot table: a crash before this re-reads it.
+        commit_offsets(_bootstrap(speed_options, settings), _group(speed_options), kafka_ranges)
     counts = SpeedResult(
         scored=_counter(result, "scored"),
         dead_letters=_counter(result, "dead_letters") + _counter(result, "unknown_entity"),

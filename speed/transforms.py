@@ -135,10 +135,10 @@ class ComputeFeatures(beam.DoFn):
             values = np.concatenate([values[:position], row, values[position:]])
         history.write((times[-2 * window :], ids[-2 * window :], values[-2 * window :]))
         yield {**record, "_features": self._features(times, values, position)}
-        if replayed:
-            return  # a replayed event changes no other event's window
-        # Later events whose window (the `window` events before them) now holds this one.
-        for later in range(position + 1, min(len(times), position + window + 1)):
+        # Later events whose window (the `window` events before them) now holds this one; a
+        # replayed event changes no other event's window.
+        revise = range(0) if replayed else range(position + 1, min(len(times), position + window + 1))
+        for later in revise:
             self.revised.inc()
             yield {
                 dataset.event_id: ids[later],
@@ -309,7 +309,7 @@ class ScoreEvents(beam.PTransform):
         parsed = lines | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
         featured = (
             parsed[VALID]
-            | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record))
+            | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record)).with_output_types(tuple[str, dict])
             | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings))
         )
         scored = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 import time
 import uuid
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 
 import schemas
 from batch import features as batch_features
-from batch import run_log, tables
+from batch import expectations, run_log, tables
 from batch.ingest import SOURCE_FILE, read_raw
 from batch.score import score
 from batch.spark import spark_session
@@ -34,6 +35,7 @@ from schemas.declaration import Dataset
 log = logging.getLogger(__name__)
 
 STEPS = ("ingest", "validate", "silver", "train", "score", "expire")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics sent from runs
 Progress = Callable[[str], None]
 
 
@@ -119,6 +121,9 @@ def _run_steps(
         record.input_rows = raw.count()
     with _timed(timings, "validate", progress):
         validated = validate(raw, dataset).persist()
+        suite = expectations.run_suite(validated, dataset)
+        rule_counts = expectations.cross_check(suite, validated)
+        record.report = {"great_expectations": suite.to_json(), "failed_rules": rule_counts}
         valid, rejected = split(validated, dataset)
         record.quarantined_rows = rejected.count()
         tables.merge_quarantine(spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings)

@@ -40,6 +40,8 @@ SCHEMA = pa.schema(
         pa.field("watermark", pa.timestamp("us", tz="UTC")),
         pa.field("timings", pa.string()),
         pa.field("error", pa.string()),
+        # JSON: the Great Expectations result of the run and the per-rule record counts.
+        pa.field("report", pa.string()),
     ]
 )
 
@@ -64,6 +66,7 @@ class RunRecord:
     watermark: datetime | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    report: dict = field(default_factory=dict)
 
     @property
     def counts_add_up(self) -> bool:
@@ -78,8 +81,13 @@ def append(settings: Settings, record: RunRecord) -> None:
     row = asdict(record)
     row["inputs"] = json.dumps(record.inputs)
     row["timings"] = json.dumps({name: round(seconds, 3) for name, seconds in record.timings.items()})
+    row["report"] = json.dumps(record.report, default=str)
     uri = table_uri(settings)
-    write_deltalake(uri, pa.Table.from_pylist([row], schema=SCHEMA), mode="append", storage_options=storage.storage_options(uri))
+    # schema_mode="merge": a run log written by an older version gains the new columns.
+    write_deltalake(
+        uri, pa.Table.from_pylist([row], schema=SCHEMA), mode="append", schema_mode="merge",
+        storage_options=storage.storage_options(uri),
+    )
 
 
 def runs(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
@@ -90,6 +98,20 @@ def runs(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
     if dataset:
         frame = frame[frame["dataset"] == dataset]
     return frame.sort_values("started_at").reset_index(drop=True)
+
+
+def report(settings: Settings, run_id: str) -> dict:
+    """The stored report of one run (its row of the run log, with the JSON fields decoded)."""
+    frame = runs(settings)
+    match = frame[frame["run_id"] == run_id]
+    if match.empty:
+        from lakehouse.errors import LakehouseError
+
+        raise LakehouseError(f"no batch run {run_id!r} in {table_uri(settings)}")
+    row = match.iloc[0].to_dict()
+    for name in ("inputs", "timings", "report"):
+        row[name] = json.loads(row[name]) if isinstance(row.get(name), str) and row[name] else {}
+    return row
 
 
 def current_watermark(settings: Settings, dataset: str) -> pd.Timestamp | None:

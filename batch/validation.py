@@ -91,10 +91,17 @@ def _violation(rule: Rule, field: FieldSpec, typed: Column) -> Column:
     raise ValueError(f"unknown rule kind {rule.kind}")
 
 
+def text_column(name: str) -> str:
+    """Column that keeps a field's text as read, beside its typed value, after validation."""
+    return f"_text_{name}"
+
+
 def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     """Add typed values, `_failed_rules` and `_errors`; a record is valid when `_failed_rules` is empty.
 
-    Like the speed layer, only the first failed rule of each field is reported.
+    As in the speed layer, every rule a field breaks is reported, except that a missing value is
+    checked for presence only and a value of the wrong type for its type only. A typed value is
+    null when its text is missing or of the wrong type; the text stays in `_text_<field>`.
     """
     frame = with_text_fields(frame, dataset)
     record_id = F.coalesce(F.col(dataset.event_id), F.lit("<no event id>"))
@@ -103,31 +110,31 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     typed_columns: dict[str, Column] = {}
     for field in dataset.fields:
         typed = _typed(field)
-        typed_columns[field.name] = typed
-        first_failure: Column | None = None
-        first_message: Column | None = None
-        for rule in reversed(_field_rules(field)):
+        holds = F.lit(True) if TYPE_PATTERNS[field.type] is None else _type_ok(field, typed)
+        typed_columns[field.name] = F.when(F.col(field.name).isNotNull() & holds, typed)
+        for rule in _field_rules(field):
             broken = _violation(rule, field, typed)
-            message = F.format_string(
-                "record %s: field '%s' %s (rule %s), got %s",
-                record_id,
-                F.lit(field.name),
-                F.lit(rule.description),
-                F.lit(rule.name),
-                F.coalesce(F.concat(F.lit("'"), F.col(field.name), F.lit("'")), F.lit("None")),
+            failures.append(F.when(broken, F.lit(rule.name)))
+            messages.append(
+                F.when(
+                    broken,
+                    F.format_string(
+                        "record %s: field '%s' %s (rule %s), got %s",
+                        record_id,
+                        F.lit(field.name),
+                        F.lit(rule.description),
+                        F.lit(rule.name),
+                        F.coalesce(F.concat(F.lit("'"), F.col(field.name), F.lit("'")), F.lit("None")),
+                    ),
+                )
             )
-            first_failure = F.when(broken, F.lit(rule.name)).otherwise(first_failure if first_failure is not None else F.lit(None))
-            first_message = F.when(broken, message).otherwise(first_message if first_message is not None else F.lit(None))
-        if first_failure is not None:
-            failures.append(first_failure)
-            messages.append(first_message)
     frame = frame.withColumn(FAILED_RULES, F.array_compact(F.array(*failures)) if failures else F.array())
     frame = frame.withColumn(ERRORS, F.array_compact(F.array(*messages)) if messages else F.array())
-    # Typed values replace the text ones; invalid records keep their original text in `_raw`.
+    # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`.
     for name, typed in typed_columns.items():
         frame = frame.withColumn(f"_typed_{name}", typed)
     for name in typed_columns:
-        frame = frame.withColumn(name, F.col(f"_typed_{name}")).drop(f"_typed_{name}")
+        frame = frame.withColumnRenamed(name, text_column(name)).withColumnRenamed(f"_typed_{name}", name)
     return frame
 
 

@@ -164,6 +164,39 @@ def batch_runs(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")
     _print_frame(frame[["run_id", "dataset", "status", "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "watermark"]], "Batch runs")
 
 
+@batch_app.command("report")
+def batch_report(
+    run_id: Annotated[str, typer.Argument(help="Run id (see `lakehouse batch runs`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole stored report as JSON.")] = False,
+) -> None:
+    """Show a run's report: counts, timings and the Great Expectations result per rule."""
+    from batch import run_log
+    from lakehouse.settings import get_settings
+
+    stored = run_log.report(get_settings(), run_id)
+    if as_json:
+        sys.stdout.write(json.dumps(stored, default=str, indent=2) + "\n")
+        return
+    summary = Table(title=f"Run {run_id} ({stored['dataset']}, {stored['status']})")
+    summary.add_column("measure")
+    summary.add_column("value", justify="right")
+    for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "model_version", "watermark"):
+        summary.add_row(name, str(stored.get(name)))
+    for step, seconds in stored["timings"].items():
+        summary.add_row(f"{step} (s)", f"{seconds:.1f}")
+    console.print(summary)
+    result = stored["report"].get("great_expectations", {})
+    table = Table(title="Great Expectations, per rule")
+    for column in ("rule", "expectation", "checked", "unexpected", "examples"):
+        table.add_column(column)
+    for item in result.get("expectations", []):
+        table.add_row(
+            item["rule"], item["expectation_type"], str(item["element_count"]), str(item["unexpected_count"]),
+            ", ".join(str(value) for value in item["partial_unexpected_list"][:3]),
+        )
+    console.print(table)
+
+
 @speed_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def speed_run(
     context: typer.Context,

@@ -118,8 +118,7 @@ class RecordValidator:
         record_id = texts.get(self.dataset.event_id) or "<no event id>"
         for field in self.dataset.fields:
             text = texts[field.name]
-            failed = self._check_field(field, text, typed)
-            if failed is not None:
+            for failed in self._check_field(field, text, typed):
                 failures.append(
                     Failure(
                         rule=failed.name,
@@ -131,34 +130,36 @@ class RecordValidator:
                 )
         return (None, failures) if failures else (typed, [])
 
-    def _check_field(self, field: FieldSpec, text: str | None, typed: dict[str, Any]) -> Rule | None:
+    def _check_field(self, field: FieldSpec, text: str | None, typed: dict[str, Any]) -> list[Rule]:
+        """Every rule of the field the value breaks. A missing value is checked for presence only,
+        and a value of the wrong type for its type only: the value rules cannot be evaluated."""
+        typed[field.name] = text
+        failed: list[Rule] = []
         for rule in _field_rules(field):
             if rule.kind == "not_null":
                 if text is None:
-                    return rule
+                    return [rule]
                 continue
             if text is None:
-                typed[field.name] = None
-                return None
+                return []
             if rule.kind == "type":
                 value = self._parse(field.type, text)
                 if value is None:
-                    return rule
+                    return [rule]
                 typed[field.name] = value
             elif rule.kind == "range":
                 value = typed[field.name]
                 if (field.minimum is not None and value < field.minimum) or (
                     field.maximum is not None and value > field.maximum
                 ):
-                    return rule
+                    failed.append(rule)
             elif rule.kind == "allowed_values":
                 if text not in field.allowed:
-                    return rule
+                    failed.append(rule)
             elif rule.kind == "pattern":
                 if not self._value_patterns[field.name].search(text):
-                    return rule
-        typed.setdefault(field.name, None if text is None else text)
-        return None
+                    failed.append(rule)
+        return failed
 
     def _parse(self, type_name: str, text: str) -> Any:
         if not self._type_patterns[type_name].search(text):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
@@ -127,3 +129,33 @@ def test_csv_series_take_their_entity_from_the_file_name(warehouse, spark, tmp_p
     quarantine = DeltaTable(warehouse.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()
     assert list(quarantine.failed_rules.iloc[0]) == ["value.type"]
     assert quarantine.event_id.iloc[0] == "cpu_b@2014-04-03 00:00:00"
+
+
+def test_the_run_report_holds_great_expectations_results_that_match_the_quarantine(first_run):
+    settings, inputs, record = first_run
+    stored = run_log.report(settings, record.run_id)
+    result = stored["report"]["great_expectations"]
+    assert result["rows"] == record.input_rows and result["success"] is False
+    unexpected = {item["rule"]: item["unexpected_count"] for item in result["expectations"]}
+    planted: dict[str, int] = {}
+    for rule in inputs.history.bad.values():
+        planted[rule] = planted.get(rule, 0) + 1
+    assert {rule: count for rule, count in unexpected.items() if count} == planted
+    assert stored["report"]["failed_rules"] == planted
+    by_rule = {item["rule"]: item for item in result["expectations"]}
+    assert by_rule["temperature.type"]["expectation_type"] == "expect_column_values_to_not_be_null"
+    assert "n/a" not in json.dumps(by_rule["pressure.range"]["partial_unexpected_list"])
+
+
+def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(first_run, spark):
+    from batch.expectations import SuiteResult, cross_check
+    from batch.ingest import read_raw
+    from batch.validation import validate
+    import schemas
+
+    settings, inputs, record = first_run
+    dataset = schemas.load("sensor_events")
+    validated = validate(read_raw(spark, dataset, record.inputs), dataset)
+    wrong = SuiteResult("sensor_events", record.input_rows, [{"rule": "pressure.range", "unexpected_count": 10**6}])
+    with pytest.raises(LakehouseError, match="pressure.range: 1000000 vs"):
+        cross_check(wrong, validated)

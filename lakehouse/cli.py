@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lakehouse import logs
 from lakehouse.errors import LakehouseError
-from lakehouse.logs import console
+from lakehouse.logs import console, out
 
 app = typer.Typer(
     help="Lambda-architecture lakehouse for anomaly detection (Spark + Delta, Beam, Trino).",
@@ -110,7 +110,7 @@ def generate(
     from lakehouse import demo
 
     files = demo.write_inputs(out, sensors=sensors, days=days, seed=seed)
-    console.print_json(json.dumps({name: str(path) for name, path in files.items()}))
+    out.print_json(json.dumps({name: str(path) for name, path in files.items()}))
 
 
 @batch_app.command("run")
@@ -141,7 +141,7 @@ def _print_run(record) -> None:
     for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows", "anomalies", "model_version", "expired_hot_rows", "watermark"):
         table.add_row(name, str(getattr(record, name)))
     table.add_row("seconds", f"{sum(record.timings.values()):.1f}")
-    console.print(table)
+    out.print(table)
 
 
 @batch_app.command("models")
@@ -184,7 +184,7 @@ def batch_report(
         summary.add_row(name, str(stored.get(name)))
     for step, seconds in stored["timings"].items():
         summary.add_row(f"{step} (s)", f"{seconds:.1f}")
-    console.print(summary)
+    out.print(summary)
     result = stored["report"].get("great_expectations", {})
     table = Table(title="Great Expectations, per rule")
     for column in ("rule", "expectation", "checked", "unexpected", "examples"):
@@ -194,7 +194,7 @@ def batch_report(
             item["rule"], item["expectation_type"], str(item["element_count"]), str(item["unexpected_count"]),
             ", ".join(str(value) for value in item["partial_unexpected_list"][:3]),
         )
-    console.print(table)
+    out.print(table)
 
 
 @speed_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -213,7 +213,7 @@ def speed_run(
     source = ["--kafka_topic", events_topic(dataset)] if kafka else ["--input", input]
     with console.status(f"speed {dataset}: scoring {source[1]}"):
         result = run(["--dataset", dataset, *source, *context.args])
-    console.print(result)
+    out.print(result)
 
 
 @speed_app.command("produce")
@@ -279,8 +279,8 @@ def _print_frame(frame, title: str | None) -> None:
         table.add_column(str(column))
     for row in frame.itertuples(index=False):
         table.add_row(*["" if value is None else str(value) for value in row])
-    console.print(table)
-    console.print(f"({len(frame)} rows)")
+    out.print(table)
+    out.print(f"({len(frame)} rows)")
 
 
 @app.command()

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from rich.console import Console
 from rich.logging import RichHandler
 
-console = Console(stderr=True)
+def _width(stream) -> int | None:
+    # A terminal says its width; a pipe or file gets a wide default instead of rich's 80 columns.
+    if os.environ.get("COLUMNS"):
+        return int(os.environ["COLUMNS"])
+    return None if stream.isatty() else 160
+
+
+# Logs and progress go to stderr; results (tables, query output) to stdout, so they can be piped.
+console = Console(stderr=True, width=_width(sys.stderr))
+out = Console(width=_width(sys.stdout))
 
 _NOISY = ("py4j", "apache_beam", "urllib3", "matplotlib", "numba", "great_expectations", "deltalake")
 

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 import schemas
 from batch import features as batch_features
 from batch import expectations, run_log, tables
+from batch.file_schema import check_files
 from batch.ingest import SOURCE_FILE, read_raw
 from batch.score import score
 from batch.spark import spark_session
@@ -117,6 +118,7 @@ def _run_steps(
 ) -> None:
     timings = record.timings
     with _timed(timings, "ingest", progress):
+        check_files(dataset, paths, dataset.format)
         raw = read_raw(spark, dataset, paths).persist()
         record.input_rows = raw.count()
     with _timed(timings, "validate", progress):

@@ -47,6 +47,8 @@ def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-b
         # Delta replays its log with 50 tasks by default: minutes of overhead on small tables.
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "false")
+        # VACUUM lists files with this many tasks (default 10,000: a minute of overhead locally).
+        .config("spark.sql.sources.parallelPartitionDiscovery.parallelism", "8")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
         # Delta tables here are also written by delta-rs (speed layer): keep table features to
         # what both engines support.

@@ -144,6 +144,29 @@ def _print_run(record) -> None:
     out.print(table)
 
 
+@batch_app.command("maintain")
+def batch_maintain(
+    dataset: Dataset,
+    vacuum: Annotated[bool, typer.Option(help="Also VACUUM files no snapshot within the retention needs.")] = True,
+    retention_hours: Annotated[float, typer.Option(help="History VACUUM keeps (Delta's safe minimum: 168).")] = 168,
+    force: Annotated[bool, typer.Option(help="Allow a retention below 168 hours.")] = False,
+) -> None:
+    """OPTIMIZE (compact small files) and VACUUM the dataset's Delta tables."""
+    from batch.maintenance import maintain
+    from batch.spark import spark_session
+    from lakehouse.settings import get_settings
+
+    settings = get_settings()
+    with console.status(f"maintaining {dataset}"):
+        results = maintain(spark_session(settings), settings, dataset, vacuum=vacuum, retention_hours=retention_hours, force=force)
+    table = Table(title=f"Delta maintenance of {dataset}")
+    for column in ("table", "files before", "files after", "compacted", "vacuumed"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result.table, str(result.files_before), str(result.files_after), str(result.files_compacted), str(result.files_vacuumed))
+    out.print(table)
+
+
 @batch_app.command("models")
 def batch_models(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")] = None) -> None:
     """List the model registry."""

@@ -159,3 +159,44 @@ def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(fi
     wrong = SuiteResult("sensor_events", record.input_rows, [{"rule": "pressure.range", "unexpected_count": 10**6}])
     with pytest.raises(LakehouseError, match="pressure.range: 1000000 vs"):
         cross_check(wrong, validated)
+
+
+def test_a_csv_without_a_declared_column_names_file_column_and_types(warehouse, spark, tmp_path):
+    from lakehouse.errors import RunError
+
+    bad = tmp_path / "cpu.csv"
+    bad.write_text("time,value\n2014-04-01 00:00:00,1.0\n")
+    with pytest.raises(RunError, match=r"cpu.csv: column 'timestamp' expected timestamp column in the CSV header, found no such column; header is \['time', 'value'\]"):
+        run_batch("metrics", [str(bad)], settings=warehouse, spark=spark)
+
+
+def test_a_parquet_column_of_the_wrong_type_names_file_column_and_types(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import schemas
+    from batch.file_schema import check_parquet_schema
+    from lakehouse.errors import SchemaMismatchError
+
+    path = tmp_path / "series.parquet"
+    pq.write_table(pa.table({"timestamp": ["2014-04-01 00:00:00"], "value": [True]}), path)
+    with pytest.raises(SchemaMismatchError, match=r"series.parquet: column 'value' expected double, found bool"):
+        check_parquet_schema(schemas.load("metrics"), str(path))
+    pq.write_table(pa.table({"timestamp": pa.array([0], pa.timestamp("us")), "value": pa.array([1], pa.int32())}), path)
+    check_parquet_schema(schemas.load("metrics"), str(path))
+
+
+def test_maintenance_compacts_and_vacuums_with_a_safe_default(first_run, spark):
+    from batch.maintenance import maintain
+
+    settings, _, _ = first_run
+    with pytest.raises(LakehouseError, match="safe minimum"):
+        maintain(spark, settings, "sensor_events", retention_hours=0)
+    silver_before = len(_table(settings, "sensor_events", constants.SILVER))
+    results = maintain(spark, settings, "sensor_events", retention_hours=0, force=True)
+    by_table = {result.table.rsplit("/", 1)[-1]: result for result in results}
+    assert all(result.files_after <= result.files_before for result in results)
+    # The batch view is rewritten on every run: the earlier run's files are unreferenced.
+    assert by_table["batch_scores"].files_vacuumed > 0
+    # Compaction rewrites files, never rows.
+    assert len(_table(settings, "sensor_events", constants.SILVER)) == silver_before

@@ -100,7 +100,13 @@ def _validate_partition(dataset_name: str, batches) -> pd.DataFrame:
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format="SUMMARY")
     rows = []
     for outcome in result.results:
-        details = outcome.result or {}
+        details = dict(outcome.result or {})
+        rule_name = outcome.expectation_config.meta["rule"]
+        if rule_name.endswith(".type"):
+            # GX lists the (null) typed values; the text that failed to parse says more.
+            field_name = rule_name.rsplit(".", 1)[0]
+            failed = frame[frame[text_column(field_name)].notna() & frame[field_name].isna()]
+            details["partial_unexpected_list"] = failed[text_column(field_name)].head(5).tolist()
         rows.append(
             {
                 "rule": outcome.expectation_config.meta["rule"],

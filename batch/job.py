@@ -29,9 +29,9 @@ from batch.spark import spark_session
 from batch.train import train
 from batch.validation import split, validate
 from lakehouse import constants, storage
-from lakehouse.errors import LakehouseError, RunError
+from lakehouse.errors import ConfigurationError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
-from schemas.declaration import Dataset
+from schemas.declaration import Dataset, DetectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +82,24 @@ def run_batch(
     spark: SparkSession | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
+    detector: dict | None = None,
 ) -> run_log.RunRecord:
-    """One batch run over the given input files; returns (and logs to batch_runs) its record."""
+    """One batch run over the given input files; returns (and logs to batch_runs) its record.
+
+    `detector` overrides parts of the declared detector for this run's training, e.g.
+    {"name": "lof", "contamination": 0.02}; the registry records what was used.
+    """
     settings = settings or get_settings()
     dataset = schemas.load(dataset_name)
+    if detector:
+        merged = {**dataset.detector.model_dump(), **detector}
+        if "name" in detector and "params" not in detector:
+            merged["params"] = {}  # the declared parameters belong to the declared detector
+        try:
+            spec = DetectorSpec.model_validate(merged)
+        except ValueError as error:
+            raise ConfigurationError(f"detector override {detector}: {error}") from error
+        dataset = dataset.model_copy(update={"detector": spec})
     run_id = run_id or new_run_id()
     paths = resolve_inputs(inputs)
     record = run_log.RunRecord(
@@ -167,10 +181,17 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     parser.add_argument("--dataset", required=True, choices=schemas.available())
     parser.add_argument("--input", action="append", required=True, help="file, folder, glob or s3:// URI (repeatable)")
     parser.add_argument("--run-id", default=None)
+    parser.add_argument("--detector", default=None, help="override the declared detector (knn, lof, iforest, hbos)")
+    parser.add_argument("--contamination", type=float, default=None, help="override the declared contamination")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    record = run_batch(arguments.dataset, arguments.input, run_id=arguments.run_id)
-    log.info("run %s succeeded: %s", record.run_id, record)
+    overrides = {key: value for key, value in (("name", arguments.detector), ("contamination", arguments.contamination)) if value is not None}
+    record = run_batch(arguments.dataset, arguments.input, run_id=arguments.run_id, detector=overrides or None)
+    log.info(
+        "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s; model v%s; watermark %s",
+        record.run_id, record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows,
+        record.model_version, record.watermark,
+    )
     return record
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lakehouse import logs
 from lakehouse.errors import LakehouseError
-from lakehouse.logs import console, out
+from lakehouse.logs import console, results
 
 app = typer.Typer(
     help="Lambda-architecture lakehouse for anomaly detection (Spark + Delta, Beam, Trino).",
@@ -110,13 +110,15 @@ def generate(
     from lakehouse import demo
 
     files = demo.write_inputs(out, sensors=sensors, days=days, seed=seed)
-    out.print_json(json.dumps({name: str(path) for name, path in files.items()}))
+    results.print_json(json.dumps({name: str(path) for name, path in files.items()}))
 
 
 @batch_app.command("run")
 def batch_run(
     dataset: Dataset,
     input: Annotated[list[str], typer.Option("--input", "-i", help="File, folder, glob or s3:// URI (repeatable).")],
+    detector: Annotated[Optional[str], typer.Option(help="Override the declared detector: knn, lof, iforest, hbos.")] = None,
+    contamination: Annotated[Optional[float], typer.Option(help="Override the declared contamination (0, 0.5].")] = None,
 ) -> None:
     """Ingest, validate, write silver and quarantine, train, score the batch view, move the watermark."""
     from rich.progress import Progress
@@ -129,7 +131,8 @@ def batch_run(
         def advance(step: str) -> None:
             progress.update(task, description=f"batch {dataset}: {step}", completed=STEPS.index(step))
 
-        record = run_batch(dataset, input, progress=advance)
+        overrides = {key: value for key, value in (("name", detector), ("contamination", contamination)) if value is not None}
+        record = run_batch(dataset, input, progress=advance, detector=overrides or None)
         progress.update(task, completed=len(STEPS), description=f"batch {dataset}: done")
     _print_run(record)
 
@@ -141,7 +144,15 @@ def _print_run(record) -> None:
     for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows", "anomalies", "model_version", "expired_hot_rows", "watermark"):
         table.add_row(name, str(getattr(record, name)))
     table.add_row("seconds", f"{sum(record.timings.values()):.1f}")
-    out.print(table)
+    results.print(table)
+
+
+@batch_app.command("jars")
+def batch_jars() -> None:
+    """Print the Delta jars as a comma-separated list, for `spark-submit --jars "$(lakehouse batch jars)"`."""
+    from lakehouse import jvm
+
+    sys.stdout.write(",".join(str(jar) for jar in jvm.delta_jars()) + "\n")
 
 
 @batch_app.command("maintain")
@@ -164,7 +175,7 @@ def batch_maintain(
         table.add_column(column)
     for result in results:
         table.add_row(result.table, str(result.files_before), str(result.files_after), str(result.files_compacted), str(result.files_vacuumed))
-    out.print(table)
+    results.print(table)
 
 
 @batch_app.command("models")
@@ -207,7 +218,7 @@ def batch_report(
         summary.add_row(name, str(stored.get(name)))
     for step, seconds in stored["timings"].items():
         summary.add_row(f"{step} (s)", f"{seconds:.1f}")
-    out.print(summary)
+    results.print(summary)
     result = stored["report"].get("great_expectations", {})
     table = Table(title="Great Expectations, per rule")
     for column in ("rule", "expectation", "checked", "unexpected", "examples"):
@@ -217,7 +228,7 @@ def batch_report(
             item["rule"], item["expectation_type"], str(item["element_count"]), str(item["unexpected_count"]),
             ", ".join(str(value) for value in item["partial_unexpected_list"][:3]),
         )
-    out.print(table)
+    results.print(table)
 
 
 @speed_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -236,7 +247,7 @@ def speed_run(
     source = ["--kafka_topic", events_topic(dataset)] if kafka else ["--input", input]
     with console.status(f"speed {dataset}: scoring {source[1]}"):
         result = run(["--dataset", dataset, *source, *context.args])
-    out.print(result)
+    results.print(result)
 
 
 @speed_app.command("produce")
@@ -302,8 +313,8 @@ def _print_frame(frame, title: str | None) -> None:
         table.add_column(str(column))
     for row in frame.itertuples(index=False):
         table.add_row(*["" if value is None else str(value) for value in row])
-    out.print(table)
-    out.print(f"({len(frame)} rows)")
+    results.print(table)
+    results.print(f"({len(frame)} rows)")
 
 
 @app.command()

@@ -18,7 +18,7 @@ def _width(stream) -> int | None:
 
 # Logs and progress go to stderr; results (tables, query output) to stdout, so they can be piped.
 console = Console(stderr=True, width=_width(sys.stderr))
-out = Console(width=_width(sys.stdout))
+results = Console(width=_width(sys.stdout))
 
 _NOISY = ("py4j", "apache_beam", "urllib3", "matplotlib", "numba", "great_expectations", "deltalake")
 

@@ -200,3 +200,13 @@ def test_maintenance_compacts_and_vacuums_with_a_safe_default(first_run, spark):
     assert by_table["batch_scores"].files_vacuumed > 0
     # Compaction rewrites files, never rows.
     assert len(_table(settings, "sensor_events", constants.SILVER)) == silver_before
+
+
+def test_a_run_can_train_another_detector_and_the_registry_records_it(first_run, spark):
+    settings, _, first = first_run
+    record = run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"name": "hbos", "contamination": 0.02})
+    models = registry.list_models(settings, "sensor_events")
+    latest = models[models.version == record.model_version]
+    assert set(latest.detector) == {"hbos"} and set(latest.contamination) == {0.02}
+    with pytest.raises(LakehouseError, match="contamination"):
+        run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"contamination": 0.9})

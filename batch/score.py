@@ -10,6 +10,7 @@ from pyspark.sql import types as T
 
 from lakehouse import registry
 from lakehouse.detectors import FittedModel
+from lakehouse.errors import ModelNotFoundError
 from lakehouse.features import feature_names
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
@@ -44,7 +45,11 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
 
 def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> DataFrame:
     """Batch-view rows: the silver event's fields plus score, is_anomaly, model_version, run_id."""
-    latest = registry.latest_versions(settings, dataset.name)
+    try:
+        latest = registry.latest_versions(settings, dataset.name)
+    except ModelNotFoundError:
+        # No entity has had enough history for a model yet: the view is written, unscored.
+        latest = latest_empty()
     # Artifacts are small (kilobytes to a few MB per entity); ship them to the tasks in the closure.
     models = {
         row.entity_id: (int(row.version), registry.storage.read_bytes(row.artifact_uri))
@@ -61,3 +66,7 @@ def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Se
         .withColumn("scored_at", F.current_timestamp())
         .withColumn("event_date", F.to_date(dataset.event_time))
     )
+
+
+def latest_empty():
+    return registry.SCHEMA.empty_table().to_pandas()

@@ -33,7 +33,7 @@ _RESULT_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class TrainingResult:
-    version: int
+    version: int | None  # None when no entity had enough history for a model
     trained_entities: int
     skipped_entities: list[str]
 
@@ -106,7 +106,7 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
             dataset.name, len(skipped), dataset.detector.min_train_rows, ", ".join(sorted(skipped)[:10]),
         )
     registry.register(settings, rows)
-    return TrainingResult(version=version, trained_entities=len(rows), skipped_entities=sorted(skipped))
+    return TrainingResult(version=version if rows else None, trained_entities=len(rows), skipped_entities=sorted(skipped))
 
 
 def _utc(value) -> "pd.Timestamp":

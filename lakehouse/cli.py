@@ -147,6 +147,24 @@ def _print_run(record) -> None:
     results.print(table)
 
 
+@batch_app.command("schedule")
+def batch_schedule(
+    dataset: Dataset,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="Glob of the landing files (repeatable).")],
+    every: Annotated[Optional[str], typer.Option(help="Interval: 30m, 1h, 1d ...")] = None,
+    cron: Annotated[Optional[str], typer.Option(help="Cron expression (UTC), e.g. '5 * * * *'.")] = None,
+    max_runs: Annotated[Optional[int], typer.Option(help="Stop after this many ticks (default: run forever).", min=1)] = None,
+) -> None:
+    """Run the batch job on a schedule over the files no run has read yet (embedded default)."""
+    from batch.schedule import parse_interval, run_schedule, tick_times
+    from batch.spark import spark_session
+    from lakehouse.settings import get_settings
+
+    settings = get_settings()
+    times = tick_times(every=parse_interval(every) if every else None, cron=cron)
+    run_schedule(settings, dataset, input, times, max_runs=max_runs, spark=spark_session(settings))
+
+
 @batch_app.command("jars")
 def batch_jars() -> None:
     """Print the Delta jars as a comma-separated list, for `spark-submit --jars "$(lakehouse batch jars)"`."""

@@ -17,7 +17,7 @@ export MPLCONFIGDIR := $(abspath $(WORK)/cache/matplotlib)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup jvm demo test test-fast up down status lock clean
+.PHONY: help setup jvm demo test test-fast bench up down status lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ test: setup ## All tests, with real Spark + Delta, Beam, Trino and Kafka
 
 test-fast: $(INSTALLED) ## Only the tests that start no engine
 	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not e2e"
+
+bench: setup ## Benchmarks, each against its reference; JSON reports in .work/bench (BENCH_ROWS=1000000)
+	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}
 
 up: setup ## Start the local Trino and Kafka
 	$(LAKEHOUSE) up

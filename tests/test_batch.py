@@ -14,6 +14,7 @@ from lakehouse import constants, registry
 from lakehouse.errors import LakehouseError
 
 from fixtures_engines import make_sensor_inputs
+from lakehouse import generate as generator
 
 pytestmark = pytest.mark.spark
 
@@ -210,3 +211,41 @@ def test_a_run_can_train_another_detector_and_the_registry_records_it(first_run,
     assert set(latest.detector) == {"hbos"} and set(latest.contamination) == {0.02}
     with pytest.raises(LakehouseError, match="contamination"):
         run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"contamination": 0.9})
+
+
+def test_a_run_killed_midway_leaves_tables_readable_and_the_next_run_completes(warehouse, spark, tmp_path, monkeypatch):
+    import batch.job as job
+    from lakehouse.errors import RunError
+
+    inputs = make_sensor_inputs(tmp_path, seed=5)
+    files = [str(path) for path in inputs.history_files]
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(job, "train", killed)
+    with pytest.raises(RunError, match="executor lost"):
+        run_batch("sensor_events", files, settings=warehouse, spark=spark)
+    monkeypatch.undo()
+    silver = _table(warehouse, "sensor_events", constants.SILVER)  # committed before the failure
+    assert len(silver) > 0
+    assert run_log.runs(warehouse, "sensor_events").status.tolist() == ["failed"]
+    assert run_log.current_watermark(warehouse, "sensor_events") is None
+
+    record = run_batch("sensor_events", files, settings=warehouse, spark=spark)
+    assert record.valid_rows == 0 and record.duplicate_rows == len(silver) + inputs.history.duplicates
+    assert len(_table(warehouse, "sensor_events", constants.BATCH_SCORES)) == len(silver)
+    assert run_log.current_watermark(warehouse, "sensor_events") == silver.event_time.max()
+
+
+def test_late_events_are_picked_up_by_the_next_run(warehouse, spark, tmp_path):
+    inputs = make_sensor_inputs(tmp_path, seed=6)
+    on_time = [record for record in inputs.history.records if record["event_time"] >= "2024-01-01T12:00:00Z"]
+    late = [record for record in inputs.history.records if record["event_time"] < "2024-01-01T12:00:00Z"]
+    first = run_batch("sensor_events", [str(generator.write_json_lines(on_time, tmp_path / "on_time.jsonl"))], settings=warehouse, spark=spark)
+    second = run_batch("sensor_events", [str(generator.write_json_lines(late, tmp_path / "late.jsonl"))], settings=warehouse, spark=spark)
+    assert second.valid_rows > 0
+    assert second.watermark == first.watermark  # late events never move the boundary back
+    view = _table(warehouse, "sensor_events", constants.BATCH_SCORES)
+    assert view.event_time.min() < pd.Timestamp("2024-01-01T12:00:00Z")
+    assert len(view) == first.valid_rows + second.valid_rows

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): each figure measured in one run against its reference, as a ratio."""

@@ -1,0 +1,137 @@
+"""Batch-layer benchmark: ingest + validate + write against a plain Spark Delta write of the same
+data, GX through pandas per partition against GX's Spark engine, and training time per million rows.
+
+    python -m bench.batch_bench [--rows 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import schemas
+from bench import report
+from lakehouse import generate as generator
+
+
+def _write_input(folder: Path, rows: int) -> Path:
+    sensors = 20
+    days = rows / sensors / 288
+    events = generator.generate(generator.GeneratorConfig(sensors=sensors, days=days, seed=3))
+    planted = generator.plant_problems(generator.to_records(events), seed=3)
+    frame = pd.DataFrame(planted.records)
+    frame["temperature"] = frame["temperature"].astype(str)  # corrupted values are text
+    path = folder / "input"
+    path.mkdir(parents=True)
+    bounds = np.linspace(0, len(frame), 5).astype(int)
+    for index in range(4):
+        frame.iloc[bounds[index] : bounds[index + 1]].to_json(path / f"part-{index}.jsonl", orient="records", lines=True)
+    return path
+
+
+def _timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def run(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--gx-spark-rows", type=int, default=200_000, help="rows for GX's (slow) Spark engine")
+    arguments = parser.parse_args(argv)
+
+    from batch import expectations
+    from batch.features import compute as compute_features
+    from batch.ingest import read_raw
+    from batch.job import run_batch
+    from batch.spark import spark_session
+    from batch.train import train
+    from batch.validation import validate
+    from lakehouse.settings import get_settings
+
+    folder = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
+    try:
+        settings = get_settings().model_copy(update={"warehouse": str(folder / "warehouse")})
+        dataset = schemas.load("sensor_events")
+        inputs = _write_input(folder, arguments.rows)
+        spark = spark_session(settings)
+        glob = str(inputs / "*.jsonl")
+        # Warm the JVM and the Python workers once, outside the measurements.
+        spark.read.json(glob).limit(10).collect()
+
+        plain_seconds = _timed(
+            lambda: spark.read.json(glob).write.format("delta").mode("overwrite").save(str(folder / "plain"))
+        )
+        record = run_batch("sensor_events", [glob], settings=settings, spark=spark)
+        lakehouse_seconds = sum(record.timings[step] for step in ("ingest", "validate", "silver"))
+        rows = record.input_rows
+
+        # limit() leaves one partition: spread the sample over every core for both engines.
+        sample = (
+            validate(read_raw(spark, dataset, [glob]), dataset)
+            .limit(arguments.gx_spark_rows)
+            .repartition(spark.sparkContext.defaultParallelism)
+            .cache()
+        )
+        sample_rows = sample.count()
+        pandas_gx = _timed(lambda: expectations.run_suite(sample, dataset))
+        spark_gx = _timed(lambda: _gx_spark_engine(sample, dataset))
+
+        silver = spark.read.format("delta").load(settings.table_uri("sensor_events", "silver"))
+        features = compute_features(silver, dataset).cache()
+        features.count()
+        train_seconds = _timed(lambda: train(features, dataset, settings, "bench"))
+        figures = [
+            {"name": "ingest + validate (GX + rules) + silver MERGE", "value": rows / lakehouse_seconds, "unit": "rows/s",
+             "reference": "plain Spark JSON -> Delta write", "reference_value": rows / plain_seconds,
+             "ratio": lakehouse_seconds / plain_seconds},
+            {"name": "GX suite, pandas engine per Spark partition", "value": sample_rows / pandas_gx, "unit": "rows/s",
+             "reference": "GX Spark engine, same suite", "reference_value": sample_rows / spark_gx,
+             "ratio": spark_gx / pandas_gx},
+            {"name": "training (features + KNN per entity), per million rows", "value": train_seconds * 1e6 / silver.count(),
+             "unit": "s"},
+        ]
+        report.write("batch", figures, {"rows": rows, "gx_rows": sample_rows, "cores": os.cpu_count()})
+        return figures
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gx_spark_engine(frame, dataset) -> None:
+    """The same suite through GX's own Spark execution engine."""
+    import great_expectations as gx
+
+    from batch.expectations import _expectation
+    from schemas.rules import rules_for
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_definition = (
+        context.data_sources.add_spark("bench").add_dataframe_asset("rows").add_batch_definition_whole_dataframe("all")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name="bench"))
+    for rule in rules_for(dataset):
+        expectation = _expectation(rule, dataset)
+        if rule.kind == "type":  # pandas row conditions do not run on Spark: use Spark's syntax
+            expectation = gx.expectations.ExpectColumnValuesToNotBeNull(
+                column=expectation.column, row_condition=f'col("_text_{rule.field}").notNull()', condition_parser="spark"
+            )
+        suite.add_expectation(expectation)
+    batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+
+
+if __name__ == "__main__":
+    from lakehouse import logs
+
+    logs.configure()
+    run()

@@ -155,7 +155,7 @@ def _run_steps(
     silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))
     features = batch_features.compute(silver, dataset).persist()
     with _timed(timings, "train", progress):
-        training = train(features, dataset, settings, record.run_id)
+        training = train(_training_window(features, dataset), dataset, settings, record.run_id)
         record.model_version = training.version
     with _timed(timings, "score", progress):
         view = score(features, silver, dataset, settings, record.run_id)
@@ -173,6 +173,16 @@ def _run_steps(
     features.unpersist()
     with _timed(timings, "expire", progress):
         record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, watermark)
+
+
+def _training_window(features: DataFrame, dataset: Dataset) -> DataFrame:
+    """The feature rows the detectors learn from: the newest `training_days` of each entity."""
+    days = dataset.detector.training_days
+    if days is None:
+        return features
+    newest = Window.partitionBy(dataset.entity)
+    cutoff = F.max(dataset.event_time).over(newest) - F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), F.lit(days * 86400.0))
+    return features.where(F.col(dataset.event_time) > cutoff)
 
 
 def run(argv: list[str] | None = None) -> run_log.RunRecord:

@@ -99,6 +99,9 @@ class DetectorSpec(_Strict):
     contamination: float = Field(default=0.01, gt=0, le=0.5)
     per: Literal["entity", "dataset"] = "entity"
     min_train_rows: int = Field(default=200, ge=10)
+    # Train on the newest N days of history only (all history when unset): behaviour drifts, and
+    # a window bounds training time as silver grows.
+    training_days: float | None = Field(default=None, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
 
 

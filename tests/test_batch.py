@@ -249,3 +249,14 @@ def test_late_events_are_picked_up_by_the_next_run(warehouse, spark, tmp_path):
     view = _table(warehouse, "sensor_events", constants.BATCH_SCORES)
     assert view.event_time.min() < pd.Timestamp("2024-01-01T12:00:00Z")
     assert len(view) == first.valid_rows + second.valid_rows
+
+
+def test_a_training_window_limits_what_the_detectors_learn_from(first_run, spark):
+    settings, _, first = first_run
+    record = run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"training_days": 1.0})
+    models = registry.list_models(settings, "sensor_events")
+    latest = models[models.version == record.model_version]
+    # Two days of 5-minute readings per sensor; the window keeps the newest 288 at most.
+    assert len(latest) == 3
+    assert latest.train_rows.between(200, 288).all()
+    assert ((latest.train_end - latest.train_start) < pd.Timedelta(days=1)).all()

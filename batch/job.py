@@ -182,7 +182,7 @@ def _training_window(features: DataFrame, dataset: Dataset) -> DataFrame:
         return features
     newest = Window.partitionBy(dataset.entity)
     cutoff = F.max(dataset.event_time).over(newest) - F.make_dt_interval(F.lit(0), F.lit(0), F.lit(0), F.lit(days * 86400.0))
-    return features.where(F.col(dataset.event_time) > cutoff)
+    return features.withColumn("_cutoff", cutoff).where(F.col(dataset.event_time) > F.col("_cutoff")).drop("_cutoff")
 
 
 def run(argv: list[str] | None = None) -> run_log.RunRecord:

@@ -55,7 +55,7 @@ def _print_status(services) -> None:
         status = service.status()
         state = "[green]ready[/]" if status.ready else ("[yellow]starting[/]" if status.running else "[red]stopped[/]")
         table.add_row(status.name, state, str(status.pid or "-"), status.address, str(status.log_file))
-    console.print(table)
+    results.print(table)
 
 
 @app.command()

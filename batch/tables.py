@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -11,6 +14,9 @@ from batch.validation import ERRORS, FAILED_RULES, RAW
 from lakehouse import constants, storage
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
+
+log = logging.getLogger(__name__)
+_EXPIRY_ATTEMPTS = 5
 
 
 def _last_commit(spark: SparkSession, uri: str) -> tuple[int, dict[str, str]]:
@@ -99,4 +105,15 @@ def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, w
     if watermark is None or not storage.table_exists(uri):
         return 0
     table = DeltaTable.forPath(spark, uri)
-    return _committed_metric(spark, uri, "numDeletedRows", lambda: table.delete(F.col(dataset.event_time) <= F.lit(watermark)))
+    expire = lambda: table.delete(F.col(dataset.event_time) <= F.lit(watermark))  # noqa: E731
+    # The speed layer keeps committing to the hot table: a conflicting commit is retried, since
+    # the DELETE is idempotent and only has to win once.
+    for attempt in range(1, _EXPIRY_ATTEMPTS + 1):
+        try:
+            return _committed_metric(spark, uri, "numDeletedRows", expire)
+        except Exception as error:  # noqa: BLE001 - Delta's conflict errors arrive as Py4J/captured errors
+            if "Concurrent" not in type(error).__name__ + str(error)[:500] or attempt == _EXPIRY_ATTEMPTS:
+                raise
+            log.warning("hot-table expiry conflicted with a speed-layer commit; retrying (%d/%d)", attempt, _EXPIRY_ATTEMPTS)
+            time.sleep(0.5 * attempt)
+    return 0

@@ -47,6 +47,8 @@ def _expectation(rule: Rule, dataset: Dataset):
     spec = dataset.field(rule.field)
     text, typed = text_column(spec.name), spec.name
     meta = {"rule": rule.name, "description": rule.description}
+    if rule.kind == "check":
+        return _check_expectation(rule.check, meta)
     if rule.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(column=text, meta=meta)
     if rule.kind == "type":
@@ -63,6 +65,34 @@ def _expectation(rule: Rule, dataset: Dataset):
     if rule.kind == "pattern":
         return gx.expectations.ExpectColumnValuesToMatchRegex(column=text, regex=anchored(spec.pattern), meta=meta)
     raise ValueError(f"no expectation for rule kind {rule.kind}")
+
+
+def _pandas_condition(constraint) -> str:
+    """A constraint as a pandas query over the typed column (null, i.e. unusable, never matches)."""
+    column = constraint.field
+    parts = [f"{column}.notnull()"]
+    if constraint.minimum is not None:
+        parts.append(f"({column} >= {constraint.minimum!r})")
+    if constraint.maximum is not None:
+        parts.append(f"({column} <= {constraint.maximum!r})")
+    if constraint.allowed:
+        parts.append(f"{column}.isin({list(constraint.allowed)!r})")
+    if constraint.pattern is not None:
+        parts.append(f"{column}.str.contains({anchored(constraint.pattern)!r}, regex=True, na=False)")
+    return " & ".join(parts)
+
+
+def _check_expectation(check, meta: dict):
+    """A cross-field check: the `then` constraint, expected on the rows where `when` holds."""
+    import great_expectations as gx
+
+    then = check.then
+    options = {"column": then.field, "row_condition": _pandas_condition(check.when), "condition_parser": "pandas", "meta": meta}
+    if then.minimum is not None or then.maximum is not None:
+        return gx.expectations.ExpectColumnValuesToBeBetween(min_value=then.minimum, max_value=then.maximum, **options)
+    if then.allowed:
+        return gx.expectations.ExpectColumnValuesToBeInSet(value_set=list(then.allowed), **options)
+    return gx.expectations.ExpectColumnValuesToMatchRegex(regex=anchored(then.pattern), **options)
 
 
 def suite_json(dataset: Dataset) -> list[dict]:

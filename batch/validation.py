@@ -11,7 +11,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from batch.ingest import SOURCE_FILE
-from schemas.declaration import Dataset, FieldSpec
+from schemas.declaration import Constraint, CustomCheck, Dataset, FieldSpec
 from schemas.engines import spark_type
 from schemas.rules import TYPE_PATTERNS, Rule, _field_rules, anchored
 
@@ -128,6 +128,20 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
                     ),
                 )
             )
+    for check in dataset.checks:
+        broken = _check_violation(check, dataset, typed_columns)
+        rule = f"check.{check.name}"
+        failures.append(F.when(broken, F.lit(rule)))
+        messages.append(
+            F.when(
+                broken,
+                F.format_string(
+                    "record %s: field '%s' %s (rule %s), got '%s' with %s='%s'",
+                    record_id, F.lit(check.then.field), F.lit(check.description), F.lit(rule),
+                    F.col(check.then.field), F.lit(check.when.field), F.col(check.when.field),
+                ),
+            )
+        )
     frame = frame.withColumn(FAILED_RULES, F.array_compact(F.array(*failures)) if failures else F.array())
     frame = frame.withColumn(ERRORS, F.array_compact(F.array(*messages)) if messages else F.array())
     # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`.
@@ -136,6 +150,26 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     for name in typed_columns:
         frame = frame.withColumnRenamed(name, text_column(name)).withColumnRenamed(f"_typed_{name}", name)
     return frame
+
+
+def constraint_column(constraint: Constraint, value: Column) -> Column:
+    """Spark side of schemas.rules.constraint_holds."""
+    holds = F.lit(True)
+    if constraint.minimum is not None:
+        holds = holds & (value >= F.lit(constraint.minimum))
+    if constraint.maximum is not None:
+        holds = holds & (value <= F.lit(constraint.maximum))
+    if constraint.allowed:
+        holds = holds & value.isin(*constraint.allowed)
+    if constraint.pattern is not None:
+        holds = holds & value.rlike(anchored(constraint.pattern))
+    return holds
+
+
+def _check_violation(check: CustomCheck, dataset: Dataset, typed_columns: dict[str, Column]) -> Column:
+    # typed_columns[name] is null exactly when the field is missing or of the wrong type.
+    when, then = typed_columns[check.when.field], typed_columns[check.then.field]
+    return when.isNotNull() & then.isNotNull() & constraint_column(check.when, when) & ~constraint_column(check.then, then)
 
 
 def split(validated: DataFrame, dataset: Dataset) -> tuple[DataFrame, DataFrame]:

@@ -81,6 +81,46 @@ class FieldSpec(_Strict):
         return self.source or self.name
 
 
+class Constraint(_Strict):
+    """A condition on one field's (valid) value: within [minimum, maximum], one of `allowed`, or
+    matching `pattern`."""
+
+    field: str
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed: list[str] | None = None
+    pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Constraint":
+        kinds = [self.minimum is not None or self.maximum is not None, bool(self.allowed), self.pattern is not None]
+        if sum(kinds) != 1:
+            raise ValueError(f"constraint on {self.field!r} needs exactly one of minimum/maximum, allowed or pattern")
+        if self.pattern is not None:
+            re.compile(self.pattern)
+        return self
+
+
+class CustomCheck(_Strict):
+    """A per-dataset rule across fields: when `when` holds, `then` must hold too.
+
+    Evaluated only on records whose two fields are present and of the right type (otherwise their
+    own rules already reject the record). Its rule name is `check.<name>`.
+    """
+
+    name: str
+    description: str
+    when: Constraint
+    then: Constraint
+
+    @field_validator("name")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.match(value):
+            raise ValueError(f"check name {value!r} must match {IDENTIFIER.pattern}")
+        return value
+
+
 class FeatureSpec(_Strict):
     fields: list[str] = Field(min_length=1)
     # Number of previous events of the same entity the rolling statistics look at.
@@ -115,6 +155,7 @@ class Dataset(_Strict):
     fields: list[FieldSpec] = Field(min_length=1)
     features: FeatureSpec
     detector: DetectorSpec = DetectorSpec()
+    checks: list[CustomCheck] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -141,6 +182,16 @@ class Dataset(_Strict):
         for name in self.features.fields:
             if name not in by_name or by_name[name].type not in NUMERIC_TYPES:
                 raise ValueError(f"feature field {name!r} must be a declared numeric field")
+        for check in self.checks:
+            for constraint in (check.when, check.then):
+                if constraint.field not in by_name:
+                    raise ValueError(f"check {check.name}: unknown field {constraint.field!r}")
+                kind = by_name[constraint.field].type
+                numeric = constraint.minimum is not None or constraint.maximum is not None
+                if numeric and kind not in NUMERIC_TYPES:
+                    raise ValueError(f"check {check.name}: minimum/maximum on {constraint.field!r} need a numeric type, not {kind}")
+                if not numeric and kind != "string":
+                    raise ValueError(f"check {check.name}: allowed/pattern on {constraint.field!r} need type string, not {kind}")
         for field in self.fields:
             if field.derive and field.derive.join:
                 unknown = [name for name in field.derive.join if name not in by_name]

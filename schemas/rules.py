@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from schemas.declaration import Dataset, FieldSpec
+from schemas.declaration import Constraint, CustomCheck, Dataset, FieldSpec
 
-RuleKind = Literal["not_null", "type", "range", "allowed_values", "pattern"]
+RuleKind = Literal["not_null", "type", "range", "allowed_values", "pattern", "check"]
 
 # What text each type accepts. Written in the common subset of Java and Python regex syntax.
 TYPE_PATTERNS: dict[str, str | None] = {
@@ -45,10 +45,11 @@ class Rule:
     field: str
     kind: RuleKind
     description: str
+    check: CustomCheck | None = None  # for kind "check": the declared cross-field rule
 
     @property
     def name(self) -> str:
-        return f"{self.field}.{self.kind}"
+        return f"check.{self.check.name}" if self.check else f"{self.field}.{self.kind}"
 
 
 def rules_for(dataset: Dataset) -> list[Rule]:
@@ -56,7 +57,22 @@ def rules_for(dataset: Dataset) -> list[Rule]:
     rules: list[Rule] = []
     for field in dataset.fields:
         rules.extend(_field_rules(field))
+    for check in dataset.checks:
+        rules.append(Rule(check.then.field, "check", check.description, check))
     return rules
+
+
+def constraint_holds(constraint: Constraint, value: Any) -> bool:
+    """Whether a typed, present value meets a constraint (the speed layer's side of a check)."""
+    if constraint.minimum is not None and value < constraint.minimum:
+        return False
+    if constraint.maximum is not None and value > constraint.maximum:
+        return False
+    if constraint.allowed and value not in constraint.allowed:
+        return False
+    if constraint.pattern is not None and not re.search(anchored(constraint.pattern), value):
+        return False
+    return True
 
 
 def _field_rules(field: FieldSpec) -> list[Rule]:
@@ -116,9 +132,13 @@ class RecordValidator:
         typed: dict[str, Any] = {}
         failures: list[Failure] = []
         record_id = texts.get(self.dataset.event_id) or "<no event id>"
+        usable: set[str] = set()
         for field in self.dataset.fields:
             text = texts[field.name]
-            for failed in self._check_field(field, text, typed):
+            field_failures = self._check_field(field, text, typed)
+            if text is not None and not any(rule.kind in ("not_null", "type") for rule in field_failures):
+                usable.add(field.name)
+            for failed in field_failures:
                 failures.append(
                     Failure(
                         rule=failed.name,
@@ -126,6 +146,19 @@ class RecordValidator:
                         value=text,
                         message=f"record {record_id}: field {field.name!r} {failed.description} "
                         f"(rule {failed.name}), got {text!r}",
+                    )
+                )
+        for check in self.dataset.checks:
+            when, then = check.when, check.then
+            if {when.field, then.field} <= usable and constraint_holds(when, typed[when.field]) and not constraint_holds(then, typed[then.field]):
+                rule = f"check.{check.name}"
+                failures.append(
+                    Failure(
+                        rule=rule,
+                        field=then.field,
+                        value=texts[then.field],
+                        message=f"record {record_id}: field {then.field!r} {check.description} (rule {rule}), "
+                        f"got {texts[then.field]!r} with {when.field}={texts[when.field]!r}",
                     )
                 )
         return (None, failures) if failures else (typed, [])

@@ -260,3 +260,20 @@ def test_a_training_window_limits_what_the_detectors_learn_from(first_run, spark
     assert len(latest) == 3
     assert latest.train_rows.between(200, 288).all()
     assert ((latest.train_end - latest.train_start) < pd.Timedelta(days=1)).all()
+
+
+def test_a_declared_check_quarantines_and_great_expectations_counts_it(warehouse, spark, tmp_path):
+    inputs = make_sensor_inputs(tmp_path, sensors=2, days=2.0, seed=8)
+    records = [dict(record) for record in inputs.history.records if record["event_id"] not in inputs.history.bad]
+    records[10].update(status="fault", vibration=1.5)  # breaks the check
+    records[20].update(status="fault", vibration=9.0)  # a fault that shows: fine
+    path = generator.write_json_lines(records, tmp_path / "checked.jsonl")
+    record = run_batch("sensor_events", [str(path)], settings=warehouse, spark=spark)
+    assert record.quarantined_rows == 1
+    quarantine = _table(warehouse, constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    assert list(quarantine.failed_rules.iloc[0]) == ["check.fault_shows_in_vibration"]
+    assert "with status='fault'" in quarantine.errors.iloc[0][0]
+    result = run_log.report(warehouse, record.run_id)["report"]["great_expectations"]
+    by_rule = {item["rule"]: item for item in result["expectations"]}
+    assert by_rule["check.fault_shows_in_vibration"]["unexpected_count"] == 1
+    assert by_rule["check.fault_shows_in_vibration"]["element_count"] == 2  # the rows the condition selects

@@ -58,6 +58,12 @@ VARIANTS = [
     {"event_id": None},
     {"event_id": "ABCDEF0123456789ABCDEF0123456789"},
     {"temperature": "hot", "pressure": 99, "status": "bad", "vibration": None},
+    # The declared cross-field check: a fault must show in the vibration.
+    {"status": "fault", "vibration": 2.0},
+    {"status": "fault", "vibration": 7.5},
+    {"status": "fault", "vibration": "x"},
+    {"status": "fault", "vibration": 200},
+    {"status": "ok", "vibration": 0.5},
 ]
 
 
@@ -93,6 +99,7 @@ def test_spark_and_the_record_validator_fail_the_same_rules(spark, tmp_path):
         (records[index], batch[index], speed[index]) for index in range(len(records)) if batch[index] != speed[index]
     ]
     assert not mismatches, "\n".join(f"{record}: batch {b} speed {s}" for record, b, s in mismatches)
+    assert speed[len(VARIANTS) - 5] == ["check.fault_shows_in_vibration"]
     # The cases are not trivially all valid or all invalid.
     assert 5 < sum(1 for rules in speed if rules) < len(records) - 3
 

@@ -39,6 +39,29 @@ def test_invalid_declarations_say_what_is_wrong(change, message):
         Dataset.model_validate(document)
 
 
+@pytest.mark.parametrize(
+    "check, message",
+    [
+        ({"name": "c", "description": "d", "when": {"field": "nope", "allowed": ["x"]}, "then": {"field": "vibration", "minimum": 1}}, "unknown field 'nope'"),
+        ({"name": "c", "description": "d", "when": {"field": "status", "minimum": 1}, "then": {"field": "vibration", "minimum": 1}}, "need a numeric type"),
+        ({"name": "c", "description": "d", "when": {"field": "status", "allowed": ["x"], "pattern": "y"}, "then": {"field": "vibration", "minimum": 1}}, "exactly one of"),
+    ],
+)
+def test_invalid_checks_say_what_is_wrong(check, message):
+    document = schemas.load("sensor_events").model_dump()
+    document["checks"] = [check]
+    with pytest.raises(ValueError, match=message):
+        Dataset.model_validate(document)
+
+
+def test_a_check_fires_only_when_its_condition_holds_on_valid_values():
+    validator = RecordValidator(schemas.load("sensor_events"))
+    assert [f.rule for f in validator.validate({**GOOD, "status": "fault", "vibration": 2})[1]] == ["check.fault_shows_in_vibration"]
+    assert validator.validate({**GOOD, "status": "fault", "vibration": 4})[1] == []
+    assert validator.validate({**GOOD, "status": "ok", "vibration": 2})[1] == []
+    assert [f.rule for f in validator.validate({**GOOD, "status": "fault", "vibration": "x"})[1]] == ["vibration.type"]
+
+
 def test_range_on_a_string_field_is_refused():
     document = schemas.load("sensor_events").model_dump()
     document["fields"][-1]["minimum"] = 1

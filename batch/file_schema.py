@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lakehouse import storage
 from lakehouse.errors import SchemaMismatchError
 from schemas.declaration import Dataset
 
@@ -28,16 +29,8 @@ _COMPATIBLE = {
 }
 
 
-def _open(path: str):
-    if "://" in path:
-        filesystem, inner = pafs.FileSystem.from_uri(path.replace("s3a://", "s3://"))
-    else:
-        filesystem, inner = pafs.LocalFileSystem(), path
-    return filesystem.open_input_file(inner)
-
-
 def check_csv_header(dataset: Dataset, path: str) -> None:
-    with _open(path) as stream:
+    with storage.open_input_file(path) as stream:
         first_line = stream.read(64 * 1024).decode("utf-8", errors="replace").splitlines()[:1]
     header = next(csv.reader(io.StringIO(first_line[0]))) if first_line else []
     for field in dataset.input_fields:
@@ -47,7 +40,7 @@ def check_csv_header(dataset: Dataset, path: str) -> None:
 
 
 def check_parquet_schema(dataset: Dataset, path: str) -> None:
-    with _open(path) as stream:
+    with storage.open_input_file(path) as stream:
         schema = pq.read_schema(stream)
     for field in dataset.input_fields:
         if field.input_name not in schema.names:
@@ -63,15 +56,9 @@ def check_parquet_schema(dataset: Dataset, path: str) -> None:
 def check_files(dataset: Dataset, paths: list[str], input_format: str) -> None:
     """Check every concrete file (folders and s3:// prefixes are checked by Spark as it reads)."""
     for path in paths:
-        if path.endswith("/") or ("://" not in path and not _is_file(path)):
+        if path.endswith("/") or ("://" not in path and not os.path.isfile(path)):
             continue
         if input_format == "csv":
             check_csv_header(dataset, path)
         elif input_format == "parquet":
             check_parquet_schema(dataset, path)
-
-
-def _is_file(path: str) -> bool:
-    import os
-
-    return os.path.isfile(path)

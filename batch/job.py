@@ -28,7 +28,7 @@ from batch.score import score
 from batch.spark import spark_session
 from batch.train import train
 from batch.validation import split, validate
-from lakehouse import constants, storage
+from lakehouse import constants
 from lakehouse.errors import ConfigurationError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
 from schemas.declaration import Dataset, DetectorSpec

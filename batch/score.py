@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakehouse import registry
+from lakehouse import registry, storage
 from lakehouse.detectors import FittedModel
 from lakehouse.errors import ModelNotFoundError
 from lakehouse.features import feature_names
@@ -49,10 +49,10 @@ def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Se
         latest = registry.latest_versions(settings, dataset.name)
     except ModelNotFoundError:
         # No entity has had enough history for a model yet: the view is written, unscored.
-        latest = latest_empty()
+        latest = registry.SCHEMA.empty_table().to_pandas()
     # Artifacts are small (kilobytes to a few MB per entity); ship them to the tasks in the closure.
     models = {
-        row.entity_id: (int(row.version), registry.storage.read_bytes(row.artifact_uri))
+        row.entity_id: (int(row.version), storage.read_bytes(row.artifact_uri))
         for row in latest.itertuples()
     }
     scored = features.groupBy(dataset.entity).applyInPandas(
@@ -66,7 +66,3 @@ def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Se
         .withColumn("scored_at", F.current_timestamp())
         .withColumn("event_date", F.to_date(dataset.event_time))
     )
-
-
-def latest_empty():
-    return registry.SCHEMA.empty_table().to_pandas()

@@ -79,8 +79,7 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
         if result.artifact is None:
             skipped.append(result.entity_id)
             continue
-        model = detectors.FittedModel.from_bytes(bytes(result.artifact))
-        uri = registry.save_artifact(settings, dataset.name, version, result.entity_id, model)
+        uri = registry.save_artifact(settings, dataset.name, version, result.entity_id, bytes(result.artifact))
         rows.append(
             {
                 "dataset": dataset.name,
@@ -89,8 +88,8 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
                 "detector": dataset.detector.name,
                 "params": dataset.detector.params,
                 "contamination": dataset.detector.contamination,
-                "threshold": model.threshold,
-                "feature_names": model.feature_names,
+                "threshold": result.metrics["threshold"],
+                "feature_names": feature_names(dataset),
                 "train_start": _utc(result.train_start),
                 "train_end": _utc(result.train_end),
                 "train_rows": int(result.train_rows),

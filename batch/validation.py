@@ -129,7 +129,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
                 )
             )
     for check in dataset.checks:
-        broken = _check_violation(check, dataset, typed_columns)
+        broken = _check_violation(check, typed_columns)
         rule = f"check.{check.name}"
         failures.append(F.when(broken, F.lit(rule)))
         messages.append(
@@ -166,7 +166,7 @@ def constraint_column(constraint: Constraint, value: Column) -> Column:
     return holds
 
 
-def _check_violation(check: CustomCheck, dataset: Dataset, typed_columns: dict[str, Column]) -> Column:
+def _check_violation(check: CustomCheck, typed_columns: dict[str, Column]) -> Column:
     # typed_columns[name] is null exactly when the field is missing or of the wrong type.
     when, then = typed_columns[check.when.field], typed_columns[check.then.field]
     return when.isNotNull() & then.isNotNull() & constraint_column(check.when, when) & ~constraint_column(check.then, then)

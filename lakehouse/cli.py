@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lakehouse import logs
 from lakehouse.errors import LakehouseError
-from lakehouse.logs import console, results
+from lakehouse.logs import console, frame_table, results
 
 app = typer.Typer(
     help="Lambda-architecture lakehouse for anomaly detection (Spark + Delta, Beam, Trino).",
@@ -326,12 +326,7 @@ def sql(
 
 
 def _print_frame(frame, title: str | None) -> None:
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column))
-    for row in frame.itertuples(index=False):
-        table.add_row(*["" if value is None else str(value) for value in row])
-    results.print(table)
+    results.print(frame_table(frame, title))
     results.print(f"({len(frame)} rows)")
 
 

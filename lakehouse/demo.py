@@ -10,17 +10,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 from rich.panel import Panel
-from rich.table import Table
 
 from lakehouse import generate as generator
-from lakehouse.logs import console
+from lakehouse.logs import console, frame_table
 from lakehouse.settings import get_settings
 
 DATASET = "sensor_events"
@@ -162,9 +160,4 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
 
 
 def _show(frame: pd.DataFrame, title: str) -> None:
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column))
-    for row in frame.itertuples(index=False):
-        table.add_row(*[str(value) for value in row])
-    console.print(table)
+    console.print(frame_table(frame, title))

@@ -47,3 +47,15 @@ def configure(verbose: bool = False) -> None:
 
     cache = get_settings().cache_dir
     os.environ.setdefault("MPLCONFIGDIR", str(cache / "matplotlib"))
+
+
+def frame_table(frame, title: str | None = None):
+    """A pandas DataFrame as a rich Table (missing values shown empty)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column))
+    for row in frame.itertuples(index=False):
+        table.add_row(*["" if value is None else str(value) for value in row])
+    return table

@@ -84,9 +84,10 @@ def register(settings: Settings, rows: list[dict]) -> None:
     write_deltalake(uri, table, mode="append", storage_options=storage.storage_options(uri))
 
 
-def save_artifact(settings: Settings, dataset: str, version: int, entity_id: str, model: FittedModel) -> str:
+def save_artifact(settings: Settings, dataset: str, version: int, entity_id: str, payload: bytes) -> str:
+    """Store a serialised FittedModel (FittedModel.to_bytes) and return its URI."""
     uri = artifact_uri(settings, dataset, version, entity_id)
-    storage.write_bytes(uri, model.to_bytes())
+    storage.write_bytes(uri, payload)
     return uri
 
 

@@ -46,6 +46,12 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(uri.replace("s3a://", "s3://"))
 
 
+def open_input_file(uri: str):
+    """A random-access reader of a local path or s3:// object (for headers and Parquet footers)."""
+    filesystem, path = _filesystem(uri)
+    return filesystem.open_input_file(path)
+
+
 def write_bytes(uri: str, payload: bytes) -> None:
     filesystem, path = _filesystem(uri)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,10 +16,38 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from lakehouse.errors import ServiceError
+from lakehouse.errors import ConfigurationError, ServiceError
 from lakehouse.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+def fill_placeholders(text: str, values: dict[str, str], source: str, *, escape_backslashes: bool = False) -> str:
+    """Replace ${NAME} in a configuration template from infra/; an unknown name is an error.
+
+    escape_backslashes: for .properties files, where a backslash starts an escape.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise ConfigurationError(f"{source}: unknown placeholder ${{{name}}}")
+        return values[name].replace("\\", "\\\\") if escape_backslashes else values[name]
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """key=value lines of a Java properties file written by this project (no escapes, no ':')."""
+    properties: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, _, value = line.partition("=")
+            properties[key.strip()] = value.strip()
+    return properties
 
 
 @dataclass(frozen=True)

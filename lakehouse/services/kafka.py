@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import socket
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 from lakehouse import jvm
 from lakehouse.errors import ServiceError
-from lakehouse.services.base import Service
+from lakehouse.services.base import Service, fill_placeholders, read_properties
 from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +35,6 @@ PROBE_TIMEOUT = 3.0
 # Seconds to wait for a created (deleted) topic to appear in (vanish from) the broker's metadata.
 TOPIC_TIMEOUT = 30.0
 
-_PLACEHOLDER = re.compile(r"\$\{(KAFKA_[A-Z_]+)\}")
 
 
 class KafkaBroker(Service):
@@ -107,7 +104,9 @@ class KafkaBroker(Service):
         for template in ("server.properties", "log4j.properties"):
             text = (TEMPLATE_DIR / template).read_text()
             header = f"# Generated from infra/kafka/{template} at each start: edit the template.\n"
-            (self.config_dir / template).write_text(header + _fill(text, values, template))
+            (self.config_dir / template).write_text(
+                header + fill_placeholders(text, values, f"infra/kafka/{template}", escape_backslashes=True)
+            )
 
     def cluster_id(self) -> str | None:
         try:
@@ -123,7 +122,7 @@ class KafkaBroker(Service):
         if self.is_formatted():
             # The storage's own id wins (the probe compares it with what the broker reports).
             # Changing kafka_controller_port later is fine: the single voter still leads.
-            found = _read_properties(self.data_dir / "meta.properties").get("cluster.id")
+            found = read_properties(self.data_dir / "meta.properties").get("cluster.id")
             if found and found != self.cluster_id():
                 self.cluster_id_file.write_text(found + "\n")
             return
@@ -285,24 +284,3 @@ def _wait_for_topic(admin, name: str, *, present: bool) -> None:
             state = "appear" if present else "disappear"
             raise ServiceError("kafka", f"topic {name!r} did not {state} within {TOPIC_TIMEOUT:.0f}s")
         time.sleep(0.1)
-
-
-def _fill(text: str, values: dict[str, str], source: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in values:
-            raise ServiceError("kafka", f"infra/kafka/{source}: unknown placeholder ${{{key}}}")
-        # Backslashes are escapes in .properties files.
-        return values[key].replace("\\", "\\\\")
-
-    return _PLACEHOLDER.sub(replace, text)
-
-
-def _read_properties(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip()
-    return values

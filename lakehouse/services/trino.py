@@ -14,21 +14,19 @@ the table registrations belong to the warehouse they describe: a test warehouse 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import urllib.request
 from pathlib import Path
 
 from lakehouse import jvm
 from lakehouse.errors import ConfigurationError, ServiceError
-from lakehouse.services.base import Service, ServiceStatus
+from lakehouse.services.base import Service, ServiceStatus, fill_placeholders, read_properties
 from lakehouse.services.trino_artifacts import restore_hard_links, server_tarball
 from lakehouse.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATES = PROJECT_ROOT / "infra" / "trino" / "etc"
 METASTORE_FOLDER = "_trino_metastore"
 MAIN_CLASS = "io.trino.server.TrinoServer"
-_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
 def trino_uri(location: str) -> str:
@@ -52,17 +50,6 @@ def trino_uri(location: str) -> str:
 def metastore_uri(settings: Settings) -> str:
     """Where the Delta catalog keeps its table registrations: <warehouse>/_trino_metastore."""
     return trino_uri(f"{settings.warehouse.rstrip('/')}/{METASTORE_FOLDER}")
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """key=value lines of a Java properties file written by this project (no escapes, no ':')."""
-    properties: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")):
-            key, _, value = line.partition("=")
-            properties[key.strip()] = value.strip()
-    return properties
 
 
 class TrinoServer(Service):
@@ -106,20 +93,14 @@ class TrinoServer(Service):
     def render_configuration(self) -> None:
         """Write infra/trino/etc/ with its placeholders filled into the service's etc folder."""
         values = self.placeholders()
-
-        def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in values:
-                raise ConfigurationError(f"Trino configuration: unknown placeholder ${{{name}}}")
-            return values[name]
-
         # Start from an empty folder so that a template removed from infra/ disappears here too.
         shutil.rmtree(self.etc_dir, ignore_errors=True)
         for template in sorted(CONFIG_TEMPLATES.rglob("*")):
             if template.is_file():
                 target = self.etc_dir / template.relative_to(CONFIG_TEMPLATES)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(_PLACEHOLDER.sub(substitute, template.read_text()))
+                source = f"infra/trino/etc/{template.relative_to(CONFIG_TEMPLATES)}"
+                target.write_text(fill_placeholders(template.read_text(), values, source))
 
     def served_metastore(self) -> str | None:
         """The metastore the rendered catalog points at (the one a running server uses)."""

@@ -33,8 +33,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 setup: $(INSTALLED) jvm ## Create the venv and fetch the JVM artifacts (both cached)
 
-jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta, Trino, Kafka) with mvn
-	$(LAKEHOUSE) setup --component delta --component trino --component kafka
+jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta with S3A, Trino, Kafka, S3Proxy) with mvn
+	$(LAKEHOUSE) setup --component delta --component trino --component kafka --component s3
 
 demo: setup ## The main job: one full Lambda cycle (generate, batch, speed, Trino merged view)
 	$(LAKEHOUSE) demo

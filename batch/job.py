@@ -7,7 +7,6 @@ Run it as `lakehouse batch run`, or under spark-submit:
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import os
 import time
@@ -28,7 +27,7 @@ from batch.score import score
 from batch.spark import spark_session
 from batch.train import train
 from batch.validation import split, validate
-from lakehouse import constants
+from lakehouse import constants, storage
 from lakehouse.errors import ConfigurationError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
 from schemas.declaration import Dataset, DetectorSpec
@@ -45,13 +44,10 @@ def new_run_id() -> str:
 
 
 def resolve_inputs(inputs: list[str]) -> list[str]:
-    """Local paths and globs expanded (an empty match is an error); s3:// URIs passed through."""
+    """Paths, folders and globs (local or s3://) expanded to their files; an empty match is an error."""
     resolved: list[str] = []
     for item in inputs:
-        if "://" in item:
-            resolved.append(item)
-            continue
-        matches = sorted(glob.glob(item, recursive=True))
+        matches = storage.list_input_files(item)
         if not matches:
             raise LakehouseError(f"input {item!r} matches no file")
         resolved += matches

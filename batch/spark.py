@@ -58,8 +58,30 @@ def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-b
             f"-Dderby.system.home={local_dir / 'derby'} -Dlog4j2.configurationFile={LOG_CONFIG}",
         )
     )
-    if not settings.warehouse_is_local:
-        builder = builder.config("spark.hadoop.fs.s3a.impl", "org.apache.hadoop.fs.s3a.S3AFileSystem")
+    for key, value in s3a_options().items():
+        builder = builder.config(f"spark.hadoop.{key}", value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+def s3a_options() -> dict[str, str]:
+    """Hadoop S3A settings so that s3:// and s3a:// paths (warehouse or input) work alike.
+
+    S3 is configured the way every AWS client is: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (or any
+    source of S3A's default credential chain), AWS_REGION and, for an S3-compatible server,
+    AWS_ENDPOINT_URL. delta-rs, pyarrow and boto3 read the same variables, so the batch and speed
+    layers always see the same bucket.
+    """
+    options = {
+        # delta-rs, pyarrow and Trino say s3://; Spark maps that scheme to S3A too.
+        "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3a.endpoint.region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    if endpoint:
+        # S3-compatible servers (S3Proxy, MinIO, Ceph) address buckets by path, not host name.
+        options["fs.s3a.endpoint"] = endpoint
+        options["fs.s3a.path.style.access"] = "true"
+        options["fs.s3a.connection.ssl.enabled"] = str(endpoint.startswith("https://")).lower()
+    return options

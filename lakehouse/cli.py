@@ -27,7 +27,10 @@ app.add_typer(speed_app, name="speed")
 app.add_typer(serve_app, name="serve")
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset declared in schemas/.")]
-Service = Annotated[Optional[list[str]], typer.Option("--only", help="trino and/or kafka (default: both).")]
+Service = Annotated[
+    Optional[list[str]],
+    typer.Option("--only", help="trino, kafka and/or s3 (default: trino and kafka, plus s3 when the warehouse is on the local S3 server)."),
+]
 
 
 @app.callback()
@@ -35,12 +38,22 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logs.configure(verbose)
 
 
-def _services(only: list[str] | None):
-    from lakehouse.services.kafka import KafkaBroker
-    from lakehouse.services.trino import TrinoServer
+def _services(only: list[str] | None, *, every: bool = False):
+    """The services named by --only; by default the ones the configured lakehouse needs (or every one)."""
+    import os
 
-    known = {"trino": TrinoServer, "kafka": KafkaBroker}
-    names = only or list(known)
+    from lakehouse.services.kafka import KafkaBroker
+    from lakehouse.services.s3 import S3Server
+    from lakehouse.services.trino import TrinoServer
+    from lakehouse.settings import get_settings
+
+    # S3 first: Trino reads the warehouse as soon as it is up.
+    known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker}
+    settings = get_settings()
+    needed = ["trino", "kafka"]
+    if every or (not settings.warehouse_is_local and os.environ.get("AWS_ENDPOINT_URL") == settings.s3_endpoint):
+        needed.insert(0, "s3")
+    names = [name for name in known if name in only] + [name for name in only if name not in known] if only else needed
     unknown = [name for name in names if name not in known]
     if unknown:
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(known)}")
@@ -60,7 +73,7 @@ def _print_status(services) -> None:
 
 @app.command()
 def setup(
-    component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, beam (default: all).")] = None,
+    component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, s3, beam (default: all).")] = None,
 ) -> None:
     """Fetch the pinned JVM artifacts from Maven Central into the cache (done lazily otherwise)."""
     from lakehouse import jvm
@@ -73,11 +86,16 @@ def setup(
 
 @app.command()
 def up(only: Service = None) -> None:
-    """Start the local Trino and Kafka on loopback (reused when already running)."""
+    """Start the local Trino and Kafka (and the S3 server) on loopback, reused when already running."""
     services = _services(only)
     for service in services:
         with console.status(f"starting {service.name}"):
             service.start()
+        if service.name == "s3":
+            from lakehouse.services.s3 import client_environment
+
+            exports = " ".join(f"{key}={value}" for key, value in client_environment(service.settings).items())
+            console.print(f"S3 clients reach the local server with: [bold]export {exports}[/]")
     if any(service.name == "trino" for service in services):
         from serving import views
 
@@ -88,7 +106,7 @@ def up(only: Service = None) -> None:
 @app.command()
 def down(only: Service = None) -> None:
     """Stop the local services."""
-    for service in _services(only):
+    for service in _services(only, every=True):
         stopped = service.stop()
         console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
 
@@ -96,7 +114,7 @@ def down(only: Service = None) -> None:
 @app.command()
 def status(only: Service = None) -> None:
     """Show whether each local service is running and answering."""
-    _print_status(_services(only))
+    _print_status(_services(only, every=True))
 
 
 @app.command()

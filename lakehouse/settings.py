@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         default=constants.DEFAULT_KAFKA_CONTROLLER_PORT, ge=1, le=65535
     )
     kafka_heap: str = "512m"
+    # The local S3 server (`lakehouse up s3`, S3Proxy). Its keys are local-only (loopback) and are
+    # what a client must send; against real S3 nothing here is used, only the AWS_* variables.
+    s3_port: int = Field(default=constants.DEFAULT_S3_PORT, ge=1, le=65535)
+    s3_access_key: str = "lakehouse"
+    s3_secret_key: str = "lakehouse-local-secret"
+    s3_bucket: str = "lakehouse"
     # Where local services keep pid, logs and data; empty means <work_dir>/services. Tests point
     # it at a temporary folder so they never touch the services a developer has running.
     services_root: str = ""
@@ -115,6 +121,11 @@ class Settings(BaseSettings):
     @property
     def trino_url(self) -> str:
         return f"http://{self.trino_host}:{self.trino_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        """The local S3 server's endpoint (what AWS_ENDPOINT_URL must be to use it)."""
+        return f"http://127.0.0.1:{self.s3_port}"
 
     @property
     def kafka_bootstrap(self) -> str:

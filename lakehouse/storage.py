@@ -1,12 +1,16 @@
 """Warehouse storage: one place that turns a table or artifact URI into filesystem calls.
 
-Local folders and s3:// both go through pyarrow.fs (artifacts) and deltalake (tables), so the
-same code runs on the embedded default and in production.
+Tables go through deltalake, input files through pyarrow.fs, model artifacts through boto3 on
+S3; every one of them reads the standard AWS_* variables (keys, AWS_REGION, AWS_ENDPOINT_URL for
+an S3-compatible server), so the same code runs on the embedded default and in production.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -52,14 +56,84 @@ def open_input_file(uri: str):
     return filesystem.open_input_file(path)
 
 
+def list_input_files(pattern: str) -> list[str]:
+    """The data files a local or s3:// path, folder or glob names, sorted; [] when none match.
+
+    Folders are listed recursively, leaving out the hidden and '_'-prefixed files that Spark and
+    Hadoop also skip (_SUCCESS, .crc), so a landing folder or prefix lists as its files.
+    """
+    if "://" not in pattern:
+        candidates = sorted(glob.glob(pattern, recursive=True))
+        files: list[str] = []
+        for candidate in candidates:
+            if os.path.isdir(candidate):
+                files += [
+                    str(path)
+                    for path in sorted(Path(candidate).rglob("*"))
+                    if path.is_file() and not _hidden(path.relative_to(candidate).as_posix())
+                ]
+            else:
+                files.append(candidate)
+        return files
+    scheme = pattern.split("://", 1)[0]
+    filesystem, path = _filesystem(pattern)
+    wildcard = next((index for index, char in enumerate(path) if char in "*?["), None)
+    base = path if wildcard is None else path[:wildcard].rsplit("/", 1)[0]
+    info = filesystem.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        return [f"{scheme}://{base}"]
+    if info.type == pafs.FileType.NotFound and wildcard is None:
+        return []
+    found = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    return sorted(
+        f"{scheme}://{entry.path}"
+        for entry in found
+        if entry.type == pafs.FileType.File
+        and not _hidden(entry.path[len(base) :].lstrip("/"))
+        and (wildcard is None or fnmatch.fnmatchcase(entry.path, path))
+    )
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(("_", ".")) for part in relative.split("/"))
+
+
 def write_bytes(uri: str, payload: bytes) -> None:
-    filesystem, path = _filesystem(uri)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(payload)
+    """Write an artifact: boto3 on S3 (one PUT, the SDK's retries), a plain file locally."""
+    if uri.startswith(("s3://", "s3a://")):
+        bucket, key = _bucket_key(uri)
+        _s3_client().put_object(Bucket=bucket, Key=key, Body=payload)
+        return
+    path = Path(uri.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(payload)
+    temporary.replace(path)  # readers never see half an artifact
 
 
 def read_bytes(uri: str) -> bytes:
-    filesystem, path = _filesystem(uri)
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read()
+    if uri.startswith(("s3://", "s3a://")):
+        bucket, key = _bucket_key(uri)
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    return Path(uri.removeprefix("file://")).read_bytes()
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+def _s3_client():
+    # boto3 reads AWS_ENDPOINT_URL and the keys itself, like delta-rs and pyarrow. Its default
+    # session would keep the first credentials it saw; one client per configuration follows the
+    # environment as the other engines do.
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return _s3_client_for(tuple(os.environ.get(name) for name in names), region)
+
+
+@lru_cache(maxsize=8)
+def _s3_client_for(configuration: tuple, region: str):
+    import boto3
+
+    return boto3.session.Session().client("s3", region_name=region)

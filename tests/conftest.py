@@ -21,14 +21,19 @@ from pathlib import Path
 
 import pytest
 
-# Fixtures for Spark/Beam and Kafka live in their own modules.
-pytest_plugins = ["fixtures_engines", "fixtures_kafka"]
+# Fixtures for Spark/Beam, Kafka and S3 live in their own modules.
+pytest_plugins = ["fixtures_engines", "fixtures_kafka", "fixtures_s3"]
 
 log = logging.getLogger(__name__)
 
 KEEP_SERVICES = os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") == "1"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_TEST_PORTS = {"LAKEHOUSE_TRINO_PORT": "18180", "LAKEHOUSE_KAFKA_PORT": "19192", "LAKEHOUSE_KAFKA_CONTROLLER_PORT": "19193"}
+_TEST_PORTS = {
+    "LAKEHOUSE_TRINO_PORT": "18180",
+    "LAKEHOUSE_KAFKA_PORT": "19192",
+    "LAKEHOUSE_KAFKA_CONTROLLER_PORT": "19193",
+    "LAKEHOUSE_S3_PORT": "19190",
+}
 _temporary_root: str | None = None
 
 

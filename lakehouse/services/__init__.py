@@ -1,1 +1,1 @@
-"""Local services started by the project on loopback: Trino and Kafka."""
+"""Local services started by the project on loopback: Trino, Kafka and an S3 server."""

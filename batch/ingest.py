@@ -34,8 +34,10 @@ def read_raw(spark: SparkSession, dataset: Dataset, paths: list[str], *, input_f
         frame = reader.csv(paths)
     elif input_format == "json":
         frame = spark.read.schema(schema).option("mode", "PERMISSIVE").json(paths)
-    elif input_format == "parquet":
-        frame = spark.read.parquet(*paths)
+    elif input_format in ("parquet", "delta"):
+        # Typed columns are read as text and validated like any other input (a Delta source is
+        # the speed layer's landing table; its extra columns are left out).
+        frame = spark.read.parquet(*paths) if input_format == "parquet" else spark.read.format("delta").load(paths[0])
         frame = frame.select(
             [
                 (F.col(field.name).cast("string") if field.name in frame.columns else F.lit(None).cast("string")).alias(field.name)

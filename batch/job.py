@@ -43,6 +43,10 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
+# The input name that means "the dataset's landing table" rather than files.
+LANDING_INPUT = "landing"
+
+
 def resolve_inputs(inputs: list[str]) -> list[str]:
     """Paths, folders and globs (local or s3://) expanded to their files; an empty match is an error."""
     resolved: list[str] = []
@@ -97,7 +101,17 @@ def run_batch(
             raise ConfigurationError(f"detector override {detector}: {error}") from error
         dataset = dataset.model_copy(update={"detector": spec})
     run_id = run_id or new_run_id()
-    paths = resolve_inputs(inputs)
+    input_format = dataset.format
+    if inputs == [LANDING_INPUT]:
+        # The speed layer's landing table (valid events it read from Kafka), as a Delta snapshot.
+        uri = settings.table_uri(dataset.name, constants.LANDING)
+        if not storage.table_exists(uri):
+            raise LakehouseError(f"input 'landing': {uri} has no Delta table yet (the speed layer lands events read from Kafka)")
+        paths, input_format = [uri], "delta"
+    elif LANDING_INPUT in inputs:
+        raise ConfigurationError("input 'landing' cannot be mixed with files: run it on its own")
+    else:
+        paths = resolve_inputs(inputs)
     record = run_log.RunRecord(
         run_id=run_id, dataset=dataset.name, status=run_log.STATUS_FAILED,
         started_at=datetime.now(timezone.utc), finished_at=datetime.now(timezone.utc), inputs=paths,
@@ -105,7 +119,7 @@ def run_batch(
     spark = spark or spark_session(settings)
     log.info("run %s: dataset %s, %d input file(s)", run_id, dataset.name, len(paths))
     try:
-        _run_steps(spark, dataset, paths, settings, record, progress)
+        _run_steps(spark, dataset, paths, input_format, settings, record, progress)
         record.status = run_log.STATUS_SUCCEEDED
     except Exception as error:
         record.error = f"{type(error).__name__}: {error}"
@@ -122,14 +136,16 @@ def _run_steps(
     spark: SparkSession,
     dataset: Dataset,
     paths: list[str],
+    input_format: str,
     settings: Settings,
     record: run_log.RunRecord,
     progress: Progress | None,
 ) -> None:
     timings = record.timings
     with _timed(timings, "ingest", progress):
-        check_files(dataset, paths, dataset.format)
-        raw = read_raw(spark, dataset, paths).persist()
+        if input_format != "delta":
+            check_files(dataset, paths, input_format)
+        raw = read_raw(spark, dataset, paths, input_format=input_format).persist()
         record.input_rows = raw.count()
     with _timed(timings, "validate", progress):
         validated = validate(raw, dataset).persist()

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 from batch import run_log
-from batch.job import resolve_inputs, run_batch
+from batch.job import LANDING_INPUT, resolve_inputs, run_batch
 from lakehouse.errors import ConfigurationError, LakehouseError
 from lakehouse.settings import Settings
 
@@ -54,6 +54,8 @@ def parse_interval(text: str) -> timedelta:
 
 def unprocessed(settings: Settings, dataset: str, inputs: list[str]) -> list[str]:
     """Files matching the inputs that no successful run of the dataset has read."""
+    if LANDING_INPUT in inputs:
+        return inputs  # the landing table grows in place; MERGE makes every pass idempotent
     runs = run_log.runs(settings, dataset)
     done = set()
     for row in runs[runs["status"] == run_log.STATUS_SUCCEEDED].itertuples():

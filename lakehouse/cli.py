@@ -134,7 +134,7 @@ def generate(
 @batch_app.command("run")
 def batch_run(
     dataset: Dataset,
-    input: Annotated[list[str], typer.Option("--input", "-i", help="File, folder, glob or s3:// URI (repeatable).")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="File, folder, glob or s3:// URI (repeatable), or 'landing' for the speed layer's landing table.")],
     detector: Annotated[Optional[str], typer.Option(help="Override the declared detector: knn, lof, iforest, hbos.")] = None,
     contamination: Annotated[Optional[float], typer.Option(help="Override the declared contamination (0, 0.5].")] = None,
 ) -> None:
@@ -273,14 +273,20 @@ def speed_run(
     dataset: Dataset,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="JSON-lines file or glob to replay.")] = None,
     kafka: Annotated[bool, typer.Option("--kafka", help="Read the dataset's Kafka topic up to its end.")] = False,
+    alerts: Annotated[bool, typer.Option(help="With --kafka: publish anomalies to lakehouse.<dataset>.alerts.")] = True,
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).", min=0)] = 0,
 ) -> None:
     """Run the Beam pipeline over a replay file or the Kafka topic (extra args go to Beam, e.g. --runner)."""
-    from lakehouse.constants import events_topic
+    from lakehouse.constants import alerts_topic, events_topic
     from speed.pipeline import run
 
     if bool(input) == kafka:
         raise typer.BadParameter("give exactly one source: --input FILE or --kafka")
     source = ["--kafka_topic", events_topic(dataset)] if kafka else ["--input", input]
+    if kafka and alerts:
+        source += ["--alerts_topic", alerts_topic(dataset)]
+    if metrics_port:
+        source += ["--metrics_port", str(metrics_port)]
     with console.status(f"speed {dataset}: scoring {source[1]}"):
         result = run(["--dataset", dataset, *source, *context.args])
     results.print(result)

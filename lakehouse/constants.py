@@ -35,3 +35,8 @@ DEFAULT_S3_PORT = 19000
 def events_topic(dataset: str) -> str:
     """Kafka topic a dataset's events arrive on."""
     return f"lakehouse.{dataset}.events"
+
+
+def alerts_topic(dataset: str) -> str:
+    """Kafka topic the speed layer publishes a dataset's anomalies to."""
+    return f"lakehouse.{dataset}.alerts"

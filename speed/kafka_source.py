@@ -13,6 +13,7 @@ reading through Beam's cross-language KafkaIO on Flink is the speed-layer issue'
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -55,7 +56,6 @@ def _retrying(action, what: str, attempts: int = 30):
     A new broker creates its internal offsets topic on the first group request and answers
     NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS for a few seconds meanwhile.
     """
-    import time
 
     from confluent_kafka import KafkaError, KafkaException
 
@@ -128,7 +128,7 @@ class _ReadPartitionRange(beam.DoFn):
         self.group = group
         self.messages = Metrics.counter("speed", "kafka_messages")
 
-    def process(self, item: PartitionRange) -> Iterable[tuple[str, str]]:
+    def process(self, item: PartitionRange) -> Iterable[tuple[str, str, float]]:
         from confluent_kafka import KafkaError, TopicPartition
 
         if item.end <= item.start:
@@ -156,13 +156,16 @@ class _ReadPartitionRange(beam.DoFn):
                     break
                 self.messages.inc()
                 value = message.value().decode("utf-8", errors="replace") if message.value() is not None else ""
-                yield f"kafka://{item.topic}/{item.partition}@{message.offset()}", value
+                # The record's timestamp (producer's create time) is when the event entered the system.
+                timestamp_type, timestamp_ms = message.timestamp()
+                arrived_at = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
+                yield f"kafka://{item.topic}/{item.partition}@{message.offset()}", value, arrived_at
         finally:
             consumer.close()
 
 
 class ReadKafkaRange(beam.PTransform):
-    """(source, text) pairs of the given partition ranges; source names topic, partition and offset."""
+    """(source, text, arrival) of the given partition ranges; source names topic, partition and offset."""
 
     def __init__(self, bootstrap: str, group: str, ranges: list[PartitionRange]) -> None:
         super().__init__()

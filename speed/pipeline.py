@@ -18,9 +18,18 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 import schemas
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
-from speed import tables
+from speed import metrics, tables
 from speed.kafka_source import ReadKafkaRange, commit_offsets, plan_ranges
-from speed.transforms import DEAD_LETTER, VALID, ScoreEvents, UpsertHotScores, WriteDeadLetters
+from speed.transforms import (
+    DEAD_LETTER,
+    LANDING,
+    VALID,
+    PublishAlerts,
+    ScoreEvents,
+    UpsertHotScores,
+    WriteDeadLetters,
+    WriteLanding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,17 @@ class SpeedOptions(PipelineOptions):
         parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
         parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
+        parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
+        parser.add_argument(
+            "--landing", choices=("auto", "on", "off"), default="auto",
+            help="land valid events in the dataset's landing table for the batch layer (auto: when reading Kafka)",
+        )
+        parser.add_argument(
+            "--state_ttl_seconds", type=float, default=86400.0,
+            help="drop an entity's feature state after this long without events (0 keeps it forever)",
+        )
+        parser.add_argument("--metrics_port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+        parser.add_argument("--metrics_file", help="write Prometheus metrics to this file when the run ends")
 
 
 @dataclass(frozen=True)
@@ -57,9 +77,12 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
         source = pipeline | "ReadKafka" >> ReadKafkaRange(_bootstrap(options, settings), _group(options), kafka_ranges)
     else:
         source = pipeline | "ReadReplay" >> beam.io.ReadFromTextWithFilename(options.input)
-    outputs = (
-        source
-        | "ScoreEvents" >> ScoreEvents(dataset, settings, max_batch_size=options.max_batch_size, reload_seconds=options.model_reload_seconds)
+    outputs = source | "ScoreEvents" >> ScoreEvents(
+        dataset,
+        settings,
+        max_batch_size=options.max_batch_size,
+        reload_seconds=options.model_reload_seconds,
+        state_ttl_seconds=options.state_ttl_seconds,
     )
     (
         outputs[VALID]
@@ -71,10 +94,27 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
         | "BatchDeadLetters" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings))
     )
+    if _lands(options):
+        (
+            outputs[LANDING]
+            | "BatchForLanding" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
+            | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
+        )
+    if options.alerts_topic:
+        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, _bootstrap(options, settings), options.alerts_topic))
+
+
+def _lands(options: SpeedOptions) -> bool:
+    return options.landing == "on" or (options.landing == "auto" and bool(options.kafka_topic))
 
 
 def _bootstrap(options: SpeedOptions, settings: Settings) -> str:
     return options.kafka_bootstrap_servers or settings.kafka_bootstrap
+
+
+def _record_lag(ranges) -> None:
+    for item in ranges:
+        metrics.KAFKA_LAG.labels(item.topic, str(item.partition)).set(max(0, item.end - item.start))
 
 
 def _group(options: SpeedOptions) -> str:
@@ -107,10 +147,19 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
     # Created here, once, so that parallel workers never race to create a table.
     tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))
     tables.ensure_table(tables.quarantine_uri(settings), tables.QUARANTINE_SCHEMA)
+    if _lands(speed_options):
+        tables.ensure_table(tables.landing_uri(settings, dataset), tables.landing_schema(dataset))
+    if speed_options.alerts_topic:
+        from lakehouse.services.kafka import create_topic
+
+        create_topic(speed_options.alerts_topic, settings=settings)
+    if speed_options.metrics_port:
+        metrics.serve(speed_options.metrics_port)
     kafka_ranges = None
     if speed_options.kafka_topic:
         kafka_ranges = plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options))
         log.info("reading %s: %s", speed_options.kafka_topic, [(r.partition, r.start, r.end) for r in kafka_ranges])
+        _record_lag(kafka_ranges)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, speed_options, settings, kafka_ranges)
     result = pipeline.run()
@@ -118,6 +167,9 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
     if kafka_ranges:
         # Only now is every row of the range in the hot table: a crash before this re-reads it.
         commit_offsets(_bootstrap(speed_options, settings), _group(speed_options), kafka_ranges)
+        _record_lag(plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options)))
+    if speed_options.metrics_file:
+        metrics.write(speed_options.metrics_file)
     counts = SpeedResult(
         scored=_counter(result, "scored"),
         dead_letters=_counter(result, "dead_letters") + _counter(result, "unknown_entity"),

@@ -48,6 +48,19 @@ def hot_schema(dataset: Dataset) -> pa.Schema:
     )
 
 
+LANDED_AT = "landed_at"
+
+
+def landing_schema(dataset: Dataset) -> pa.Schema:
+    """The validated record as declared, plus when the speed layer landed it."""
+    from schemas.engines import arrow_schema
+
+    declared = arrow_schema(dataset)
+    # Declared timestamps are UTC instants; the hot table and silver store them with a zone.
+    fields = [pa.field(f.name, _UTC, nullable=f.nullable) if pa.types.is_timestamp(f.type) else f for f in declared]
+    return pa.schema([*fields, pa.field(LANDED_AT, _UTC)])
+
+
 def ensure_table(uri: str, schema: pa.Schema) -> None:
     """Create an empty Delta table if none exists (before the pipeline starts: one creator)."""
     if not storage.table_exists(uri):
@@ -99,6 +112,10 @@ def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
 
 def hot_table_uri(settings: Settings, dataset: Dataset) -> str:
     return settings.table_uri(dataset.name, constants.HOT_SCORES)
+
+
+def landing_uri(settings: Settings, dataset: Dataset) -> str:
+    return settings.table_uri(dataset.name, constants.LANDING)
 
 
 def quarantine_uri(settings: Settings) -> str:

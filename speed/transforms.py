@@ -18,20 +18,25 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from lakehouse import constants, registry
 from lakehouse.features import compute_features
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from schemas.rules import RecordValidator
-from speed import tables
+from speed import metrics, tables
 from speed.history import recent_history
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER = "dead_letter"
 VALID = "valid"
+LANDING = "landing"
+# Seconds since the epoch when an event reached the pipeline (Kafka timestamp or replay read);
+# carried beside the record for latency metrics, never written to a table.
+ARRIVED_AT = "_arrived_at"
 
 
 def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
@@ -51,7 +56,7 @@ def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, r
 
 
 class ParseAndValidate(beam.DoFn):
-    """(source, JSON text) -> typed record on the main output, or a dead letter with its reasons."""
+    """(source, JSON text[, arrival]) -> typed record on the main output, or a dead letter with its reasons."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -60,9 +65,21 @@ class ParseAndValidate(beam.DoFn):
 
     def setup(self) -> None:
         self.validator = RecordValidator(self.dataset)
+        self.prometheus_valid = metrics.EVENTS.labels(self.dataset.name, "valid")
+        self.prometheus_rejected = metrics.EVENTS.labels(self.dataset.name, "dead_letter")
 
-    def process(self, element: tuple[str, str]) -> Iterable[Any]:
-        source, text = element
+    def process(self, element: tuple) -> Iterable[Any]:
+        source, text = element[0], element[1]
+        arrived_at = element[2] if len(element) > 2 else time.time()
+        for output in self._validate(source, text):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                self.prometheus_rejected.inc()
+            else:
+                self.prometheus_valid.inc()
+                output[ARRIVED_AT] = arrived_at
+            yield output
+
+    def _validate(self, source: str, text: str) -> Iterable[Any]:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as error:
@@ -101,10 +118,14 @@ class ComputeFeatures(beam.DoFn):
     """
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
+    # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
+    # (processing time) loses its state; its next event seeds it from silver again.
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-    def __init__(self, dataset: Dataset, settings: Settings) -> None:
+    def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
         self.dataset = dataset
         self.settings = settings
+        self.state_ttl_seconds = state_ttl_seconds
         self.late = Metrics.counter("speed", "late_events")
         self.revised = Metrics.counter("speed", "revised_events")
         self.too_late = Metrics.counter("speed", "late_beyond_state")
@@ -112,9 +133,24 @@ class ComputeFeatures(beam.DoFn):
 
     def setup(self) -> None:
         self.silver_history = recent_history(self.settings, self.dataset)
+        # When this worker last pushed each entity's expiry back: re-setting a timer per event
+        # costs more than the event, so it is pushed back at most every tenth of the TTL (state
+        # then expires after 90 to 100% of the TTL of silence).
+        self.expiry_pushed_at: dict[str, float] = {}
+        self.prometheus_expired = metrics.STATE_EXPIRED.labels(self.dataset.name)
 
-    def process(self, element: tuple[str, dict], history=beam.DoFn.StateParam(HISTORY)) -> Iterable[dict]:
+    def process(
+        self,
+        element: tuple[str, dict],
+        history=beam.DoFn.StateParam(HISTORY),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterable[dict]:
         entity_id, record = element
+        if self.state_ttl_seconds > 0:
+            now = time.time()
+            if now - self.expiry_pushed_at.get(entity_id, 0.0) > self.state_ttl_seconds / 10:
+                expiry.set(now + self.state_ttl_seconds)
+                self.expiry_pushed_at[entity_id] = now
         dataset = self.dataset
         window = dataset.features.window
         state = history.read()
@@ -148,6 +184,13 @@ class ComputeFeatures(beam.DoFn):
                 "_features": self._features(times, values, later),
                 "_revised": True,
             }
+
+    @on_timer(EXPIRY)
+    def expire(self, key=beam.DoFn.KeyParam, history=beam.DoFn.StateParam(HISTORY)):
+        history.clear()
+        self.expiry_pushed_at.pop(key, None)
+        self.prometheus_expired.inc()
+        return []
 
     def _features(self, times: list, values: np.ndarray, position: int) -> np.ndarray:
         event_time = np.array([np.datetime64(times[position].replace(tzinfo=None), "us")])
@@ -194,6 +237,7 @@ class ScoreBatch(beam.DoFn):
         self.reloads = Metrics.counter("speed", "model_reloads")
 
     def setup(self) -> None:
+        self.prometheus_anomalies = metrics.ANOMALIES.labels(self.dataset.name)
         self.models: dict[str, registry.RegisteredModel] = {}
         self.loaded_version: int | None = None
         self.checked_at = 0.0
@@ -239,8 +283,10 @@ class ScoreBatch(beam.DoFn):
                 (self.rescored if record.get("_revised") else self.scored).inc()
                 if flag:
                     self.anomalies.inc()
+                    self.prometheus_anomalies.inc()
                 row = record
                 yield {
+                    ARRIVED_AT: row.get(ARRIVED_AT),
                     dataset.event_id: row[dataset.event_id],
                     dataset.entity: row[dataset.entity],
                     dataset.event_time: row[dataset.event_time],
@@ -268,15 +314,103 @@ class UpsertHotScores(beam.DoFn):
     def setup(self) -> None:
         self.uri = tables.hot_table_uri(self.settings, self.dataset)
         self.schema = tables.hot_schema(self.dataset)
+        name = self.dataset.name
+        self.prometheus = (
+            metrics.HOT_ROWS.labels(name),
+            metrics.COMMIT_DURATION.labels(name),
+            metrics.COMMIT_LATENCY.labels(name),
+            metrics.EVENT_TIME_LAG.labels(name),
+        )
 
     def process(self, batch: list[dict]) -> Iterable[int]:
         # A replay may put the same event twice in one batch: the last one wins.
         latest = {row[self.dataset.event_id]: row for row in batch}
         started = time.perf_counter()
         tables.upsert_by_key(self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id)
-        self.latency.update(int((time.perf_counter() - started) * 1000))
+        duration = time.perf_counter() - started
+        self.latency.update(int(duration * 1000))
         self.committed.inc(len(latest))
+        rows, commit, arrival_latency, event_time_lag = self.prometheus
+        rows.inc(len(latest))
+        commit.observe(duration)
+        committed_at = time.time()
+        for row in latest.values():
+            if row.get(ARRIVED_AT) is not None:
+                arrival_latency.observe(max(0.0, committed_at - row[ARRIVED_AT]))
+            event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
         yield len(latest)
+
+
+class WriteLanding(beam.DoFn):
+    """Lands valid events, as validated, in the dataset's landing table for the batch layer.
+
+    Insert-only by event id, so a replay lands nothing twice; the batch layer reads the table with
+    `lakehouse batch run --input landing` and MERGEs it into silver like any other input.
+    """
+
+    def __init__(self, dataset: Dataset, settings: Settings) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.landed = Metrics.counter("speed", "landed")
+
+    def setup(self) -> None:
+        self.uri = tables.landing_uri(self.settings, self.dataset)
+        self.schema = tables.landing_schema(self.dataset)
+
+    def process(self, batch: list[dict]) -> Iterable[int]:
+        landed_at = datetime.now(timezone.utc)
+        unique = {row[self.dataset.event_id]: {**row, tables.LANDED_AT: landed_at} for row in batch}
+        tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
+        self.landed.inc(len(unique))
+        yield len(unique)
+
+
+class PublishAlerts(beam.DoFn):
+    """Publishes each anomaly to a Kafka topic (JSON, keyed by entity), flushed with the bundle.
+
+    An event re-scored after a late arrival may be published again; consumers dedupe by event id.
+    """
+
+    def __init__(self, dataset: Dataset, bootstrap: str, topic: str) -> None:
+        self.dataset = dataset
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.published = Metrics.counter("speed", "alerts_published")
+
+    def setup(self) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5})
+        self.prometheus = metrics.ALERTS.labels(self.dataset.name)
+
+    def process(self, row: dict) -> None:
+        if not row["is_anomaly"]:
+            return
+        dataset = self.dataset
+        alert = {
+            "dataset": dataset.name,
+            "event_id": row[dataset.event_id],
+            "entity_id": row[dataset.entity],
+            "event_time": row[dataset.event_time].isoformat(),
+            "score": row["score"],
+            "model_version": row["model_version"],
+            "scored_at": row["scored_at"].isoformat(),
+            **{name: row[name] for name in dataset.features.fields},
+        }
+        self.producer.produce(self.topic, key=str(row[dataset.entity]).encode(), value=json.dumps(alert).encode())
+        self.producer.poll(0)
+        self.published.inc()
+        self.prometheus.inc()
+
+    def finish_bundle(self) -> None:
+        # The bundle is done only when the broker has every alert of it.
+        remaining = self.producer.flush(30)
+        if remaining:
+            raise RuntimeError(f"{remaining} alerts not delivered to Kafka topic {self.topic} within 30 s")
+
+    def teardown(self) -> None:
+        if getattr(self, "producer", None) is not None:
+            self.producer.flush(10)
 
 
 class WriteDeadLetters(beam.DoFn):
@@ -297,12 +431,21 @@ class WriteDeadLetters(beam.DoFn):
 class ScoreEvents(beam.PTransform):
     """(source, JSON text) -> scored rows (main output) and dead letters (tag `dead_letter`)."""
 
-    def __init__(self, dataset: Dataset, settings: Settings, *, max_batch_size: int = 1000, reload_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        settings: Settings,
+        *,
+        max_batch_size: int = 1000,
+        reload_seconds: float = 30.0,
+        state_ttl_seconds: float = 0.0,
+    ) -> None:
         super().__init__()
         self.dataset = dataset
         self.settings = settings
         self.max_batch_size = max_batch_size
         self.reload_seconds = reload_seconds
+        self.state_ttl_seconds = state_ttl_seconds
 
     def expand(self, lines):
         dataset = self.dataset
@@ -310,7 +453,7 @@ class ScoreEvents(beam.PTransform):
         featured = (
             parsed[VALID]
             | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record)).with_output_types(tuple[str, dict])
-            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings))
+            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds))
         )
         scored = (
             featured
@@ -318,4 +461,4 @@ class ScoreEvents(beam.PTransform):
             | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(DEAD_LETTER, main=VALID)
         )
         dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-        return {VALID: scored[VALID], DEAD_LETTER: dead_letters}
+        return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -73,3 +74,72 @@ def test_kafka_to_hot_table_exactly_once_across_reruns_and_a_crash(kafka_broker,
     assert again.scored + again.dead_letters == sent
     replayed = _hot(settings)
     assert len(replayed) == len(hot) and replayed.event_id.is_unique
+
+
+def _consume_all(settings, topic: str) -> list[dict]:
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer.subscribe([topic])
+    messages, idle = [], 0
+    while idle < 5:
+        message = consumer.poll(1.0)
+        if message is None or message.error():
+            idle += 1
+            continue
+        idle = 0
+        messages.append(json.loads(message.value()))
+    consumer.close()
+    return messages
+
+
+def test_kafka_run_lands_events_publishes_alerts_and_reports_metrics(kafka_broker, trained, spark, tmp_path):
+    from speed import metrics
+
+    settings, inputs = trained
+    settings = settings.model_copy(update={"warehouse": str(tmp_path / "warehouse")})
+    # A warehouse of its own, with the trained models copied in through a fresh batch run.
+    run_batch("sensor_events", [str(path) for path in inputs.history_files], settings=settings, spark=spark)
+    topic, alerts = f"test-{uuid.uuid4().hex[:8]}", f"alerts-{uuid.uuid4().hex[:8]}"
+    create_topic(topic, partitions=2, settings=settings)
+    dataset = schemas.load("sensor_events")
+    sent = produce(dataset, [inputs.recent_file], topic, settings=settings)
+
+    def sample(name: str, **labels) -> float:
+        return metrics.REGISTRY.get_sample_value(name, {"dataset": "sensor_events", **labels}) or 0.0
+
+    before = {
+        "valid": sample("lakehouse_speed_events_total", outcome="valid"),
+        "dead": sample("lakehouse_speed_events_total", outcome="dead_letter"),
+        "latency": sample("lakehouse_speed_arrival_to_commit_seconds_count"),
+    }
+    metrics_file = tmp_path / "speed.prom"
+    result = speed_pipeline.run(
+        ["--dataset", "sensor_events", "--kafka_topic", topic, "--alerts_topic", alerts, "--metrics_file", str(metrics_file)],
+        settings=settings,
+    )
+    hot = DeltaTable(settings.table_uri("sensor_events", constants.HOT_SCORES)).to_pandas()
+
+    # Every valid event is landed once, as validated, for the batch layer.
+    landing = DeltaTable(settings.table_uri("sensor_events", constants.LANDING)).to_pandas()
+    assert landing.event_id.is_unique and set(landing.event_id) == set(hot.event_id)
+    # Every anomaly is on the alerts topic, with its score.
+    published = _consume_all(settings, alerts)
+    assert {alert["event_id"] for alert in published} == set(hot.event_id[hot.is_anomaly])
+    assert result.anomalies > 0 and all(alert["score"] > 0 for alert in published)
+    # Metrics: the counts match the run, and each committed row has a latency observation.
+    valid = sample("lakehouse_speed_events_total", outcome="valid") - before["valid"]
+    dead = sample("lakehouse_speed_events_total", outcome="dead_letter") - before["dead"]
+    # Repeated events are valid each time they are read, and land once.
+    assert valid + dead == sent and valid == len(landing) + inputs.recent.duplicates
+    assert sample("lakehouse_speed_arrival_to_commit_seconds_count") - before["latency"] >= len(hot)
+    text = metrics_file.read_text()
+    assert "lakehouse_speed_arrival_to_commit_seconds_bucket" in text and "lakehouse_speed_kafka_lag_messages" in text
+    assert metrics.REGISTRY.get_sample_value("lakehouse_speed_kafka_lag_messages", {"topic": topic, "partition": "0"}) == 0
+
+    # The batch layer takes the landing table as input: the landed events reach silver.
+    record = run_batch("sensor_events", ["landing"], settings=settings, spark=spark)
+    assert record.input_rows == len(landing) and record.quarantined_rows == 0
+    silver = DeltaTable(settings.table_uri("sensor_events", constants.SILVER)).to_pandas()
+    assert set(landing.event_id) <= set(silver.event_id)

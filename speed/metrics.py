@@ -1,0 +1,74 @@
+"""Prometheus metrics of the speed layer: throughput, latency, dead letters, Kafka lag.
+
+The transforms update these in the process that runs them. On the local runner and on Flink with
+the LOOPBACK environment that is the process `lakehouse speed run` started, which serves them on
+`--metrics_port` (loopback) and can write them to `--metrics_file` (Prometheus text format, for
+node_exporter's textfile collector) when it ends. On Dataflow each worker is its own process: the
+same numbers are Beam metrics (namespace `speed`), which Dataflow exports to Cloud Monitoring.
+
+Latency is measured from arrival (the Kafka record's timestamp, or the moment a replay line was
+read) to the hot-table commit that made the row visible, and separately from the event's own
+time, which for replayed history measures the replay, not the system.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter(
+    "lakehouse_speed_events", "Events read by the speed layer, by outcome.", ["dataset", "outcome"], registry=REGISTRY
+)
+HOT_ROWS = Counter(
+    "lakehouse_speed_hot_rows_committed", "Rows upserted into the hot table.", ["dataset"], registry=REGISTRY
+)
+ANOMALIES = Counter("lakehouse_speed_anomalies", "Events scored as anomalies.", ["dataset"], registry=REGISTRY)
+ALERTS = Counter("lakehouse_speed_alerts_published", "Alerts published to Kafka.", ["dataset"], registry=REGISTRY)
+# Sub-10 ms buckets matter: the design target is under 100 ms of processing.
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+COMMIT_LATENCY = Histogram(
+    "lakehouse_speed_arrival_to_commit_seconds",
+    "Seconds from an event's arrival (Kafka timestamp or replay read) to its hot-table commit.",
+    ["dataset"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+EVENT_TIME_LAG = Histogram(
+    "lakehouse_speed_event_time_to_commit_seconds",
+    "Seconds from an event's own time to its hot-table commit.",
+    ["dataset"],
+    buckets=_LATENCY_BUCKETS + (3600.0, 86400.0),
+    registry=REGISTRY,
+)
+COMMIT_DURATION = Histogram(
+    "lakehouse_speed_commit_seconds", "Duration of one hot-table commit.", ["dataset"], buckets=_LATENCY_BUCKETS, registry=REGISTRY
+)
+KAFKA_LAG = Gauge(
+    "lakehouse_speed_kafka_lag_messages",
+    "Messages of a partition not yet in the hot table (end offset minus committed offset).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+STATE_EXPIRED = Counter(
+    "lakehouse_speed_entity_state_expired", "Entities whose feature state expired after inactivity.", ["dataset"], registry=REGISTRY
+)
+
+_server_started: set[int] = set()
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on 127.0.0.1:port (once per process and port)."""
+    if port in _server_started:
+        return
+    start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+    _server_started.add(port)
+    log.info("speed metrics on http://127.0.0.1:%d/metrics", port)
+
+
+def write(path: str) -> None:
+    write_to_textfile(path, REGISTRY)

@@ -47,6 +47,7 @@ test-fast: $(INSTALLED) ## Only the tests that start no engine
 
 bench: setup ## Benchmarks, each against its reference; JSON reports in .work/bench (BENCH_ROWS=1000000)
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}
+	$(PYTHON) -m bench.speed_bench --events $${BENCH_EVENTS:-100000}
 
 up: setup ## Start the local Trino and Kafka
 	$(LAKEHOUSE) up

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,9 @@ KAFKA_LAG = Gauge(
 STATE_EXPIRED = Counter(
     "lakehouse_speed_entity_state_expired", "Entities whose feature state expired after inactivity.", ["dataset"], registry=REGISTRY
 )
+
+# The newest arrival-to-commit latencies (seconds), exact, for benchmarks' percentiles; bounded.
+LATENCY_SAMPLES: deque[float] = deque(maxlen=500_000)
 
 _server_started: set[int] = set()
 

@@ -336,7 +336,9 @@ class UpsertHotScores(beam.DoFn):
         committed_at = time.time()
         for row in latest.values():
             if row.get(ARRIVED_AT) is not None:
-                arrival_latency.observe(max(0.0, committed_at - row[ARRIVED_AT]))
+                latency = max(0.0, committed_at - row[ARRIVED_AT])
+                arrival_latency.observe(latency)
+                metrics.LATENCY_SAMPLES.append(latency)
             event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
         yield len(latest)
 

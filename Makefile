@@ -33,8 +33,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 
 setup: $(INSTALLED) jvm ## Create the venv and fetch the JVM artifacts (both cached)
 
-jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta with S3A, Trino, Kafka, S3Proxy) with mvn
-	$(LAKEHOUSE) setup --component delta --component trino --component kafka --component s3
+jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta with S3A, Trino, Kafka, S3Proxy, Flink) with mvn
+	$(LAKEHOUSE) setup --component delta --component trino --component kafka --component s3 --component flink
 
 demo: setup ## The main job: one full Lambda cycle (generate, batch, speed, Trino merged view)
 	$(LAKEHOUSE) demo
@@ -43,7 +43,7 @@ test: setup ## All tests, with real Spark + Delta, Beam, Trino and Kafka
 	$(PYTHON) -m pytest
 
 test-fast: $(INSTALLED) ## Only the tests that start no engine
-	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not e2e"
+	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not flink and not e2e"
 
 bench: setup ## Benchmarks, each against its reference; JSON reports in .work/bench (BENCH_ROWS=1000000)
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}

@@ -5,7 +5,8 @@
 - Reference: the same models scoring the same feature rows in plain numpy, in batches of the
   pipeline's batch size: the limit the pipeline's own work (parse, validate, state, Delta commits)
   is measured against.
-- Throughput: one bounded run over a replay file of `--events` events on the local runner.
+- Throughput: one bounded run over a replay file of `--events` events on the local runner, and
+  the same on Flink (embedded job server, job start-up included).
 - Latency: a producer sends `--rate` events/s into Kafka for `--seconds` while the pipeline reads
   the topic in back-to-back bounded ranges (the local mode of operation); latency runs from the
   Kafka record's timestamp to the hot-table commit that made the row visible.
@@ -106,6 +107,27 @@ def run(argv: list[str] | None = None) -> list[dict]:
                         "ratio": pipeline_rate / numpy_rate})
         figures.append({"name": "local runner: target 10,000 events/s", "value": pipeline_rate, "unit": "events/s",
                         "reference": "design target", "reference_value": 10_000.0, "ratio": pipeline_rate / 10_000.0})
+
+        # The same replay on Flink (embedded, streaming mode, two workers), job start-up included.
+        shutil.rmtree(settings.table_uri(DATASET, "hot_scores"), ignore_errors=True)
+        from lakehouse.services.flink import FlinkJobServer
+
+        flink = FlinkJobServer(settings)
+        started_flink = flink.pid() is None
+        flink.start()
+        try:
+            started = time.perf_counter()
+            on_flink = speed_pipeline.run(
+                ["--dataset", DATASET, "--input", str(replay), "--max_batch_size", str(arguments.batch_size), "--runner", "FlinkRunner"],
+                settings=settings,
+            )
+            flink_rate = on_flink.scored / (time.perf_counter() - started)
+        finally:
+            if started_flink:
+                flink.stop()
+        figures.append({"name": "Flink runner: events scored and committed per second", "value": flink_rate,
+                        "unit": "events/s", "reference": "numpy scoring alone", "reference_value": numpy_rate,
+                        "ratio": flink_rate / numpy_rate})
 
         # Latency: Kafka at a steady rate, read in back-to-back bounded ranges.
         broker = KafkaBroker(settings)

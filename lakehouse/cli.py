@@ -29,7 +29,7 @@ app.add_typer(serve_app, name="serve")
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset declared in schemas/.")]
 Service = Annotated[
     Optional[list[str]],
-    typer.Option("--only", help="trino, kafka and/or s3 (default: trino and kafka, plus s3 when the warehouse is on the local S3 server)."),
+    typer.Option("--only", help="trino, kafka, s3 and/or flink (default: trino and kafka, plus s3 when the warehouse is on the local S3 server; flink starts with the first Flink run)."),
 ]
 
 
@@ -42,17 +42,20 @@ def _services(only: list[str] | None, *, every: bool = False):
     """The services named by --only; by default the ones the configured lakehouse needs (or every one)."""
     import os
 
+    from lakehouse.services.flink import FlinkJobServer
     from lakehouse.services.kafka import KafkaBroker
     from lakehouse.services.s3 import S3Server
     from lakehouse.services.trino import TrinoServer
     from lakehouse.settings import get_settings
 
     # S3 first: Trino reads the warehouse as soon as it is up.
-    known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker}
+    known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker, "flink": FlinkJobServer}
     settings = get_settings()
     needed = ["trino", "kafka"]
     if every or (not settings.warehouse_is_local and os.environ.get("AWS_ENDPOINT_URL") == settings.s3_endpoint):
         needed.insert(0, "s3")
+    if every:
+        needed.append("flink")
     names = [name for name in known if name in only] + [name for name in only if name not in known] if only else needed
     unknown = [name for name in names if name not in known]
     if unknown:
@@ -73,7 +76,7 @@ def _print_status(services) -> None:
 
 @app.command()
 def setup(
-    component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, s3, beam (default: all).")] = None,
+    component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, s3, flink (default: all).")] = None,
 ) -> None:
     """Fetch the pinned JVM artifacts from Maven Central into the cache (done lazily otherwise)."""
     from lakehouse import jvm

@@ -30,6 +30,8 @@ DEFAULT_TRINO_PORT = 18080
 DEFAULT_KAFKA_PORT = 19092
 DEFAULT_KAFKA_CONTROLLER_PORT = 19093
 DEFAULT_S3_PORT = 19000
+# The Flink job server's job API; its artifact service listens on the next port.
+DEFAULT_FLINK_JOB_PORT = 18099
 
 
 def events_topic(dataset: str) -> str:

@@ -19,8 +19,8 @@ from lakehouse.settings import PROJECT_ROOT, get_settings
 
 log = logging.getLogger(__name__)
 
-Component = Literal["delta", "trino", "kafka", "s3", "beam"]
-COMPONENTS: tuple[Component, ...] = ("delta", "trino", "kafka", "s3", "beam")
+Component = Literal["delta", "trino", "kafka", "s3", "flink"]
+COMPONENTS: tuple[Component, ...] = ("delta", "trino", "kafka", "s3", "flink")
 POM = PROJECT_ROOT / "infra" / "jvm" / "pom.xml"
 _MARKER = ".complete"
 

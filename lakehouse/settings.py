@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     s3_access_key: str = "lakehouse"
     s3_secret_key: str = "lakehouse-local-secret"
     s3_bucket: str = "lakehouse"
+    # The Beam Flink job server with an embedded Flink (`lakehouse up --only flink`).
+    flink_job_port: int = Field(default=constants.DEFAULT_FLINK_JOB_PORT, ge=1, le=65534)
+    flink_parallelism: int = Field(default=2, ge=1)
+    flink_heap: str = "2g"
     # Where local services keep pid, logs and data; empty means <work_dir>/services. Tests point
     # it at a temporary folder so they never touch the services a developer has running.
     services_root: str = ""
@@ -126,6 +130,10 @@ class Settings(BaseSettings):
     def s3_endpoint(self) -> str:
         """The local S3 server's endpoint (what AWS_ENDPOINT_URL must be to use it)."""
         return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def flink_job_endpoint(self) -> str:
+        return f"localhost:{self.flink_job_port}"
 
     @property
     def kafka_bootstrap(self) -> str:

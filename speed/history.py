@@ -1,9 +1,12 @@
-"""Seeding the speed layer's per-entity state from silver, so features match the batch layer's.
+"""Seeding the speed layer's per-entity state from silver and the hot table, so features match
+the batch layer's.
 
 A freshly started pipeline has empty state: without seeding, the first `window` events of each
 entity would see less history than the batch layer gives them, and score differently. At start
-each worker reads the newest days of silver (partition pruning on event_date) and keeps the last
-events of each entity; an entity's state is seeded from them on its first event.
+each worker reads the newest days of silver (partition pruning on event_date) and the hot table
+(the events earlier speed runs scored since the last batch run: a Kafka micro-batch or a
+restarted pipeline continues from them), and keeps the last events of each entity; an entity's
+state is seeded from them on its first event.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 from datetime import date, timedelta
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 
 from lakehouse import constants, storage
@@ -24,27 +28,37 @@ History = tuple[list, list, np.ndarray]  # event times, event ids, values (event
 
 
 def recent_history(settings: Settings, dataset: Dataset, *, lookback_days: int = 7) -> dict[str, History]:
-    """entity -> its newest events in silver (at most 2 x window), oldest first."""
-    uri = settings.table_uri(dataset.name, constants.SILVER)
-    if not storage.table_exists(uri):
-        return {}
-    table = storage.open_table(uri)
-    days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()]
-    if not days:
-        return {}
-    since = max(days) - timedelta(days=lookback_days)
+    """entity -> its events of the lookback in silver and the hot table, oldest first."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
+    frames = []
+    since = None
+    uri = settings.table_uri(dataset.name, constants.SILVER)
+    if storage.table_exists(uri):
+        table = storage.open_table(uri)
+        days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()]
+        if days:
+            since = max(days) - timedelta(days=lookback_days)
+            frames.append(
+                table.to_pyarrow_dataset().to_table(columns=columns, filter=pc.field("event_date") >= pc.scalar(since)).to_pandas()
+            )
+    hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
+    if storage.table_exists(hot_uri):
+        # Expired up to the watermark by each batch run, so it holds only what silver lacks (or
+        # repeats it: the same event id with the same values).
+        frames.append(storage.open_table(hot_uri).to_pyarrow_dataset().to_table(columns=columns).to_pandas())
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        return {}
     rows = (
-        table.to_pyarrow_dataset()
-        .to_table(columns=columns, filter=pc.field("event_date") >= pc.scalar(since))
-        .to_pandas()
+        pd.concat(frames, ignore_index=True)
+        .drop_duplicates(subset=[dataset.event_id], keep="last")
         .sort_values([dataset.entity, dataset.event_time, dataset.event_id])
     )
-    keep = 2 * dataset.features.window
+    # Every event of the lookback is kept, not only the newest 2 x window: a replay of events the
+    # hot table already holds is seeded from the events before each one (see ComputeFeatures._seed).
     history: dict[str, History] = {}
     for entity, events in rows.groupby(dataset.entity, sort=False):
-        events = events.tail(keep)
         times = [time.to_pydatetime() for time in events[dataset.event_time]]
         history[str(entity)] = (times, list(events[dataset.event_id]), events[dataset.features.fields].to_numpy(np.float64))
-    log.info("speed: seeded history for %d entities of %s from silver since %s", len(history), dataset.name, since)
+    log.info("speed: seeded history for %d entities of %s from silver since %s and the hot table", len(history), dataset.name, since)
     return history

@@ -10,12 +10,14 @@ consumer group's offsets committed after the hot table has every row (speed/kafk
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 import schemas
+from lakehouse import storage
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
 from speed import metrics, tables
@@ -76,7 +78,7 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
     if options.kafka_topic:
         source = pipeline | "ReadKafka" >> ReadKafkaRange(_bootstrap(options, settings), _group(options), kafka_ranges)
     else:
-        source = pipeline | "ReadReplay" >> beam.io.ReadFromTextWithFilename(options.input)
+        source = pipeline | "ReadReplay" >> ReadReplay(options.input)
     outputs = source | "ScoreEvents" >> ScoreEvents(
         dataset,
         settings,
@@ -104,12 +106,64 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
         outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, _bootstrap(options, settings), options.alerts_topic))
 
 
+class ReadReplay(beam.PTransform):
+    """(source, line, read time) of JSON-lines files, each file read start to end by one worker.
+
+    Not Beam's ReadFromText: runners split its reads and process the pieces in any order (Flink
+    does), so an entity's events would arrive hundreds of events out of order, beyond what the
+    per-entity state can put back in place. A replay keeps each file's order, as a Kafka
+    partition does.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def expand(self, pipeline):
+        files = storage.list_input_files(self.pattern)
+        if not files:
+            raise ConfigurationError(f"--input {self.pattern!r} matches no file")
+        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines)
+
+
+def _read_lines(path: str):
+    import io
+
+    with storage.open_input_file(path) as stream:
+        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
+            line = line.rstrip("\n")
+            if line.strip():
+                yield path, line, time.time()
+
+
 def _lands(options: SpeedOptions) -> bool:
     return options.landing == "on" or (options.landing == "auto" and bool(options.kafka_topic))
 
 
 def _bootstrap(options: SpeedOptions, settings: Settings) -> str:
     return options.kafka_bootstrap_servers or settings.kafka_bootstrap
+
+
+def _use_embedded_flink(options: PipelineOptions, settings: Settings) -> None:
+    """FlinkRunner without a cluster: submit to the project's Flink job server (embedded Flink).
+
+    Beam's own FlinkRunner would fetch a job-server jar of its version at submit time, which this
+    machine's Maven mirror lacks (see lakehouse/services/flink.py). With --flink_master naming a
+    real cluster, or --job_endpoint, the options are left to Beam.
+    """
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
+
+    from lakehouse.services.flink import FlinkJobServer
+
+    portable = options.view_as(PortableOptions)
+    if portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_master not in (None, "[auto]", "[local]"):
+        return
+    FlinkJobServer(settings).start()
+    options.view_as(StandardOptions).runner = "PortableRunner"
+    portable.job_endpoint = settings.flink_job_endpoint
+    # The Python workers run in this process: no Docker, and the Prometheus metrics are local.
+    portable.environment_type = portable.environment_type or "LOOPBACK"
+    log.info("speed: submitting to the embedded Flink job server on %s", settings.flink_job_endpoint)
 
 
 def _record_lag(ranges) -> None:
@@ -139,6 +193,15 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         # falls back to its in-process FnApiRunner; go to that engine directly.
         standard.runner = LOCAL_RUNNER
     options.view_as(SetupOptions).save_main_session = False
+    if standard.runner == "FlinkRunner":
+        # Flink's batch translation groups each key's events in no particular order, further out
+        # of order than per-entity state can repair; its streaming mode keeps each reader's order.
+        standard.streaming = True
+        _use_embedded_flink(options, settings)
+    if standard.streaming:
+        # Every source here is bounded (a replay, a Kafka range): its state ends with the job, and
+        # a pending processing-time timer would keep a streaming job open until it fires.
+        speed_options.state_ttl_seconds = 0.0
     if not speed_options.dataset:
         raise ConfigurationError("speed pipeline needs --dataset")
     if bool(speed_options.input) == bool(speed_options.kafka_topic):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import pyarrow as pa
@@ -30,7 +31,9 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("quarantined_at", _UTC),
     ]
 )
-_COMMIT_ATTEMPTS = 5
+# Parallel workers of one pipeline (Flink runs two here) and a batch run's expiry commit to the
+# same table; optimistic concurrency retries with jittered back-off.
+_COMMIT_ATTEMPTS = 10
 
 
 def hot_schema(dataset: Dataset) -> pa.Schema:
@@ -44,6 +47,8 @@ def hot_schema(dataset: Dataset) -> pa.Schema:
             pa.field("is_anomaly", pa.bool_()),
             pa.field("model_version", pa.int64()),
             pa.field("scored_at", _UTC),
+            # Which computation of the event's features this is (see speed/transforms.REVISION).
+            pa.field("revision", pa.int64()),
         ]
     )
 
@@ -65,6 +70,16 @@ def ensure_table(uri: str, schema: pa.Schema) -> None:
     """Create an empty Delta table if none exists (before the pipeline starts: one creator)."""
     if not storage.table_exists(uri):
         write_deltalake(uri, schema.empty_table(), mode="ignore", storage_options=storage.storage_options(uri))
+        return
+    # A table from an earlier release gets the columns added since (nullable, so old rows read as null).
+    table = DeltaTable(uri, storage_options=storage.storage_options(uri))
+    present = set(table.schema().to_arrow().names)
+    missing = [field for field in schema if field.name not in present]
+    if missing:
+        from deltalake.schema import Field as DeltaField
+
+        table.alter.add_columns([DeltaField.from_arrow(field.with_nullable(True)) for field in missing])
+        log.info("%s: added columns %s", uri, [field.name for field in missing])
 
 
 def _with_retries(action, what: str) -> None:
@@ -77,11 +92,15 @@ def _with_retries(action, what: str) -> None:
             if attempt == _COMMIT_ATTEMPTS:
                 raise
             log.warning("%s: commit conflict, retrying (%d/%d)", what, attempt, _COMMIT_ATTEMPTS)
-            time.sleep(0.1 * attempt)
+            time.sleep(0.05 * attempt * (1 + random.random()))
 
 
-def upsert_by_key(uri: str, rows: pa.Table, key: str) -> None:
-    """Insert new keys, update existing ones: a replayed event overwrites itself, never duplicates."""
+def upsert_by_key(uri: str, rows: pa.Table, key: str, newest: str | None = None) -> None:
+    """Insert new keys, update existing ones: a replayed event overwrites itself, never duplicates.
+
+    newest: a column that orders versions of a row; an existing row is replaced only by a version
+    at least as new (null in the table, from before the column existed, counts as oldest).
+    """
     if rows.num_rows == 0:
         return
 
@@ -89,7 +108,9 @@ def upsert_by_key(uri: str, rows: pa.Table, key: str) -> None:
         table = DeltaTable(uri, storage_options=storage.storage_options(uri))
         (
             table.merge(rows, predicate=f"target.{key} = source.{key}", source_alias="source", target_alias="target")
-            .when_matched_update_all()
+            .when_matched_update_all(
+                predicate=None if newest is None else f"target.{newest} IS NULL OR source.{newest} >= target.{newest}"
+            )
             .when_not_matched_insert_all()
             .execute()
         )

@@ -37,6 +37,11 @@ LANDING = "landing"
 # Seconds since the epoch when an event reached the pipeline (Kafka timestamp or replay read);
 # carried beside the record for latency metrics, never written to a table.
 ARRIVED_AT = "_arrived_at"
+# Version of an event's features: nanoseconds since the epoch when they were computed, kept
+# strictly increasing per entity through state (and so across state expiry). An event emitted
+# again after a late event carries a higher one, and the hot table keeps the highest: parallel
+# writers (two on Flink here) may commit an event's revisions in any order.
+REVISION = "_revision"
 
 
 def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
@@ -155,8 +160,8 @@ class ComputeFeatures(beam.DoFn):
         window = dataset.features.window
         state = history.read()
         if state is None:
-            state = self._seed(entity_id, record)
-        times, ids, values = state
+            state = (*self._seed(entity_id, record), 0)
+        times, ids, values, revision = state if len(state) == 4 else (*state, 0)
         key = (record[dataset.event_time], record[dataset.event_id])
         position = _insertion_point(times, ids, key)
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
@@ -169,14 +174,17 @@ class ComputeFeatures(beam.DoFn):
             times = times[:position] + [key[0]] + times[position:]
             ids = ids[:position] + [key[1]] + ids[position:]
             values = np.concatenate([values[:position], row, values[position:]])
-        history.write((times[-2 * window :], ids[-2 * window :], values[-2 * window :]))
-        yield {**record, "_features": self._features(times, values, position)}
         # Later events whose window (the `window` events before them) now holds this one; a
         # replayed event changes no other event's window.
         revise = range(0) if replayed else range(position + 1, min(len(times), position + window + 1))
+        revision = max(revision + 1, time.time_ns())
+        history.write((times[-2 * window :], ids[-2 * window :], values[-2 * window :], revision + len(revise)))
+        yield {**record, "_features": self._features(times, values, position), REVISION: revision}
         for later in revise:
             self.revised.inc()
+            revision += 1
             yield {
+                REVISION: revision,
                 dataset.event_id: ids[later],
                 dataset.entity: entity_id,
                 dataset.event_time: times[later],
@@ -197,7 +205,7 @@ class ComputeFeatures(beam.DoFn):
         return compute_features(self.dataset, values[position : position + 1], event_time, values[:position])[0]
 
     def _seed(self, entity_id: str, record: dict):
-        """Initial state of an entity: its silver events before this one (see speed/history.py)."""
+        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
         empty = ([], [], np.empty((0, len(self.dataset.features.fields))))
         times, ids, values = self.silver_history.get(entity_id, empty)
         if not times:
@@ -205,7 +213,8 @@ class ComputeFeatures(beam.DoFn):
         self.seeded.inc()
         key = (record[self.dataset.event_time], record[self.dataset.event_id])
         position = _insertion_point(times, ids, key)
-        return list(times[:position]), list(ids[:position]), values[:position]
+        start = max(0, position - 2 * self.dataset.features.window)
+        return list(times[start:position]), list(ids[start:position]), values[start:position]
 
 
 def _insertion_point(times: list, ids: list, key: tuple) -> int:
@@ -287,6 +296,7 @@ class ScoreBatch(beam.DoFn):
                 row = record
                 yield {
                     ARRIVED_AT: row.get(ARRIVED_AT),
+                    "revision": row.get(REVISION, 0),
                     dataset.event_id: row[dataset.event_id],
                     dataset.entity: row[dataset.entity],
                     dataset.event_time: row[dataset.event_time],
@@ -323,10 +333,17 @@ class UpsertHotScores(beam.DoFn):
         )
 
     def process(self, batch: list[dict]) -> Iterable[int]:
-        # A replay may put the same event twice in one batch: the last one wins.
-        latest = {row[self.dataset.event_id]: row for row in batch}
+        # A batch may hold an event twice (a replay, a revision): the highest revision wins, here
+        # and against the table.
+        latest: dict[str, dict] = {}
+        for row in batch:
+            key = row[self.dataset.event_id]
+            if key not in latest or row["revision"] >= latest[key]["revision"]:
+                latest[key] = row
         started = time.perf_counter()
-        tables.upsert_by_key(self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id)
+        tables.upsert_by_key(
+            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id, newest="revision"
+        )
         duration = time.perf_counter() - started
         self.latency.update(int(duration * 1000))
         self.committed.inc(len(latest))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-# Fixtures for Spark/Beam, Kafka and S3 live in their own modules.
-pytest_plugins = ["fixtures_engines", "fixtures_kafka", "fixtures_s3"]
+# Fixtures for Spark/Beam, Kafka, S3 and Flink live in their own modules.
+pytest_plugins = ["fixtures_engines", "fixtures_kafka", "fixtures_s3", "fixtures_flink"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ _TEST_PORTS = {
     "LAKEHOUSE_KAFKA_PORT": "19192",
     "LAKEHOUSE_KAFKA_CONTROLLER_PORT": "19193",
     "LAKEHOUSE_S3_PORT": "19190",
+    "LAKEHOUSE_FLINK_JOB_PORT": "18190",
 }
 _temporary_root: str | None = None
 

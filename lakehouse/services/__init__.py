@@ -1,1 +1,1 @@
-"""Local services started by the project on loopback: Trino, Kafka and an S3 server."""
+"""Local services started by the project on loopback: Trino, Kafka, an S3 server and a Flink job server."""

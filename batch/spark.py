@@ -12,7 +12,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from lakehouse import jvm
+from lakehouse import jvm, storage
 from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
 
 LOG_CONFIG = PROJECT_ROOT / "infra" / "spark" / "log4j2.properties"
@@ -76,7 +76,7 @@ def s3a_options() -> dict[str, str]:
     options = {
         # delta-rs, pyarrow and Trino say s3://; Spark maps that scheme to S3A too.
         "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
-        "fs.s3a.endpoint.region": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1")),
+        "fs.s3a.endpoint.region": storage.aws_region(),
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
     if endpoint:

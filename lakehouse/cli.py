@@ -56,10 +56,11 @@ def _services(only: list[str] | None, *, every: bool = False):
         needed.insert(0, "s3")
     if every:
         needed.append("flink")
-    names = [name for name in known if name in only] + [name for name in only if name not in known] if only else needed
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in only or [] if name not in known]
     if unknown:
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(known)}")
+    # --only keeps the start order of `known`, whatever order it was given in.
+    names = [name for name in known if name in only] if only else needed
     return [known[name]() for name in names]
 
 

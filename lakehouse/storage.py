@@ -17,11 +17,16 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
 
+def aws_region() -> str:
+    """The region every S3 client uses: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1."""
+    return os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
 def storage_options(uri: str) -> dict[str, str] | None:
     """deltalake options for a URI: S3 credentials and endpoint come only from the environment."""
     if not uri.startswith(("s3://", "s3a://")):
         return None
-    options = {"AWS_REGION": os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))}
+    options = {"AWS_REGION": aws_region()}
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         if os.environ.get(name):
             options[name] = os.environ[name]
@@ -128,8 +133,7 @@ def _s3_client():
     # session would keep the first credentials it saw; one client per configuration follows the
     # environment as the other engines do.
     names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-    region = os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return _s3_client_for(tuple(os.environ.get(name) for name in names), region)
+    return _s3_client_for(tuple(os.environ.get(name) for name in names), aws_region())
 
 
 @lru_cache(maxsize=8)

@@ -21,6 +21,13 @@ NUMERIC_TYPES = ("double", "long")
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _identifier(kind: str, value: str) -> str:
+    """A field or check name: lower-case, usable unquoted in Spark, Trino and Python."""
+    if not IDENTIFIER.match(value):
+        raise ValueError(f"{kind} name {value!r} must match {IDENTIFIER.pattern}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -55,9 +62,7 @@ class FieldSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not IDENTIFIER.match(value):
-            raise ValueError(f"field name {value!r} must match {IDENTIFIER.pattern}")
-        return value
+        return _identifier("field", value)
 
     @field_validator("pattern")
     @classmethod
@@ -116,9 +121,7 @@ class CustomCheck(_Strict):
     @field_validator("name")
     @classmethod
     def _identifier(cls, value: str) -> str:
-        if not IDENTIFIER.match(value):
-            raise ValueError(f"check name {value!r} must match {IDENTIFIER.pattern}")
-        return value
+        return _identifier("check", value)
 
 
 class FeatureSpec(_Strict):

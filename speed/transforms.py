@@ -161,7 +161,7 @@ class ComputeFeatures(beam.DoFn):
         state = history.read()
         if state is None:
             state = (*self._seed(entity_id, record), 0)
-        times, ids, values, revision = state if len(state) == 4 else (*state, 0)
+        times, ids, values, revision = state
         key = (record[dataset.event_time], record[dataset.event_id])
         position = _insertion_point(times, ids, key)
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)

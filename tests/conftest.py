@@ -5,26 +5,21 @@ LAKEHOUSE_* variables point the warehouse and the services' folders at a tempora
 move the services to ports of their own. The JVM cache stays the project's (.work/cache), so no
 test downloads anything twice.
 
-Set LAKEHOUSE_TEST_KEEP_SERVICES=1 to keep the test Trino and Kafka (and their warehouse) in
+Set LAKEHOUSE_TEST_KEEP_SERVICES=1 to keep the test services (and their warehouse) in
 .work/test-services between runs: the next run reuses them and skips their start-up.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Fixtures for Spark/Beam, Kafka, S3 and Flink live in their own modules.
-pytest_plugins = ["fixtures_engines", "fixtures_kafka", "fixtures_s3", "fixtures_flink"]
-
-log = logging.getLogger(__name__)
+# Fixtures for Spark/Beam and for the local services live in their own modules.
+pytest_plugins = ["fixtures_engines", "fixtures_services"]
 
 KEEP_SERVICES = os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") == "1"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,20 +55,3 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _temporary_root:
         shutil.rmtree(_temporary_root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def trino_server() -> Iterator["TrinoServer"]:  # noqa: F821
-    """The test Trino server: started once per session (or reused, see KEEP_SERVICES)."""
-    from lakehouse.services.trino import TrinoServer
-
-    server = TrinoServer()
-    started_here = server.pid() is None
-    began = time.monotonic()
-    server.start()
-    log.info("Trino ready on %s after %.1fs (started here: %s)", server.address, time.monotonic() - began, started_here)
-    try:
-        yield server
-    finally:
-        if started_here and not KEEP_SERVICES:
-            server.stop()

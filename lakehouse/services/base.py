@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
@@ -88,6 +89,18 @@ class Service(ABC):
     @abstractmethod
     def probe(self) -> bool:
         """True when the service answers clients."""
+
+    def require_free_ports(self, ports: tuple[int, ...], settings_names: str) -> None:
+        """Refuse to start when another process already listens on one of the service's ports."""
+        for port in ports:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    raise ServiceError(
+                        self.name,
+                        f"port {port} on 127.0.0.1 is already taken by another process; "
+                        f"stop it or change {settings_names}",
+                    )
 
     def working_directory(self) -> Path:
         return self.home

@@ -15,7 +15,6 @@ import shutil
 import socket
 
 from lakehouse import jvm
-from lakehouse.errors import ServiceError
 from lakehouse.services.base import Service, fill_placeholders
 from lakehouse.settings import PROJECT_ROOT
 
@@ -50,11 +49,7 @@ class FlinkJobServer(Service):
         return self.settings.flink_job_port, self.settings.flink_job_port + 1
 
     def prepare(self) -> None:
-        for port in self.ports:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise ServiceError(self.name, f"port {port} on 127.0.0.1 is already taken; change flink_job_port")
+        self.require_free_ports(self.ports, "flink_job_port")
         jvm.ensure("flink")
         shutil.rmtree(self.artifacts_dir, ignore_errors=True)
         for folder in (self.conf_dir, self.tmp_dir, self.checkpoint_dir, self.artifacts_dir):

@@ -56,7 +56,9 @@ class KafkaBroker(Service):
         return self.settings.kafka_bootstrap
 
     def prepare(self) -> None:
-        self._check_ports()
+        self.require_free_ports(
+            (self.settings.kafka_port, self.settings.kafka_controller_port), "kafka_port / kafka_controller_port"
+        )
         jvm.ensure("kafka")
         self.render_config()
         self.format_storage()
@@ -169,17 +171,6 @@ class KafkaBroker(Service):
             "-cp",
             str(jars / "*"),
         ]
-
-    def _check_ports(self) -> None:
-        for port in (self.settings.kafka_port, self.settings.kafka_controller_port):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    raise ServiceError(
-                        self.name,
-                        f"port {port} on 127.0.0.1 is already taken by another process; "
-                        "stop it or change kafka_port / kafka_controller_port",
-                    )
 
 
 # Helpers ----------------------------------------------------------------------------------------

@@ -12,12 +12,10 @@ and data/<bucket>/... (the objects as files). Clients reach it with the usual AW
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 import urllib.request
 
 from lakehouse import jvm
-from lakehouse.errors import ServiceError
 from lakehouse.services.base import Service, fill_placeholders
 from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -37,14 +35,7 @@ class S3Server(Service):
         return self.settings.s3_endpoint
 
     def prepare(self) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(("127.0.0.1", self.settings.s3_port)) == 0:
-                raise ServiceError(
-                    self.name,
-                    f"port {self.settings.s3_port} on 127.0.0.1 is already taken by another process; "
-                    "stop it or change s3_port",
-                )
+        self.require_free_ports((self.settings.s3_port,), "s3_port")
         jvm.ensure("s3")
         # A bucket of the filesystem backend is a folder: the default bucket exists from the start.
         (self.data_dir / self.settings.s3_bucket).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,58 @@
+"""Session fixtures for the local services (loaded through conftest.py's pytest_plugins).
+
+Each service lives in the test environment conftest.py sets up (its own folders and ports), is
+started once per session and stopped at its end, unless LAKEHOUSE_TEST_KEEP_SERVICES=1 keeps it
+for the next run. One that is already running (kept from an earlier run) is reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+log = logging.getLogger(__name__)
+
+
+def _for_the_session(service) -> Iterator:
+    started_here = service.pid() is None
+    began = time.monotonic()
+    service.start(wait=True)
+    log.info("%s ready on %s after %.1fs (started here: %s)", service.name, service.address, time.monotonic() - began, started_here)
+    try:
+        yield service
+    finally:
+        if started_here and os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") != "1":
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def trino_server():
+    from lakehouse.services.trino import TrinoServer
+
+    yield from _for_the_session(TrinoServer())
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    from lakehouse.services.kafka import KafkaBroker
+
+    yield from _for_the_session(KafkaBroker())
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from lakehouse.services.s3 import S3Server
+
+    yield from _for_the_session(S3Server())
+
+
+@pytest.fixture(scope="session")
+def flink_job_server():
+    """The Beam Flink job server with an embedded Flink."""
+    from lakehouse.services.flink import FlinkJobServer
+
+    yield from _for_the_session(FlinkJobServer())

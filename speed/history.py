@@ -27,9 +27,13 @@ log = logging.getLogger(__name__)
 History = tuple[list, list, np.ndarray]  # event times, event ids, values (events x fields)
 
 
-def recent_history(settings: Settings, dataset: Dataset, *, lookback_days: int = 7) -> dict[str, History]:
-    """entity -> its events of the lookback in silver and the hot table, oldest first."""
+def recent_history(
+    settings: Settings, dataset: Dataset, *, lookback_days: int = 7, entity: str | None = None
+) -> dict[str, History]:
+    """entity -> its events of the lookback in silver and the hot table, oldest first (one entity's
+    only, when `entity` is given)."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
+    only = pc.field(dataset.entity) == pc.scalar(entity) if entity is not None else None
     frames = []
     since = None
     uri = settings.table_uri(dataset.name, constants.SILVER)
@@ -38,14 +42,15 @@ def recent_history(settings: Settings, dataset: Dataset, *, lookback_days: int =
         days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()]
         if days:
             since = max(days) - timedelta(days=lookback_days)
+            recent = pc.field("event_date") >= pc.scalar(since)
             frames.append(
-                table.to_pyarrow_dataset().to_table(columns=columns, filter=pc.field("event_date") >= pc.scalar(since)).to_pandas()
+                table.to_pyarrow_dataset().to_table(columns=columns, filter=recent if only is None else recent & only).to_pandas()
             )
     hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if storage.table_exists(hot_uri):
         # Expired up to the watermark by each batch run, so it holds only what silver lacks (or
         # repeats it: the same event id with the same values).
-        frames.append(storage.open_table(hot_uri).to_pyarrow_dataset().to_table(columns=columns).to_pandas())
+        frames.append(storage.open_table(hot_uri).to_pyarrow_dataset().to_table(columns=columns, filter=only).to_pandas())
     frames = [frame for frame in frames if len(frame)]
     if not frames:
         return {}
@@ -60,5 +65,5 @@ def recent_history(settings: Settings, dataset: Dataset, *, lookback_days: int =
     for entity, events in rows.groupby(dataset.entity, sort=False):
         times = [time.to_pydatetime() for time in events[dataset.event_time]]
         history[str(entity)] = (times, list(events[dataset.event_id]), events[dataset.features.fields].to_numpy(np.float64))
-    log.info("speed: seeded history for %d entities of %s from silver since %s and the hot table", len(history), dataset.name, since)
+    log.info("speed: read history for %d entities of %s from silver since %s and the hot table", len(history), dataset.name, since)
     return history

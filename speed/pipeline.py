@@ -3,15 +3,20 @@
 Run it as `lakehouse speed run`, or directly with any Beam runner's options:
     python -m speed.pipeline --dataset sensor_events --input 'replay/*.jsonl' --runner DirectRunner
 
-Sources: a file replay (JSON lines) or a Kafka topic read up to its current end, with the
-consumer group's offsets committed after the hot table has every row (speed/kafka_source.py).
+Sources: a file replay (JSON lines), or a Kafka topic. Kafka is read up to its current end, with
+the consumer group's offsets committed after the hot table has every row (speed/kafka_source.py),
+or, with --follow, without end: on a streaming runner (Flink, Dataflow) by an unbounded reader
+whose offsets are committed behind the sinks (speed/kafka_stream.py); on the in-process runner,
+which cannot run an unbounded source through a shuffle, by one bounded range after the other.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
@@ -20,7 +25,7 @@ import schemas
 from lakehouse import storage
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
-from speed import metrics, tables
+from speed import kafka_stream, metrics, tables
 from speed.kafka_source import ReadKafkaRange, commit_offsets, plan_ranges
 from speed.transforms import (
     DEAD_LETTER,
@@ -48,6 +53,14 @@ class SpeedOptions(PipelineOptions):
         parser.add_argument("--kafka_topic", help="read this Kafka topic instead of --input")
         parser.add_argument("--kafka_bootstrap_servers", help="default: the local broker of `lakehouse up`")
         parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
+        parser.add_argument(
+            "--follow", action="store_true",
+            help="keep reading the Kafka topic until stopped (Ctrl-C or SIGTERM cancels the job)",
+        )
+        parser.add_argument(
+            "--poll_seconds", type=float, default=1.0,
+            help="with --follow on the in-process runner: pause between micro-batches that found nothing",
+        )
         parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
         parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
@@ -72,11 +85,19 @@ class SpeedResult:
     unknown_entity: int
 
 
-def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, kafka_ranges=None) -> None:
-    """Wire the pipeline: read (file replay or Kafka range) -> ScoreEvents -> hot table and quarantine."""
+def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, kafka_ranges=None, *, unbounded=False) -> None:
+    """Wire the pipeline: read (file replay, Kafka range or followed topic) -> ScoreEvents -> sinks.
+
+    `unbounded`: follow the topic from `kafka_ranges`' starts, and commit offsets behind the sinks.
+    """
     dataset = schemas.load(options.dataset)
-    if options.kafka_topic:
-        source = pipeline | "ReadKafka" >> ReadKafkaRange(_bootstrap(options, settings), _group(options), kafka_ranges)
+    bootstrap = _bootstrap(options, settings)
+    gaps = None
+    if unbounded:
+        followed = pipeline | "FollowKafka" >> kafka_stream.FollowKafka(bootstrap, _group(options), kafka_ranges)
+        source, gaps = followed[kafka_stream.MESSAGES], followed[kafka_stream.GAPS]
+    elif options.kafka_topic:
+        source = pipeline | "ReadKafka" >> ReadKafkaRange(bootstrap, _group(options), kafka_ranges)
     else:
         source = pipeline | "ReadReplay" >> ReadReplay(options.input)
     outputs = source | "ScoreEvents" >> ScoreEvents(
@@ -86,24 +107,28 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
         reload_seconds=options.model_reload_seconds,
         state_ttl_seconds=options.state_ttl_seconds,
     )
-    (
+    acks = [
         outputs[VALID]
         | "BatchForCommit" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
-        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings))
-    )
-    (
+        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings)),
         outputs[DEAD_LETTER]
         | "BatchDeadLetters" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
-        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings))
-    )
+        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings)),
+    ]
     if _lands(options):
-        (
+        acks.append(
             outputs[LANDING]
             | "BatchForLanding" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
             | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
         )
     if options.alerts_topic:
-        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, _bootstrap(options, settings), options.alerts_topic))
+        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, bootstrap, options.alerts_topic))
+    if unbounded:
+        (
+            (*acks, gaps)
+            | "AllAcks" >> beam.Flatten()
+            | "CommitOffsets" >> kafka_stream.CommitOffsets(bootstrap, _group(options), kafka_ranges, _lands(options))
+        )
 
 
 class ReadReplay(beam.PTransform):
@@ -183,7 +208,11 @@ def _counter(result, name: str) -> int:
 
 
 def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> SpeedResult:
-    """Entry point: builds and runs the pipeline, waits for it (bounded replay) and returns its counts."""
+    """Entry point: builds and runs the pipeline and returns its counts.
+
+    A replay or a Kafka range runs to its end. `--follow` runs until Ctrl-C or SIGTERM, which
+    cancel the job (on Flink) or stop after the current micro-batch (in-process runner).
+    """
     settings = settings or get_settings()
     options = PipelineOptions(argv or [])
     speed_options = options.view_as(SpeedOptions)
@@ -193,36 +222,63 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         # falls back to its in-process FnApiRunner; go to that engine directly.
         standard.runner = LOCAL_RUNNER
     options.view_as(SetupOptions).save_main_session = False
+    if speed_options.follow and not speed_options.kafka_topic:
+        raise ConfigurationError("--follow needs a Kafka source (--kafka_topic)")
+    unbounded = speed_options.follow and standard.runner != LOCAL_RUNNER
     if standard.runner == "FlinkRunner":
         # Flink's batch translation groups each key's events in no particular order, further out
         # of order than per-entity state can repair; its streaming mode keeps each reader's order.
         standard.streaming = True
         _use_embedded_flink(options, settings)
-    if standard.streaming:
-        # Every source here is bounded (a replay, a Kafka range): its state ends with the job, and
-        # a pending processing-time timer would keep a streaming job open until it fires.
+    if unbounded:
+        standard.streaming = True
+    elif standard.streaming:
+        # A bounded source in streaming mode: its state ends with the job, and a pending
+        # processing-time timer would keep the job open until it fires.
         speed_options.state_ttl_seconds = 0.0
     if not speed_options.dataset:
         raise ConfigurationError("speed pipeline needs --dataset")
     if bool(speed_options.input) == bool(speed_options.kafka_topic):
         raise ConfigurationError("speed pipeline needs exactly one source: --input or --kafka_topic")
-    dataset = schemas.load(speed_options.dataset)
+    _prepare(speed_options, settings)
+    with _stop_on_sigterm():
+        if unbounded:
+            counts = _run_unbounded(options, settings)
+        elif speed_options.follow:
+            counts = _run_micro_batches(options, settings)
+        else:
+            counts = _run_once(options, settings)
+    if speed_options.metrics_file:
+        metrics.write(speed_options.metrics_file)
+    log.info("speed run finished: %s", counts)
+    return counts
+
+
+def _prepare(options: SpeedOptions, settings: Settings) -> None:
+    dataset = schemas.load(options.dataset)
     # Created here, once, so that parallel workers never race to create a table.
     tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))
     tables.ensure_table(tables.quarantine_uri(settings), tables.QUARANTINE_SCHEMA)
-    if _lands(speed_options):
+    if _lands(options):
         tables.ensure_table(tables.landing_uri(settings, dataset), tables.landing_schema(dataset))
-    if speed_options.alerts_topic:
+    if options.alerts_topic:
         from lakehouse.services.kafka import create_topic
 
-        create_topic(speed_options.alerts_topic, settings=settings)
-    if speed_options.metrics_port:
-        metrics.serve(speed_options.metrics_port)
-    kafka_ranges = None
-    if speed_options.kafka_topic:
-        kafka_ranges = plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options))
-        log.info("reading %s: %s", speed_options.kafka_topic, [(r.partition, r.start, r.end) for r in kafka_ranges])
-        _record_lag(kafka_ranges)
+        create_topic(options.alerts_topic, settings=settings)
+    if options.metrics_port:
+        metrics.serve(options.metrics_port)
+
+
+def _plan(options: SpeedOptions, settings: Settings):
+    ranges = plan_ranges(_bootstrap(options, settings), options.kafka_topic, _group(options))
+    log.info("reading %s: %s", options.kafka_topic, [(r.partition, r.start, r.end) for r in ranges])
+    _record_lag(ranges)
+    return ranges
+
+
+def _run_once(options: PipelineOptions, settings: Settings) -> SpeedResult:
+    speed_options = options.view_as(SpeedOptions)
+    kafka_ranges = _plan(speed_options, settings) if speed_options.kafka_topic else None
     pipeline = beam.Pipeline(options=options)
     build(pipeline, speed_options, settings, kafka_ranges)
     result = pipeline.run()
@@ -231,19 +287,74 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         # Only now is every row of the range in the hot table: a crash before this re-reads it.
         commit_offsets(_bootstrap(speed_options, settings), _group(speed_options), kafka_ranges)
         _record_lag(plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options)))
-    if speed_options.metrics_file:
-        metrics.write(speed_options.metrics_file)
-    counts = SpeedResult(
+    return _counts(result)
+
+
+def _run_micro_batches(options: PipelineOptions, settings: Settings) -> SpeedResult:
+    """--follow on the in-process runner: one bounded range after the other until stopped."""
+    speed_options = options.view_as(SpeedOptions)
+    total = SpeedResult(0, 0, 0, 0, 0)
+    try:
+        while True:
+            counts = _run_once(options, settings)
+            total = SpeedResult(*(a + b for a, b in zip(astuple(total), astuple(counts))))
+            if counts.scored + counts.dead_letters == 0:
+                time.sleep(speed_options.poll_seconds)
+    except KeyboardInterrupt:
+        log.info("speed: stopped following %s", speed_options.kafka_topic)
+    return total
+
+
+def _run_unbounded(options: PipelineOptions, settings: Settings) -> SpeedResult:
+    """--follow on a streaming runner: one job that runs until it is cancelled."""
+    speed_options = options.view_as(SpeedOptions)
+    starts = _plan(speed_options, settings)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, speed_options, settings, starts, unbounded=True)
+    result = pipeline.run()
+    log.info("speed: following %s from offsets %s", speed_options.kafka_topic, {r.partition: r.start for r in starts})
+    try:
+        result.wait_until_finish()
+    except KeyboardInterrupt:
+        log.info("speed: cancelling the job following %s", speed_options.kafka_topic)
+        result.cancel()
+    try:
+        return _counts(result)
+    except Exception as error:  # a cancelled portable job may not report its metrics
+        log.info("speed: no job metrics after cancel (%s); see the Prometheus metrics", error)
+        return SpeedResult(0, 0, 0, 0, 0)
+
+
+@contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler or service manager stopping the job) stops it as Ctrl-C does."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals to the caller
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _counts(result) -> SpeedResult:
+    return SpeedResult(
         scored=_counter(result, "scored"),
         dead_letters=_counter(result, "dead_letters") + _counter(result, "unknown_entity"),
         committed=_counter(result, "hot_rows_committed"),
         anomalies=_counter(result, "anomalies"),
         unknown_entity=_counter(result, "unknown_entity"),
     )
-    log.info("speed run finished: %s", counts)
-    return counts
 
 
 if __name__ == "__main__":
+    import sys
+
     logging.basicConfig(level=logging.INFO)
-    print(run())
+    print(run(sys.argv[1:]))

@@ -42,6 +42,12 @@ ARRIVED_AT = "_arrived_at"
 # again after a late event carries a higher one, and the hot table keeps the highest: parallel
 # writers (two on Flink here) may commit an event's revisions in any order.
 REVISION = "_revision"
+# Where a record was read ("kafka://topic/partition@offset" or a replay file), carried to the sinks.
+SOURCE = "_source"
+# What each sink yields per input record it has committed, as (source, kind): a continuous Kafka
+# run commits a partition's offset only once every record before it reached its sinks
+# (speed/kafka_stream.py).
+ACK_HOT, ACK_LANDING, ACK_DEAD = "hot", "landing", "dead"
 
 
 def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
@@ -82,6 +88,7 @@ class ParseAndValidate(beam.DoFn):
             else:
                 self.prometheus_valid.inc()
                 output[ARRIVED_AT] = arrived_at
+                output[SOURCE] = source
             yield output
 
     def _validate(self, source: str, text: str) -> Iterable[Any]:
@@ -114,12 +121,15 @@ class ComputeFeatures(beam.DoFn):
     """Per-entity features from the entity's recent history kept in Beam state.
 
     State holds the entity's newest 2 x `window` events (event time, event id, values) in
-    event-time order. Events usually arrive in order and are appended. An event that arrives late
-    (runners do not promise order, Kafka partitions interleave) is inserted at its place, and
+    event-time order, and whether they reach back to the entity's first event. Events usually
+    arrive in order and are appended. An event that arrives late (runners do not promise order,
+    Kafka partitions interleave) is inserted at its place, and
     every later event whose window now includes it is emitted again with corrected features; the
     hot table's upsert by event id replaces their earlier rows. So the stream ends with exactly
-    the features the batch layer computes. Only an event older than everything in state (later
-    than 2 x window events) cannot be placed; it is counted in `late_beyond_state`.
+    the features the batch layer computes. An event whose window reaches before the oldest event
+    in state (a re-sent old event, or one more than `window` events late) is not placed: its
+    features come from the entity's history in silver and the hot table (re-read at most every
+    30 s), and it is counted in `late_beyond_state`.
     """
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
@@ -136,8 +146,13 @@ class ComputeFeatures(beam.DoFn):
         self.too_late = Metrics.counter("speed", "late_beyond_state")
         self.seeded = Metrics.counter("speed", "entities_seeded_from_silver")
 
+    # An event beyond state re-reads its entity's history at most this often: it is most likely a
+    # re-sent event committed since start-up, which the start-up history lacks.
+    HISTORY_REFRESH_SECONDS = 30.0
+
     def setup(self) -> None:
         self.silver_history = recent_history(self.settings, self.dataset)
+        self.history_read_at: dict[str, float] = {}
         # When this worker last pushed each entity's expiry back: re-setting a timer per event
         # costs more than the event, so it is pushed back at most every tenth of the TTL (state
         # then expires after 90 to 100% of the TTL of silence).
@@ -160,25 +175,34 @@ class ComputeFeatures(beam.DoFn):
         window = dataset.features.window
         state = history.read()
         if state is None:
-            state = (*self._seed(entity_id, record), 0)
-        times, ids, values, revision = state
+            times, ids, values, complete = self._seed(entity_id, record)
+            state = (times, ids, values, 0, complete)
+        times, ids, values, revision, complete = state
         key = (record[dataset.event_time], record[dataset.event_id])
         position = _insertion_point(times, ids, key)
+        revision = max(revision + 1, time.time_ns())
+        if position < window and not complete:
+            # Its window reaches before the oldest event in state (a re-sent old event, or one
+            # very late): state cannot place it, so it takes its features from the entity's
+            # history in silver and the hot table, and changes no other event.
+            self.too_late.inc()
+            history.write((times, ids, values, revision, complete))
+            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision}
+            return
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
         replayed = position < len(times) and (times[position], ids[position]) == key
         if not replayed:
             if position < len(times):
                 self.late.inc()
-                if position == 0 and len(times) >= 2 * window:
-                    self.too_late.inc()
             times = times[:position] + [key[0]] + times[position:]
             ids = ids[:position] + [key[1]] + ids[position:]
             values = np.concatenate([values[:position], row, values[position:]])
         # Later events whose window (the `window` events before them) now holds this one; a
         # replayed event changes no other event's window.
         revise = range(0) if replayed else range(position + 1, min(len(times), position + window + 1))
-        revision = max(revision + 1, time.time_ns())
-        history.write((times[-2 * window :], ids[-2 * window :], values[-2 * window :], revision + len(revise)))
+        kept = 2 * window
+        complete = complete and len(times) <= kept
+        history.write((times[-kept:], ids[-kept:], values[-kept:], revision + len(revise), complete))
         yield {**record, "_features": self._features(times, values, position), REVISION: revision}
         for later in revise:
             self.revised.inc()
@@ -204,17 +228,36 @@ class ComputeFeatures(beam.DoFn):
         event_time = np.array([np.datetime64(times[position].replace(tzinfo=None), "us")])
         return compute_features(self.dataset, values[position : position + 1], event_time, values[:position])[0]
 
-    def _seed(self, entity_id: str, record: dict):
-        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
+    def _before(self, entity_id: str, record: dict, count: int):
+        """The entity's newest `count` events before this one in the start-up history, and whether
+        that reaches back to its first known event."""
         empty = ([], [], np.empty((0, len(self.dataset.features.fields))))
         times, ids, values = self.silver_history.get(entity_id, empty)
         if not times:
-            return empty
-        self.seeded.inc()
+            return (*empty, True)
         key = (record[self.dataset.event_time], record[self.dataset.event_id])
         position = _insertion_point(times, ids, key)
-        start = max(0, position - 2 * self.dataset.features.window)
-        return list(times[start:position]), list(ids[start:position]), values[start:position]
+        start = max(0, position - count)
+        return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
+
+    def _seed(self, entity_id: str, record: dict):
+        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
+        times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)
+        if times:
+            self.seeded.inc()
+        return times, ids, values, complete
+
+    def _snapshot_features(self, entity_id: str, record: dict) -> np.ndarray:
+        now = time.monotonic()
+        if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
+            self.history_read_at[entity_id] = now
+            fresh = recent_history(self.settings, self.dataset, entity=entity_id)
+            if entity_id in fresh:
+                self.silver_history[entity_id] = fresh[entity_id]
+        times, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
+        row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
+        event_time = np.array([np.datetime64(record[self.dataset.event_time].replace(tzinfo=None), "us")])
+        return compute_features(self.dataset, row, event_time, values)[0]
 
 
 def _insertion_point(times: list, ids: list, key: tuple) -> int:
@@ -276,14 +319,15 @@ class ScoreBatch(beam.DoFn):
             if entry is None:
                 for record in records:
                     self.unknown.inc(1)
-                    raw = json.dumps({key: _jsonable(value) for key, value in record.items() if key != "_features"})
+                    # Only the record's own fields: a replay of it then hashes (and is quarantined) the same.
+                    raw = json.dumps({key: _jsonable(value) for key, value in record.items() if not key.startswith("_")})
                     message = (
                         f"record {record[dataset.event_id]}: field '{dataset.entity}' names an entity with no "
                         f"registered model (rule {dataset.entity}.known_entity), got '{entity_id}'"
                     )
                     yield beam.pvalue.TaggedOutput(
                         DEAD_LETTER,
-                        dead_letter(dataset, raw, "speed:score", record[dataset.event_id], [f"{dataset.entity}.known_entity"], [message]),
+                        dead_letter(dataset, raw, record.get(SOURCE) or "speed:score", record[dataset.event_id], [f"{dataset.entity}.known_entity"], [message]),
                     )
                 continue
             matrix = np.vstack([record["_features"] for record in records])
@@ -296,6 +340,7 @@ class ScoreBatch(beam.DoFn):
                 row = record
                 yield {
                     ARRIVED_AT: row.get(ARRIVED_AT),
+                    SOURCE: row.get(SOURCE),
                     "revision": row.get(REVISION, 0),
                     dataset.event_id: row[dataset.event_id],
                     dataset.entity: row[dataset.entity],
@@ -332,7 +377,7 @@ class UpsertHotScores(beam.DoFn):
             metrics.EVENT_TIME_LAG.labels(name),
         )
 
-    def process(self, batch: list[dict]) -> Iterable[int]:
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
         # A batch may hold an event twice (a replay, a revision): the highest revision wins, here
         # and against the table.
         latest: dict[str, dict] = {}
@@ -357,7 +402,7 @@ class UpsertHotScores(beam.DoFn):
                 arrival_latency.observe(latency)
                 metrics.LATENCY_SAMPLES.append(latency)
             event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
-        yield len(latest)
+        yield from _acks(batch, ACK_HOT)
 
 
 class WriteLanding(beam.DoFn):
@@ -376,12 +421,12 @@ class WriteLanding(beam.DoFn):
         self.uri = tables.landing_uri(self.settings, self.dataset)
         self.schema = tables.landing_schema(self.dataset)
 
-    def process(self, batch: list[dict]) -> Iterable[int]:
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
         landed_at = datetime.now(timezone.utc)
         unique = {row[self.dataset.event_id]: {**row, tables.LANDED_AT: landed_at} for row in batch}
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
         self.landed.inc(len(unique))
-        yield len(unique)
+        yield from _acks(batch, ACK_LANDING)
 
 
 class PublishAlerts(beam.DoFn):
@@ -441,10 +486,19 @@ class WriteDeadLetters(beam.DoFn):
     def setup(self) -> None:
         self.uri = tables.quarantine_uri(self.settings)
 
-    def process(self, batch: list[dict]) -> Iterable[int]:
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
         unique = {(row["dataset"], row["record_hash"]): row for row in batch}
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=tables.QUARANTINE_SCHEMA), ["dataset", "record_hash"])
-        yield len(unique)
+        for row in batch:
+            yield row["source"], ACK_DEAD
+
+
+def _acks(batch: list[dict], kind: str) -> Iterable[tuple[str, str]]:
+    # Every record of the batch, not only the kept version: each was read at its own offset.
+    # Rows emitted again after a late event have no source; their original was acknowledged.
+    for row in batch:
+        if row.get(SOURCE):
+            yield row[SOURCE], kind
 
 
 class ScoreEvents(beam.PTransform):

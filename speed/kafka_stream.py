@@ -1,0 +1,276 @@
+"""Following a Kafka topic without end, with offsets committed only behind what the sinks hold.
+
+`FollowKafka` is an unbounded splittable DoFn over confluent-kafka: one restriction per
+partition, from the consumer group's committed offset to infinity. Each call reads what the broker
+has (at most `max_messages`, waiting at most `poll_seconds`), claims the offsets, and hands the rest
+of the partition back to the runner (`defer_remainder`), so the runner can checkpoint it, and
+downstream work runs in between. Beam's cross-language KafkaIO would be the usual choice; its
+expansion service for this SDK is not on the Maven mirror here (see speed/kafka_source.py).
+
+A runner that executes it continuously is needed: Flink (streaming) and Dataflow do. Beam's
+in-process FnApiRunner runs the reader but never the stages after a shuffle while the reader has
+more to do, so on that runner `--follow` reads in micro-batches instead (speed/pipeline.py).
+
+Exactly once into the tables, after a crash too: the group offset of a partition advances to N
+only when every record before N has reached its sinks. Each sink yields (source, kind) per record
+after its Delta commit; `CommitOffsets` keeps, per partition, the offsets acknowledged beyond the
+committed frontier and moves the frontier over the contiguous run. A record is done when it was
+dead-lettered, or upserted into the hot table and (when landing is on) landed. A killed pipeline
+restarts from the frontier; the records after it are read again and the upserts by event id
+absorb them. Offsets with no record (transaction markers, compacted-away records) are
+acknowledged by the reader itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.io.watermark_estimators import WalltimeWatermarkEstimator
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration
+
+from lakehouse.errors import ServiceError
+from speed import metrics
+from speed.kafka_source import PartitionRange, _retrying
+from speed.transforms import ACK_DEAD, ACK_HOT, ACK_LANDING
+
+log = logging.getLogger(__name__)
+
+MESSAGES = "messages"
+GAPS = "gaps"
+ACK_GAP = "gap"
+# Offsets run to 2**63 - 1 in Kafka: the restriction of a followed partition never ends.
+_END_OF_TIME = 2**63 - 1
+
+
+def source_of(topic: str, partition: int, offset: int) -> str:
+    return f"kafka://{topic}/{partition}@{offset}"
+
+
+def parse_source(source: str) -> tuple[str, int] | None:
+    """("topic/partition", offset) of a Kafka source, None for any other source."""
+    if not source.startswith("kafka://"):
+        return None
+    partition_key, _, offset = source[len("kafka://") :].rpartition("@")
+    return partition_key, int(offset)
+
+
+def _follow_consumer(bootstrap: str, group: str):
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # The broker answers a fetch as soon as it has data, or after this long without: the
+            # read side of the latency budget.
+            "fetch.wait.max.ms": 20,
+        }
+    )
+
+
+class _PartitionRestrictions(RestrictionProvider):
+    def initial_restriction(self, item: PartitionRange) -> OffsetRange:
+        return OffsetRange(item.start, _END_OF_TIME)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, item: PartitionRange, restriction: OffsetRange) -> int:
+        # The backlog is unknown without a broker call; one unit keeps partitions equal.
+        return 1
+
+    def truncate(self, item: PartitionRange, restriction: OffsetRange) -> None:
+        # A drained pipeline stops reading; the group offset says where to go on.
+        return None
+
+
+class _FollowPartition(beam.DoFn):
+    def __init__(self, bootstrap: str, group: str, max_messages: int, poll_seconds: float) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.max_messages = max_messages
+        self.poll_seconds = poll_seconds
+        self.messages = Metrics.counter("speed", "kafka_messages")
+
+    def setup(self) -> None:
+        # One consumer per partition this worker reads, kept across calls: a call is one poll.
+        self.consumers: dict[tuple[str, int], tuple[object, int]] = {}
+
+    def teardown(self) -> None:
+        for consumer, _ in getattr(self, "consumers", {}).values():
+            consumer.close()
+
+    def _consumer_at(self, item: PartitionRange, offset: int):
+        from confluent_kafka import TopicPartition
+
+        key = (item.topic, item.partition)
+        consumer, position = self.consumers.get(key, (None, None))
+        if consumer is None:
+            consumer = _follow_consumer(self.bootstrap, self.group)
+        if position != offset:
+            # New, or the runner resumed the restriction elsewhere than this consumer stands.
+            consumer.assign([TopicPartition(item.topic, item.partition, offset)])
+        return consumer
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        item: PartitionRange,
+        tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider()),
+    ) -> Iterable:
+        from confluent_kafka import KafkaError
+
+        position = tracker.current_restriction().start
+        consumer = self._consumer_at(item, position)
+        batch = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)
+        partition_key = f"{item.topic}/{item.partition}"
+        for message in batch:
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise ServiceError("kafka", f"{partition_key}: {message.error()}")
+            offset = message.offset()
+            if offset < position:
+                continue
+            if not tracker.try_claim(offset):
+                self.consumers.pop((item.topic, item.partition), None)
+                consumer.close()
+                return
+            for skipped in range(position, offset):
+                yield beam.pvalue.TaggedOutput(GAPS, (source_of(item.topic, item.partition, skipped), ACK_GAP))
+            position = offset + 1
+            self.messages.inc()
+            _, timestamp_ms = message.timestamp()
+            arrived_at = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
+            value = message.value().decode("utf-8", errors="replace") if message.value() is not None else ""
+            yield TimestampedValue((source_of(item.topic, item.partition, offset), value, arrived_at), arrived_at)
+        self.consumers[(item.topic, item.partition)] = (consumer, position)
+        _, high = consumer.get_watermark_offsets(_topic_partition(item), cached=True)
+        if high is not None and high >= 0:
+            metrics.KAFKA_LAG.labels(item.topic, str(item.partition)).set(max(0, high - position))
+        # The rest of the partition goes back to the runner; an empty poll already waited.
+        tracker.defer_remainder(Duration.of(0))
+
+
+def _topic_partition(item: PartitionRange):
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(item.topic, item.partition)
+
+
+class FollowKafka(beam.PTransform):
+    """Unbounded (source, text, arrival) of every partition, plus gap acknowledgements (tag `gaps`)."""
+
+    def __init__(self, bootstrap: str, group: str, starts: list[PartitionRange], *, max_messages: int = 1000,
+                 poll_seconds: float = 0.05) -> None:
+        super().__init__()
+        self.bootstrap = bootstrap
+        self.group = group
+        self.starts = starts
+        self.max_messages = max_messages
+        self.poll_seconds = poll_seconds
+
+    def expand(self, pipeline):
+        return (
+            pipeline
+            | "Partitions" >> beam.Create(self.starts)
+            | "FollowPartitions" >> beam.ParDo(
+                _FollowPartition(self.bootstrap, self.group, self.max_messages, self.poll_seconds)
+            ).with_outputs(GAPS, main=MESSAGES)
+        )
+
+
+def is_done(kinds: frozenset, lands: bool) -> bool:
+    """Whether a record with these acknowledgements has reached every sink it goes to."""
+    if ACK_DEAD in kinds or ACK_GAP in kinds:
+        return True
+    return ACK_HOT in kinds and (not lands or ACK_LANDING in kinds)
+
+
+def advance(next_offset: int, pending: dict[int, frozenset], acks: Iterable[tuple[int, str]], lands: bool):
+    """The new frontier and pending acknowledgements after `acks` (offset, kind) of one partition."""
+    pending = dict(pending)
+    for offset, kind in acks:
+        if offset >= next_offset:
+            pending[offset] = pending.get(offset, frozenset()) | {kind}
+    while next_offset in pending and is_done(pending[next_offset], lands):
+        del pending[next_offset]
+        next_offset += 1
+    return next_offset, pending
+
+
+class _CommitFrontier(beam.DoFn):
+    FRONTIER = ReadModifyWriteStateSpec("frontier", PickleCoder())
+
+    def __init__(self, bootstrap: str, group: str, starts: dict[str, int], lands: bool) -> None:
+        self.bootstrap = bootstrap
+        self.group = group
+        self.starts = starts
+        self.lands = lands
+        self.commits = Metrics.counter("speed", "kafka_offset_commits")
+
+    def setup(self) -> None:
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
+
+    def teardown(self) -> None:
+        if getattr(self, "consumer", None) is not None:
+            self.consumer.close()
+
+    def process(self, element: tuple[str, list[tuple[int, str]]], frontier=beam.DoFn.StateParam(FRONTIER)) -> None:
+        from confluent_kafka import TopicPartition
+
+        partition_key, acks = element
+        state = frontier.read()
+        next_offset, pending = state if state is not None else (self.starts[partition_key], {})
+        advanced, pending = advance(next_offset, pending, acks, self.lands)
+        frontier.write((advanced, pending))
+        if advanced > next_offset:
+            topic, _, partition = partition_key.rpartition("/")
+            offsets = [TopicPartition(topic, int(partition), advanced)]
+            _retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {self.group}")
+            self.commits.inc()
+            log.debug("%s: committed offset %d for group %s (%d acknowledged beyond)", partition_key, advanced, self.group, len(pending))
+
+
+class CommitOffsets(beam.PTransform):
+    """Commits each partition's offsets for the group as far as every record before is in its sinks."""
+
+    def __init__(self, bootstrap: str, group: str, starts: list[PartitionRange], lands: bool,
+                 flush_seconds: float = 0.5) -> None:
+        super().__init__()
+        self.bootstrap = bootstrap
+        self.group = group
+        self.starts = {f"{item.topic}/{item.partition}": item.start for item in starts}
+        self.lands = lands
+        self.flush_seconds = flush_seconds
+
+    def expand(self, acks):
+        return (
+            acks
+            | "KafkaOnly" >> beam.FlatMap(_keyed_ack).with_output_types(tuple[str, tuple[int, str]])
+            # One state update and at most one broker commit per partition per flush.
+            | "GroupAcks" >> beam.GroupIntoBatches(100_000, max_buffering_duration_secs=self.flush_seconds)
+            | "CommitFrontier" >> beam.ParDo(_CommitFrontier(self.bootstrap, self.group, self.starts, self.lands))
+        )
+
+
+def _keyed_ack(ack: tuple[str, str]):
+    source, kind = ack
+    parsed = parse_source(source)
+    if parsed is not None:
+        partition_key, offset = parsed
+        yield partition_key, (offset, kind)

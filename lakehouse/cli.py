@@ -277,6 +277,10 @@ def speed_run(
     dataset: Dataset,
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="JSON-lines file or glob to replay.")] = None,
     kafka: Annotated[bool, typer.Option("--kafka", help="Read the dataset's Kafka topic up to its end.")] = False,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="With --kafka: keep reading until Ctrl-C (continuously on Flink, in micro-batches locally)."),
+    ] = False,
     alerts: Annotated[bool, typer.Option(help="With --kafka: publish anomalies to lakehouse.<dataset>.alerts.")] = True,
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT (0: off).", min=0)] = 0,
 ) -> None:
@@ -286,12 +290,17 @@ def speed_run(
 
     if bool(input) == kafka:
         raise typer.BadParameter("give exactly one source: --input FILE or --kafka")
+    if follow and not kafka:
+        raise typer.BadParameter("--follow reads Kafka: add --kafka")
     source = ["--kafka_topic", events_topic(dataset)] if kafka else ["--input", input]
+    if follow:
+        source += ["--follow"]
     if kafka and alerts:
         source += ["--alerts_topic", alerts_topic(dataset)]
     if metrics_port:
         source += ["--metrics_port", str(metrics_port)]
-    with console.status(f"speed {dataset}: scoring {source[1]}"):
+    doing = f"following {source[1]} (Ctrl-C stops)" if follow else f"scoring {source[1]}"
+    with console.status(f"speed {dataset}: {doing}"):
         result = run(["--dataset", dataset, *source, *context.args])
     results.print(result)
 

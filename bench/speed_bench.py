@@ -10,6 +10,8 @@
 - Latency: a producer sends `--rate` events/s into Kafka for `--seconds` while the pipeline reads
   the topic in back-to-back bounded ranges (the local mode of operation); latency runs from the
   Kafka record's timestamp to the hot-table commit that made the row visible.
+- Latency on Flink: the same at `--follow-rate` events/s, read by one job that follows the topic
+  (`--follow`, the production mode of operation).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sensors", type=int, default=20)
     parser.add_argument("--rate", type=float, default=2000.0, help="events/s sent to Kafka in the latency run")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the latency run")
+    parser.add_argument("--follow-rate", type=float, default=150.0, help="events/s sent to Kafka in the Flink follow run")
     parser.add_argument("--batch-size", type=int, default=1000)
     arguments = parser.parse_args(argv)
 
@@ -160,6 +163,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
                                 "value": latency[name] * 1000, "unit": "ms", "reference": "design target",
                                 "reference_value": 100.0, "ratio": latency[name] * 1000 / 100.0})
             figures.append({"name": "local runner on Kafka: bounded ranges read", "value": float(runs), "unit": "runs"})
+            figures += _follow_on_flink(settings, dataset, stream, arguments, folder)
         finally:
             if started_broker:
                 broker.stop()
@@ -167,6 +171,58 @@ def run(argv: list[str] | None = None) -> list[dict]:
         shutil.rmtree(folder, ignore_errors=True)
     report.write("speed", figures, {"events": arguments.events, "sensors": arguments.sensors, "rate": arguments.rate,
                                      "seconds": arguments.seconds, "batch_size": arguments.batch_size})
+    return figures
+
+
+def _follow_on_flink(settings, dataset, stream: pd.DataFrame, arguments, folder: Path) -> list[dict]:
+    """Arrival-to-commit latency of one Flink job following a topic fed at a steady rate."""
+    from lakehouse.services.flink import FlinkJobServer
+    from lakehouse.services.kafka import create_topic
+    from speed import metrics
+    from speed import pipeline as speed_pipeline
+    from speed.produce import produce
+
+    count = min(len(stream), int(arguments.follow_rate * arguments.seconds))
+    live = stream.head(count).copy()
+    live["event_id"] = [uuid.uuid4().hex for _ in range(len(live))]
+    live_file = generator.write_json_lines(generator.to_records(live), folder / "follow.jsonl")
+    topic = f"bench-follow-{uuid.uuid4().hex[:8]}"
+    create_topic(topic, partitions=2, settings=settings)
+    shutil.rmtree(settings.table_uri(DATASET, "hot_scores"), ignore_errors=True)
+    flink = FlinkJobServer(settings)
+    started_flink = flink.pid() is None
+    flink.start()
+    try:
+        job = speed_pipeline.follow(
+            ["--dataset", DATASET, "--kafka_topic", topic, "--landing", "off", "--runner", "FlinkRunner"],
+            settings=settings,
+        )
+        try:
+            time.sleep(10)  # job start-up, not latency
+            metrics.LATENCY_SAMPLES.clear()
+            started = time.perf_counter()
+            produce(dataset, [live_file], topic, rate=arguments.follow_rate, settings=settings)
+            sent_in = time.perf_counter() - started
+            deadline = time.monotonic() + 120
+            while len(metrics.LATENCY_SAMPLES) < count and time.monotonic() < deadline:
+                time.sleep(0.2)
+            drained_in = time.perf_counter() - started
+            latency = _percentiles(metrics.LATENCY_SAMPLES)
+            committed = len(metrics.LATENCY_SAMPLES)
+        finally:
+            job.cancel()
+    finally:
+        if started_flink:
+            flink.stop()
+    rate = arguments.follow_rate
+    figures = [
+        {"name": f"Flink following Kafka at {rate:,.0f} events/s: arrival-to-commit {name}", "value": latency[name] * 1000,
+         "unit": "ms", "reference": "design target", "reference_value": 100.0, "ratio": latency[name] * 1000 / 100.0}
+        for name in ("p50", "p99")
+    ]
+    figures.append({"name": f"Flink following Kafka: events committed per second ({committed} of {count})",
+                    "value": committed / max(drained_in, sent_in), "unit": "events/s", "reference": "rate sent",
+                    "reference_value": count / sent_in, "ratio": committed / max(drained_in, sent_in) / (count / sent_in)})
     return figures
 
 

@@ -54,7 +54,8 @@ class SpeedOptions(PipelineOptions):
         parser.add_argument("--kafka_bootstrap_servers", help="default: the local broker of `lakehouse up`")
         parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
         parser.add_argument(
-            "--follow", action="store_true",
+            # `--follow`, or `--follow=true|false` as a Flex Template passes parameters.
+            "--follow", nargs="?", const=True, default=False, type=_flag,
             help="keep reading the Kafka topic until stopped (Ctrl-C or SIGTERM cancels the job)",
         )
         parser.add_argument(
@@ -62,6 +63,10 @@ class SpeedOptions(PipelineOptions):
             help="with --follow on the in-process runner: pause between micro-batches that found nothing",
         )
         parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
+        parser.add_argument(
+            "--commit_seconds", type=float, default=0.2,
+            help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",
+        )
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
         parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
         parser.add_argument(
@@ -74,6 +79,12 @@ class SpeedOptions(PipelineOptions):
         )
         parser.add_argument("--metrics_port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
         parser.add_argument("--metrics_file", help="write Prometheus metrics to this file when the run ends")
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -107,18 +118,19 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
         reload_seconds=options.model_reload_seconds,
         state_ttl_seconds=options.state_ttl_seconds,
     )
+    streaming = pipeline.options.view_as(StandardOptions).streaming
     acks = [
         outputs[VALID]
-        | "BatchForCommit" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
+        | "BatchForCommit" >> _CommitBatches(options, streaming)
         | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings)),
         outputs[DEAD_LETTER]
-        | "BatchDeadLetters" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
+        | "BatchDeadLetters" >> _CommitBatches(options, streaming)
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings)),
     ]
     if _lands(options):
         acks.append(
             outputs[LANDING]
-            | "BatchForLanding" >> beam.BatchElements(min_batch_size=1, max_batch_size=options.max_batch_size)
+            | "BatchForLanding" >> _CommitBatches(options, streaming)
             | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
         )
     if options.alerts_topic:
@@ -128,6 +140,33 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
             (*acks, gaps)
             | "AllAcks" >> beam.Flatten()
             | "CommitOffsets" >> kafka_stream.CommitOffsets(bootstrap, _group(options), kafka_ranges, _lands(options))
+        )
+
+
+class _CommitBatches(beam.PTransform):
+    """Rows -> lists of rows, one Delta commit each.
+
+    Streaming: every batch of a table goes through one key, so one worker commits to each table.
+    Parallel MERGEs into one unpartitioned table conflict nearly always (each may match rows in
+    the files the other adds) and retry with back-off, which costs more latency than one writer.
+    A batch closes at `--max_batch_size` rows or `--commit_seconds` after its first row.
+    Bounded runs batch per bundle, in parallel: their runners give one worker per stage here.
+    """
+
+    def __init__(self, options: SpeedOptions, streaming: bool) -> None:
+        super().__init__()
+        self.max_batch_size = options.max_batch_size
+        self.commit_seconds = options.commit_seconds
+        self.streaming = streaming
+
+    def expand(self, rows):
+        if not self.streaming:
+            return rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
+        return (
+            rows
+            | "OneWriter" >> beam.Map(lambda row: (0, row)).with_output_types(tuple[int, dict])
+            | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
+            | "Rows" >> beam.Map(lambda keyed: list(keyed[1]))
         )
 
 
@@ -214,7 +253,30 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
     cancel the job (on Flink) or stop after the current micro-batch (in-process runner).
     """
     settings = settings or get_settings()
-    options = PipelineOptions(argv or [])
+    options, unbounded = _configure(argv, settings)
+    speed_options = options.view_as(SpeedOptions)
+    _prepare(speed_options, settings)
+    with _stop_on_sigterm():
+        if unbounded:
+            counts = _run_unbounded(options, settings)
+        elif speed_options.follow:
+            counts = _run_micro_batches(options, settings)
+        else:
+            counts = _run_once(options, settings)
+    if speed_options.metrics_file:
+        metrics.write(speed_options.metrics_file)
+    log.info("speed run finished: %s", counts)
+    return counts
+
+
+def _configure(argv: list[str] | None, settings: Settings) -> tuple[PipelineOptions, bool]:
+    """The pipeline options as given, completed for this machine; and whether the job is unbounded."""
+    argv = list(argv or [])
+    if any(argument in ("--follow", "--follow=true") for argument in argv) and not any(argument.startswith("--max_bundle_time_mills") for argument in argv):
+        # Flink closes a bundle after 1 s by default, a floor under the latency; a tenth of it
+        # costs some throughput. Other runners ignore the flag.
+        argv.append("--max_bundle_time_mills=100")
+    options = PipelineOptions(argv)
     speed_options = options.view_as(SpeedOptions)
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner") and not standard.streaming:
@@ -240,18 +302,18 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
         raise ConfigurationError("speed pipeline needs --dataset")
     if bool(speed_options.input) == bool(speed_options.kafka_topic):
         raise ConfigurationError("speed pipeline needs exactly one source: --input or --kafka_topic")
-    _prepare(speed_options, settings)
-    with _stop_on_sigterm():
-        if unbounded:
-            counts = _run_unbounded(options, settings)
-        elif speed_options.follow:
-            counts = _run_micro_batches(options, settings)
-        else:
-            counts = _run_once(options, settings)
-    if speed_options.metrics_file:
-        metrics.write(speed_options.metrics_file)
-    log.info("speed run finished: %s", counts)
-    return counts
+    return options, unbounded
+
+
+def follow(argv: list[str], *, settings: Settings | None = None):
+    """Start an unbounded job (`--follow` on a streaming runner) and return its PipelineResult at
+    once, for callers that drive it themselves (the benchmark); `result.cancel()` stops it."""
+    settings = settings or get_settings()
+    options, unbounded = _configure([*argv, "--follow"], settings)
+    if not unbounded:
+        raise ConfigurationError("follow() needs a streaming runner, e.g. --runner FlinkRunner")
+    _prepare(options.view_as(SpeedOptions), settings)
+    return start_following(options, settings)
 
 
 def _prepare(options: SpeedOptions, settings: Settings) -> None:
@@ -307,22 +369,29 @@ def _run_micro_batches(options: PipelineOptions, settings: Settings) -> SpeedRes
 
 def _run_unbounded(options: PipelineOptions, settings: Settings) -> SpeedResult:
     """--follow on a streaming runner: one job that runs until it is cancelled."""
-    speed_options = options.view_as(SpeedOptions)
-    starts = _plan(speed_options, settings)
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, speed_options, settings, starts, unbounded=True)
-    result = pipeline.run()
-    log.info("speed: following %s from offsets %s", speed_options.kafka_topic, {r.partition: r.start for r in starts})
+    result = start_following(options, settings)
     try:
         result.wait_until_finish()
     except KeyboardInterrupt:
-        log.info("speed: cancelling the job following %s", speed_options.kafka_topic)
+        log.info("speed: cancelling the job following %s", options.view_as(SpeedOptions).kafka_topic)
         result.cancel()
     try:
         return _counts(result)
     except Exception as error:  # a cancelled portable job may not report its metrics
         log.info("speed: no job metrics after cancel (%s); see the Prometheus metrics", error)
         return SpeedResult(0, 0, 0, 0, 0)
+
+
+def start_following(options: PipelineOptions, settings: Settings):
+    """Submit the unbounded job (options prepared by run()) and return its PipelineResult at once;
+    `result.cancel()` stops it. The benchmark drives it this way."""
+    speed_options = options.view_as(SpeedOptions)
+    starts = _plan(speed_options, settings)
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, speed_options, settings, starts, unbounded=True)
+    result = pipeline.run()
+    log.info("speed: following %s from offsets %s", speed_options.kafka_topic, {r.partition: r.start for r in starts})
+    return result
 
 
 @contextmanager

@@ -131,6 +131,26 @@ def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
     _with_retries(merge, f"insert into {uri}")
 
 
+def compact(uri: str, min_files: int = 32) -> int:
+    """Compact the table's small files once it has at least `min_files` of them; files removed.
+
+    A streaming sink commits every fraction of a second, one small file each; readers (MERGE,
+    Trino) slow down with the file count. Checkpoints are delta-rs's own (every 100 commits).
+    """
+    table = DeltaTable(uri, storage_options=storage.storage_options(uri))
+    if len(table.file_uris()) < min_files:
+        return 0
+    removed = 0
+
+    def optimize() -> None:
+        nonlocal removed
+        removed = DeltaTable(uri, storage_options=storage.storage_options(uri)).optimize.compact()["numFilesRemoved"]
+
+    _with_retries(optimize, f"compact {uri}")
+    log.info("%s: compacted %d small files", uri, removed)
+    return removed
+
+
 def hot_table_uri(settings: Settings, dataset: Dataset) -> str:
     return settings.table_uri(dataset.name, constants.HOT_SCORES)
 

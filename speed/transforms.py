@@ -357,7 +357,19 @@ def _jsonable(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-class UpsertHotScores(beam.DoFn):
+class _CompactsPeriodically:
+    """Mixin for sinks: compacts the sink's table every `COMPACT_EVERY` commits of this worker."""
+
+    COMPACT_EVERY = 50
+
+    def _committed_one(self, uri: str) -> None:
+        self.commits_since_compaction = getattr(self, "commits_since_compaction", 0) + 1
+        if self.commits_since_compaction >= self.COMPACT_EVERY:
+            self.commits_since_compaction = 0
+            tables.compact(uri)
+
+
+class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
     """Upserts a batch of scored events into the hot Delta table by event id (one commit per batch)."""
 
     def __init__(self, dataset: Dataset, settings: Settings) -> None:
@@ -390,6 +402,7 @@ class UpsertHotScores(beam.DoFn):
             self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id, newest="revision"
         )
         duration = time.perf_counter() - started
+        self._committed_one(self.uri)
         self.latency.update(int(duration * 1000))
         self.committed.inc(len(latest))
         rows, commit, arrival_latency, event_time_lag = self.prometheus
@@ -405,7 +418,7 @@ class UpsertHotScores(beam.DoFn):
         yield from _acks(batch, ACK_HOT)
 
 
-class WriteLanding(beam.DoFn):
+class WriteLanding(_CompactsPeriodically, beam.DoFn):
     """Lands valid events, as validated, in the dataset's landing table for the batch layer.
 
     Insert-only by event id, so a replay lands nothing twice; the batch layer reads the table with
@@ -425,6 +438,7 @@ class WriteLanding(beam.DoFn):
         landed_at = datetime.now(timezone.utc)
         unique = {row[self.dataset.event_id]: {**row, tables.LANDED_AT: landed_at} for row in batch}
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
+        self._committed_one(self.uri)
         self.landed.inc(len(unique))
         yield from _acks(batch, ACK_LANDING)
 

@@ -49,6 +49,19 @@ def test_dataflow_options_validate_and_build_the_pipeline(tmp_path):
     for step in ("ScoreEvents/ComputeFeatures", "ScoreEvents/Score", "UpsertHotScores", "WriteDeadLetters"):
         assert any(name.startswith(step) for name in names), step
 
+    # Following Kafka (the template's streaming job): the unbounded reader and the offset commits.
+    from speed.kafka_source import PartitionRange
+
+    following = PipelineOptions([*DATAFLOW_ARGS, "--dataset=sensor_events", "--kafka_topic=events", "--follow=true",
+                                 "--kafka_bootstrap_servers=kafka-0.internal:9092"])
+    assert following.view_as(SpeedOptions).follow is True
+    pipeline = beam.Pipeline(runner=DataflowRunner(), options=following)
+    starts = [PartitionRange("events", partition, 0, 0) for partition in range(3)]
+    build(pipeline, following.view_as(SpeedOptions), get_settings(), starts, unbounded=True)
+    names = {transform.unique_name for transform in pipeline.to_runner_api().components.transforms.values()}
+    for step in ("FollowKafka/FollowPartitions", "CommitOffsets/CommitFrontier", "WriteLanding"):
+        assert any(name.startswith(step) for name in names), step
+
     # A wrong option is caught by the same validator.
     broken = PipelineOptions(["--runner=DataflowRunner", "--project=Not A Project", "--region=europe-west1", "--temp_location=/tmp"])
     assert len(PipelineOptionsValidator(broken, DataflowRunner()).validate()) >= 2

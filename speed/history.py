@@ -16,6 +16,7 @@ from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse import constants, storage
@@ -33,7 +34,8 @@ def recent_history(
     """entity -> its events of the lookback in silver and the hot table, oldest first (one entity's
     only, when `entity` is given)."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
-    only = pc.field(dataset.entity) == pc.scalar(entity) if entity is not None else None
+    # Cast: tables MERGEd by delta-rs store strings as string_view, which compares to no literal.
+    only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
     frames = []
     since = None
     uri = settings.table_uri(dataset.name, constants.SILVER)

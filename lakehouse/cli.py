@@ -343,8 +343,9 @@ def sql(
     query: Annotated[Optional[str], typer.Argument(help="SQL text; '-' or nothing reads stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read the query from a file.")] = None,
     output: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    role: Annotated[str, typer.Option("--as", help="Log in as admin (reads and writes) or analyst (reads only).")] = "admin",
 ) -> None:
-    """Run SQL on the local Trino and print the result."""
+    """Run SQL on the local Trino (HTTPS, password login) and print the result."""
     from serving import trino_client
 
     if file is not None:
@@ -353,13 +354,26 @@ def sql(
         text = sys.stdin.read()
     else:
         text = query
-    frame = trino_client.query(text.strip().rstrip(";"))
+    if role not in ("admin", "analyst"):
+        raise typer.BadParameter("--as takes admin or analyst")
+    frame = trino_client.query(text.strip().rstrip(";"), role=role)
     if output == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif output == "json":
         sys.stdout.write(frame.to_json(orient="records", date_format="iso") + "\n")
     else:
         _print_frame(frame, None)
+
+
+@app.command()
+def anomalies(
+    dataset: Dataset,
+    hours: Annotated[float, typer.Option(help="How many hours of data, ending at the newest event.", min=1)] = 24,
+) -> None:
+    """Anomalies per entity in the last N hours of the merged view (batch and speed)."""
+    from serving import views
+
+    _print_frame(views.recent_anomalies(dataset, hours), f"{dataset}: anomalies in the last {hours:g} hours of data")
 
 
 def _print_frame(frame, title: str | None) -> None:

@@ -14,6 +14,12 @@ BATCH_SCORES = "batch_scores"
 HOT_SCORES = "hot_scores"
 LANDING = "landing"
 MERGED_VIEW = "merged"
+# Convenience views over the merged view (serving/views.py) and data-quality views.
+ANOMALIES_VIEW = "anomalies"
+HOURLY_VIEW = "anomalies_hourly"
+ENTITY_SUMMARY_VIEW = "entity_summary"
+DQ_RUNS_VIEW = "dq_runs"
+DQ_RULES_VIEW = "dq_rule_failures"
 
 QUARANTINE = "quarantine"
 MODELS = "models"

@@ -40,8 +40,14 @@ class Settings(BaseSettings):
     spark_master: str = "local[2]"
     spark_driver_memory: str = "4g"
     trino_host: str = "127.0.0.1"
-    trino_port: int = Field(default=constants.DEFAULT_TRINO_PORT, ge=1, le=65535)
+    trino_port: int = Field(default=constants.DEFAULT_TRINO_PORT, ge=1, le=65534)
+    # HTTPS with a password (lakehouse/services/trino_security.py); plain HTTP on trino_port + 1
+    # serves only the health probe. The admin registers tables and creates views; the analyst
+    # reads. Passwords only from the environment; unset, they are generated once.
     trino_user: str = "lakehouse"
+    trino_password: str = ""
+    trino_analyst_user: str = "analyst"
+    trino_analyst_password: str = ""
     trino_heap: str = "2G"
     kafka_port: int = Field(default=constants.DEFAULT_KAFKA_PORT, ge=1, le=65535)
     kafka_controller_port: int = Field(
@@ -124,7 +130,11 @@ class Settings(BaseSettings):
 
     @property
     def trino_url(self) -> str:
-        return f"http://{self.trino_host}:{self.trino_port}"
+        return f"https://{self.trino_host}:{self.trino_port}"
+
+    @property
+    def trino_http_port(self) -> int:
+        return self.trino_port + 1
 
     @property
     def s3_endpoint(self) -> str:

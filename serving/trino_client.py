@@ -20,10 +20,12 @@ from typing import Any
 import pandas as pd
 import requests
 import trino
+import trino.auth
 import trino.exceptions
 
 from lakehouse.constants import CATALOG
 from lakehouse.errors import ConfigurationError, QueryError, ServiceError
+from lakehouse.services import trino_security
 from lakehouse.services.trino import trino_uri
 from lakehouse.settings import Settings, get_settings
 
@@ -33,36 +35,45 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _LOCATION = re.compile(r"^\s*location = '((?:[^']|'')*)'", re.MULTILINE)
 
 
-def connect(settings: Settings | None = None) -> trino.dbapi.Connection:
-    """A DB-API connection to the local server, catalog "delta", session time zone UTC."""
+def connect(settings: Settings | None = None, *, role: str = "admin") -> trino.dbapi.Connection:
+    """A DB-API connection to the local server over HTTPS, logged in as the role's user ("admin"
+    registers tables and creates views, "analyst" only reads), catalog "delta", time zone UTC."""
     settings = settings or get_settings()
+    login = trino_security.credentials(settings, role)
     # The server is on loopback: ignore any HTTP proxy configured in the environment.
     session = requests.Session()
     session.trust_env = False
+    # Verified against the local CA that signed the server's certificate (lakehouse up made both).
+    session.verify = str(trino_security.ca_file(settings))
     return trino.dbapi.connect(
         host=settings.trino_host,
         port=settings.trino_port,
-        user=settings.trino_user,
+        user=login.user,
+        auth=trino.auth.BasicAuthentication(login.user, login.password),
         catalog=CATALOG,
-        http_scheme="http",
+        http_scheme="https",
         # Timestamps in results and in SQL such as current_timestamp do not depend on the machine.
         timezone="UTC",
         http_session=session,
     )
 
 
-def query(sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None) -> pd.DataFrame:
+def query(
+    sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None, role: str = "admin"
+) -> pd.DataFrame:
     """Run a query and return all its rows; params fill the ? placeholders."""
     settings = settings or get_settings()
-    with closing(connect(settings)) as connection:
+    with closing(connect(settings, role=role)) as connection:
         columns, rows = _run(connection, sql, params, settings)
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
-def execute(sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None) -> None:
+def execute(
+    sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None, role: str = "admin"
+) -> None:
     """Run a statement (DDL, CALL, ...) to completion."""
     settings = settings or get_settings()
-    with closing(connect(settings)) as connection:
+    with closing(connect(settings, role=role)) as connection:
         _run(connection, sql, params, settings)
 
 
@@ -183,7 +194,15 @@ def _project_errors(sql: str, settings: Settings) -> Iterator[None]:
         yield
     except trino.exceptions.TrinoQueryError as error:
         raise QueryError(f"{error.error_name}: {error.message}", sql=sql, query_id=error.query_id) from error
-    except (trino.exceptions.TrinoConnectionError, trino.exceptions.HttpError) as error:
+    except trino.exceptions.HttpError as error:
+        if "401" in str(error):
+            raise ServiceError("trino", f"{settings.trino_url} refused the login (wrong user or password): {error}") from error
+        raise ServiceError("trino", f"{settings.trino_url} answered with an HTTP error: {error}") from error
+    except requests.exceptions.SSLError as error:
+        raise ServiceError(
+            "trino", f"{settings.trino_url}: its certificate does not verify against {trino_security.ca_file(settings)} ({error})"
+        ) from error
+    except (trino.exceptions.TrinoConnectionError, requests.exceptions.ConnectionError) as error:
         raise ServiceError(
             "trino", f"not reachable at {settings.trino_url}; start it with `lakehouse up` ({error})"
         ) from error

@@ -60,6 +60,65 @@ def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_run
     )
 
 
+def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
+    """The views users ask for first, all over the merged view: name -> CREATE OR REPLACE VIEW."""
+    merged = _qualified(dataset.name, constants.MERGED_VIEW)
+    entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
+    features = ", ".join(f'"{name}"' for name in dataset.features.fields)
+    bodies = {
+        # Every anomaly, newest first when ordered by event time; the layer that scored it.
+        constants.ANOMALIES_VIEW: (
+            f"SELECT {event_id}, {entity}, {event_time}, score, model_version, layer, {features} "
+            f"FROM {merged} WHERE is_anomaly"
+        ),
+        # Per entity and hour: events, anomalies, highest score. "The last N hours" is a filter on
+        # `hour` (`lakehouse anomalies --hours N` writes it).
+        constants.HOURLY_VIEW: (
+            f"SELECT {entity}, date_trunc('hour', {event_time}) AS hour, count(*) AS events, "
+            f"count_if(is_anomaly) AS anomalies, max(score) AS max_score "
+            f"FROM {merged} GROUP BY 1, 2"
+        ),
+        # One row per entity: volume, anomaly rate, time span, which layer answered, newest model.
+        constants.ENTITY_SUMMARY_VIEW: (
+            f"SELECT {entity}, count(*) AS events, count_if(is_anomaly) AS anomalies, "
+            f"CAST(count_if(is_anomaly) AS double) / count(*) AS anomaly_rate, "
+            f"min({event_time}) AS first_event, max({event_time}) AS last_event, "
+            f"max(CASE WHEN is_anomaly THEN {event_time} END) AS last_anomaly, max(score) AS max_score, "
+            f"avg(score) AS mean_score, count_if(layer = '{constants.LAYER_BATCH}') AS batch_events, "
+            f"count_if(layer = '{constants.LAYER_SPEED}') AS speed_events, max(model_version) AS model_version "
+            f"FROM {merged} GROUP BY 1"
+        ),
+    }
+    return {
+        name: f"CREATE OR REPLACE VIEW {_qualified(dataset.name, name)} AS\n{body}" for name, body in bodies.items()
+    }
+
+
+def quality_views_sql() -> dict[str, str]:
+    """Data-quality views over the run log and the quarantine (schema `lakehouse`)."""
+    runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+    quarantine = _qualified(constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    bodies = {
+        # One row per batch run: its counts, whether they add up, its share of rejected rows.
+        constants.DQ_RUNS_VIEW: (
+            "SELECT run_id, dataset, status, started_at, finished_at, input_rows, valid_rows, quarantined_rows, "
+            "duplicate_rows, CAST(quarantined_rows AS double) / nullif(input_rows, 0) AS quarantine_rate, "
+            "input_rows = valid_rows + quarantined_rows + duplicate_rows AS counts_add_up, watermark, error "
+            f"FROM {runs}"
+        ),
+        # Rejections per rule: per batch run, and per day for the speed layer (no run there).
+        constants.DQ_RULES_VIEW: (
+            "SELECT dataset, layer, run_id, date_trunc('day', quarantined_at) AS day, rule, count(*) AS records, "
+            "min(quarantined_at) AS first_seen, max(quarantined_at) AS last_seen, "
+            "min(element_at(errors, 1)) AS example_error "
+            f"FROM {quarantine} CROSS JOIN UNNEST(failed_rules) AS failure(rule) GROUP BY 1, 2, 3, 4, 5"
+        ),
+    }
+    return {
+        name: f"CREATE OR REPLACE VIEW {_qualified(constants.SYSTEM_SCHEMA, name)} AS\n{body}" for name, body in bodies.items()
+    }
+
+
 def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:
     """Register the dataset's tables and the system tables in Trino, then (re)create its merged view."""
     settings = settings or get_settings()
@@ -79,9 +138,33 @@ def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:
     has_batch = present[(dataset.name, constants.BATCH_SCORES)] and has_runs
     has_hot = present[(dataset.name, constants.HOT_SCORES)]
     if has_batch or has_hot:
-        trino_client.execute(merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, has_runs=has_runs))
+        trino_client.execute(merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, has_runs=has_runs), settings=settings)
         messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot})")
+        for name, sql in convenience_views_sql(dataset).items():
+            trino_client.execute(sql, settings=settings)
+            messages.append(f"created view {dataset.name}.{name}")
+    if has_runs and present[(constants.SYSTEM_SCHEMA, constants.QUARANTINE)]:
+        for name, sql in quality_views_sql().items():
+            trino_client.execute(sql, settings=settings)
+            messages.append(f"created view {constants.SYSTEM_SCHEMA}.{name}")
     return messages
+
+
+def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings | None = None, role: str = "admin"):
+    """Anomalies per entity in the last `hours` of data (ending at the newest event in the merged
+    view, so a replay of old data answers as live data does), as a DataFrame."""
+    dataset = schemas.load(dataset_name)
+    entity = f'"{dataset.entity}"'
+    hourly = _qualified(dataset.name, constants.HOURLY_VIEW)
+    sql = (
+        f"WITH newest AS (SELECT max(hour) AS hour FROM {hourly}) "
+        f"SELECT h.{entity}, sum(h.anomalies) AS anomalies, sum(h.events) AS events, max(h.max_score) AS max_score "
+        f"FROM {hourly} h CROSS JOIN newest "
+        f"WHERE h.hour > newest.hour - parse_duration(?) "
+        f"GROUP BY 1 ORDER BY anomalies DESC, 1"
+    )
+    # Whole hours, since the view counts per hour: the newest hour plus the N - 1 before it.
+    return trino_client.query(sql, [f"{max(1, round(hours))}h"], settings=settings, role=role)
 
 
 def refresh_all(settings: Settings | None = None) -> list[str]:

@@ -56,3 +56,12 @@ def flink_job_server():
     from lakehouse.services.flink import FlinkJobServer
 
     yield from _for_the_session(FlinkJobServer())
+
+
+@pytest.fixture(scope="session")
+def demo(trino_server, kafka_broker, spark) -> dict:
+    """The whole Lambda cycle (`lakehouse demo`, smaller) in the session's warehouse, once: the
+    end-to-end tests check it and the notebooks run on it."""
+    from lakehouse import demo as demo_module
+
+    return demo_module.run(fresh=True, sensors=4, days=6.0)

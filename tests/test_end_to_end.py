@@ -15,13 +15,6 @@ from serving import trino_client
 pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.beam, pytest.mark.trino]
 
 
-@pytest.fixture(scope="module")
-def demo(trino_server, kafka_broker, spark):
-    from lakehouse import demo as demo_module
-
-    return demo_module.run(fresh=True, sensors=4, days=6.0)
-
-
 def _valid_event_ids(files: dict) -> set[str]:
     from schemas import load
     from schemas.rules import RecordValidator
@@ -116,3 +109,88 @@ def test_trino_sees_silver_with_the_types_the_declaration_derives(demo):
     seen = dict(zip(described.Column, described.Type))
     for column, trino_type in trino_columns(load("sensor_events")).items():
         assert seen[column] == trino_type, column
+
+
+def test_convenience_views_add_up_to_the_merged_view(demo):
+    from serving import views
+
+    merged = trino_client.query("SELECT entity_id, count(*) AS events, count_if(is_anomaly) AS anomalies "
+                                "FROM sensor_events.merged GROUP BY 1 ORDER BY 1")
+    summary = trino_client.query("SELECT * FROM sensor_events.entity_summary ORDER BY entity_id", role="analyst")
+    assert summary.entity_id.tolist() == merged.entity_id.tolist()
+    assert summary.events.tolist() == merged.events.tolist() and summary.anomalies.tolist() == merged.anomalies.tolist()
+    assert (summary.batch_events + summary.speed_events).tolist() == merged.events.tolist()
+    anomalies = trino_client.query("SELECT entity_id, count(*) AS n FROM sensor_events.anomalies GROUP BY 1 ORDER BY 1")
+    assert dict(zip(anomalies.entity_id, anomalies.n)) == {e: n for e, n in zip(merged.entity_id, merged.anomalies) if n}
+    hourly = trino_client.query("SELECT sum(events) AS events, sum(anomalies) AS anomalies FROM sensor_events.anomalies_hourly")
+    assert hourly.events[0] == merged.events.sum() and hourly.anomalies[0] == merged.anomalies.sum()
+    # The last N hours: everything when N spans the data, the newest hours' share otherwise.
+    everything = views.recent_anomalies("sensor_events", 24 * 30)
+    assert everything.anomalies.sum() == merged.anomalies.sum()
+    newest = trino_client.query("SELECT count_if(is_anomaly) AS n FROM sensor_events.merged "
+                                "WHERE date_trunc('hour', event_time) > (SELECT max(date_trunc('hour', event_time)) "
+                                "FROM sensor_events.merged) - INTERVAL '6' HOUR")
+    assert views.recent_anomalies("sensor_events", 6).anomalies.sum() == newest.n[0]
+
+
+def test_data_quality_views_follow_the_run_log_and_the_quarantine(demo):
+    runs = trino_client.query("SELECT * FROM lakehouse.dq_runs WHERE dataset = 'sensor_events' ORDER BY started_at", role="analyst")
+    assert runs.run_id.tolist()[-2:] == [record.run_id for record in demo["batch"]]
+    assert runs.counts_add_up.all()
+    rules = trino_client.query("SELECT layer, rule, sum(records) AS records FROM lakehouse.dq_rule_failures "
+                               "WHERE dataset = 'sensor_events' GROUP BY 1, 2", role="analyst")
+    quarantine = demo["quarantine"]  # the demo's own count over the quarantine table
+    assert dict(zip(zip(rules.layer, rules.rule), rules.records)) == dict(zip(zip(quarantine.layer, quarantine.rule), quarantine.records))
+    assert set(rules.layer) == {"batch", "speed"}
+
+
+def test_the_analyst_reads_the_views_and_may_write_nothing(demo):
+    from lakehouse.errors import QueryError, ServiceError
+
+    assert len(trino_client.query("SELECT * FROM sensor_events.merged LIMIT 5", role="analyst")) == 5
+    refused = [
+        "INSERT INTO sensor_events.hot_scores (event_id) VALUES ('forged')",
+        "DELETE FROM sensor_events.batch_scores",
+        "CREATE TABLE sensor_events.copy AS SELECT * FROM sensor_events.silver",
+        "CREATE OR REPLACE VIEW sensor_events.merged AS SELECT 1 AS x",
+        "DROP VIEW sensor_events.anomalies",
+        "CALL delta.system.unregister_table(schema_name => 'sensor_events', table_name => 'silver')",
+    ]
+    for sql in refused:
+        with pytest.raises(QueryError, match="Access Denied"):
+            trino_client.execute(sql, role="analyst")
+    # Nothing changed, and the admin still writes views.
+    assert len(trino_client.query("SELECT 1 FROM sensor_events.merged LIMIT 1")) == 1
+
+    # A wrong password is refused, named as such.
+    wrong = get_settings().model_copy(update={"trino_analyst_password": "not-the-password"})
+    with pytest.raises(ServiceError, match="refused the login"):
+        trino_client.query("SELECT 1", settings=wrong, role="analyst")
+
+
+def test_trino_takes_passwords_only_over_verified_https(demo):
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from lakehouse.services import trino_security
+
+    settings = get_settings()
+    login = trino_security.credentials(settings, "analyst")
+    token = base64.b64encode(f"{login.user}:{login.password}".encode()).decode()
+    request = urllib.request.Request(f"http://127.0.0.1:{settings.trino_http_port}/v1/statement", data=b"SELECT 1",
+                                     headers={"Authorization": f"Basic {token}", "X-Trino-User": login.user})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(request, timeout=10)
+    assert refused.value.code in (401, 403)
+    # Over HTTPS the certificate verifies against the local CA, and only against it.
+    trusted = ssl.create_default_context(cafile=str(trino_security.ca_file(settings)))
+    https = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=trusted))
+    with https.open(f"{settings.trino_url}/v1/info", timeout=10) as response:
+        assert response.status == 200
+    untrusted = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                            urllib.request.HTTPSHandler(context=ssl.create_default_context()))
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusted.open(f"{settings.trino_url}/v1/info", timeout=10)

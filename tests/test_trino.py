@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import re
 import shutil
 import socket
@@ -110,9 +112,16 @@ def test_configuration_is_rendered_with_every_placeholder_filled(tmp_path: Path)
     server = TrinoServer(settings)
     server.render_configuration()
     rendered = {path.relative_to(server.etc_dir).as_posix(): path.read_text() for path in server.etc_dir.rglob("*") if path.is_file()}
-    assert set(rendered) == {"jvm.config", "config.properties", "node.properties", "log.properties", "catalog/delta.properties"}
+    assert set(rendered) == {"jvm.config", "config.properties", "node.properties", "log.properties", "catalog/delta.properties",
+                             "password-authenticator.properties", "access-control.properties", "rules.json"}
     assert not any("${" in text for text in rendered.values())
-    assert "http-server.http.port=18123" in rendered["config.properties"]
+    # Clients on HTTPS at trino_port; plain HTTP one port up, for the probe only.
+    assert "http-server.https.port=18123" in rendered["config.properties"]
+    assert "http-server.http.port=18124" in rendered["config.properties"]
+    assert "http-server.authentication.type=PASSWORD" in rendered["config.properties"]
+    rules = json.loads(rendered["rules.json"])
+    assert {rule["user"] for rule in rules["catalogs"]} == {settings.trino_user, settings.trino_analyst_user}
+    assert all((path.stat().st_mode & 0o077) == 0 for path in server.etc_dir.rglob("*") if path.is_file())
     assert "-Xmx3G" in rendered["jvm.config"].splitlines()
     assert "node.bind-ip=127.0.0.1" in rendered["node.properties"]
     assert f"hive.metastore.catalog.dir=local://{tmp_path}/warehouse/{METASTORE_FOLDER}" in rendered["catalog/delta.properties"]

@@ -80,8 +80,16 @@ class TrinoServer(Service):
             raise ConfigurationError(
                 f"warehouse {self.settings.warehouse}: Trino serves only a local warehouse so far"
             )
+        from lakehouse.services import trino_security
+
         return {
             "TRINO_PORT": str(self.settings.trino_port),
+            "TRINO_HTTP_PORT": str(self.settings.trino_http_port),
+            "TRINO_KEYSTORE": str(trino_security.server_pem(self.settings)),
+            "TRINO_SHARED_SECRET": trino_security.shared_secret(self.settings),
+            "TRINO_PASSWORD_FILE": str(self.etc_dir / "password.db"),
+            "TRINO_ADMIN_USER": self.settings.trino_user,
+            "TRINO_ANALYST_USER": self.settings.trino_analyst_user,
             "TRINO_HEAP": self.settings.trino_heap,
             "TRINO_SERVER_DIR": str(self.server_dir),
             "TRINO_ETC_DIR": str(self.etc_dir),
@@ -101,6 +109,7 @@ class TrinoServer(Service):
                 target.parent.mkdir(parents=True, exist_ok=True)
                 source = f"infra/trino/etc/{template.relative_to(CONFIG_TEMPLATES)}"
                 target.write_text(fill_placeholders(template.read_text(), values, source))
+                target.chmod(0o600)  # config.properties holds the internal shared secret
 
     def served_metastore(self) -> str | None:
         """The metastore the rendered catalog points at (the one a running server uses)."""
@@ -111,11 +120,16 @@ class TrinoServer(Service):
 
     # Service ------------------------------------------------------------------------------
     def prepare(self) -> None:
+        from lakehouse.services import trino_security
+
+        self.require_free_ports((self.settings.trino_port, self.settings.trino_http_port), "trino_port")
         jvm.ensure("trino")
         if not (self.server_dir / "lib").is_dir():
             raise ServiceError(self.name, f"no Trino server in {self.server_dir}; re-run `make setup`")
         restore_hard_links(self.server_dir, server_tarball(self.settings))
+        trino_security.ensure_certificates(self.settings)
         self.render_configuration()
+        trino_security.write_password_file(self.settings, self.etc_dir / "password.db")
         for folder in (self.data_dir / "tmp", self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
         local_metastore = metastore_uri(self.settings).removeprefix("local://")
@@ -144,7 +158,7 @@ class TrinoServer(Service):
         """Ready when the coordinator says it has finished starting (catalogs loaded)."""
         # Loopback never goes through an HTTP proxy, whatever the environment says.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"{self.address}/v1/info", timeout=2) as response:
+        with opener.open(f"http://127.0.0.1:{self.settings.trino_http_port}/v1/info", timeout=2) as response:
             return json.load(response).get("starting") is False
 
     def start(self, *, wait: bool = True) -> ServiceStatus:

@@ -2,7 +2,7 @@
 access control.
 
 - TLS: a local certificate authority and a server certificate for 127.0.0.1 and localhost,
-  generated on first start into <services_root>/trino/secrets/ and renewed 30 days before they
+  generated on first start into <services_dir>/trino/secrets/ and renewed 30 days before they
   expire. Clients verify the server against ca.pem; nothing is trusted blindly.
 - Users: an admin (`trino_user`, "lakehouse" by default) that registers tables and creates views,
   and an analyst (`trino_analyst_user`) that may only read. Their passwords come from the
@@ -37,7 +37,7 @@ class Credentials:
 
 
 def secrets_dir(settings: Settings) -> Path:
-    return settings.services_root / "trino" / "secrets"
+    return settings.services_dir / "trino" / "secrets"
 
 
 def ca_file(settings: Settings) -> Path:
@@ -85,9 +85,9 @@ def shared_secret(settings: Settings) -> str:
 
 
 def pbkdf2_hash(password: str, *, salt: bytes | None = None, iterations: int = _PBKDF2_ITERATIONS) -> str:
-    """Trino's PBKDF2 form: iterations:hex(salt):hex(PBKDF2-HMAC-SHA256)."""
+    """Trino's PBKDF2 form: iterations:hex(salt):hex(PBKDF2-HMAC-SHA1), as Trino checks it."""
     salt = salt if salt is not None else os.urandom(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    digest = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, iterations)
     return f"{iterations}:{salt.hex()}:{digest.hex()}"
 
 

@@ -45,9 +45,13 @@ test: setup ## All tests, with real Spark + Delta, Beam, Trino and Kafka
 test-fast: $(INSTALLED) ## Only the tests that start no engine
 	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not flink and not e2e"
 
+notebooks: setup ## Execute notebooks/ on the current warehouse (after `make demo`); copies with outputs in .work/notebooks
+	$(PYTHON) -m lakehouse.notebooks
+
 bench: setup ## Benchmarks, each against its reference; JSON reports in .work/bench (BENCH_ROWS=1000000)
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}
 	$(PYTHON) -m bench.speed_bench --events $${BENCH_EVENTS:-100000}
+	$(PYTHON) -m bench.serving_bench
 
 up: setup ## Start the local Trino and Kafka
 	$(LAKEHOUSE) up

@@ -99,6 +99,23 @@ def list_input_files(pattern: str) -> list[str]:
     )
 
 
+def list_tables(root: str) -> list[tuple[str, str]]:
+    """(schema, table) of every Delta table at <root>/<schema>/<table>/_delta_log, local or s3://.
+
+    Folders starting with "_" or "." (such as _trino_metastore) are not schemas.
+    """
+    filesystem, base = _filesystem(root)
+    found = []
+    for schema in filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        name = schema.base_name
+        if schema.type != pafs.FileType.Directory or name.startswith(("_", ".")):
+            continue
+        for table in filesystem.get_file_info(pafs.FileSelector(schema.path)):
+            if table.type == pafs.FileType.Directory and filesystem.get_file_info(f"{table.path}/_delta_log").type == pafs.FileType.Directory:
+                found.append((name, table.base_name))
+    return sorted(found)
+
+
 def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 

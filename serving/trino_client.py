@@ -14,7 +14,6 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -24,6 +23,7 @@ import trino.auth
 import trino.exceptions
 
 from lakehouse.constants import CATALOG
+from lakehouse import storage
 from lakehouse.errors import ConfigurationError, QueryError, ServiceError
 from lakehouse.services import trino_security
 from lakehouse.services.trino import trino_uri
@@ -123,33 +123,17 @@ def register_table(schema: str, table: str, location: str, *, settings: Settings
 
 
 def register_warehouse(settings: Settings | None = None) -> list[str]:
-    """Register every Delta table found as <warehouse>/<schema>/<table>/_delta_log; return their names."""
+    """Register every Delta table found as <warehouse>/<schema>/<table>/_delta_log (a local folder
+    or s3://); return their names."""
     settings = settings or get_settings()
-    if not settings.warehouse_is_local:
-        # TODO(issue 5): list the schema and table prefixes of an s3:// warehouse.
-        raise ConfigurationError(f"warehouse {settings.warehouse}: only a local warehouse can be scanned so far")
-    root = Path(settings.warehouse.removeprefix("file://"))
     registered: list[str] = []
-    for schema, table in _warehouse_tables(root):
+    for schema, table in storage.list_tables(settings.warehouse):
+        if not (_NAME.match(schema) and _NAME.match(table)):
+            log.warning("skipping %s/%s: not a valid Trino schema and table name", schema, table)
+            continue
         register_table(schema, table, settings.table_uri(schema, table), settings=settings)
         registered.append(f"{schema}.{table}")
     return registered
-
-
-def _warehouse_tables(root: Path) -> Iterator[tuple[str, str]]:
-    if not root.is_dir():
-        return
-    for schema_folder in sorted(root.iterdir()):
-        # Folders such as _trino_metastore are not schemas.
-        if not schema_folder.is_dir() or schema_folder.name.startswith(("_", ".")):
-            continue
-        for table_folder in sorted(schema_folder.iterdir()):
-            if not (table_folder / "_delta_log").is_dir():
-                continue
-            if _NAME.match(schema_folder.name) and _NAME.match(table_folder.name):
-                yield schema_folder.name, table_folder.name
-            else:
-                log.warning("skipping %s: not a valid Trino schema and table name", table_folder)
 
 
 def _registered_location(connection: trino.dbapi.Connection, schema: str, table: str, settings: Settings) -> str | None:

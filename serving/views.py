@@ -132,7 +132,7 @@ def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:
         uri = settings.table_uri(schema, table)
         present[(schema, table)] = storage.table_exists(uri)
         if present[(schema, table)]:
-            trino_client.register_table(schema, table, uri)
+            trino_client.register_table(schema, table, uri, settings=settings)
             messages.append(f"registered {schema}.{table}")
     has_runs = present[(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)]
     has_batch = present[(dataset.name, constants.BATCH_SCORES)] and has_runs

@@ -103,6 +103,27 @@ def test_batch_then_speed_on_an_s3_warehouse(s3_lakehouse, tmp_path):
     valid_recent = {r["event_id"] for r in inputs.recent.records} - set(inputs.recent.bad)
     assert set(hot.event_id) == valid_recent
 
+    # Trino serves the S3 warehouse through its native S3 file system, keys from the environment;
+    # a Trino of its own, since the session's serves the local test warehouse.
+    from lakehouse.services.trino import TrinoServer
+    from serving import trino_client, views
+
+    trino_settings = settings.model_copy(update={"services_root": str(tmp_path / "services"), "trino_port": settings.trino_port + 300})
+    server = TrinoServer(trino_settings)
+    server.start()
+    try:
+        catalog = (server.etc_dir / "catalog" / "delta.properties").read_text()
+        assert "fs.native-s3.enabled=true" in catalog and "s3.path-style-access=true" in catalog
+        assert "AWS_SECRET" not in catalog and settings.s3_secret_key not in catalog
+        views.refresh("sensor_events", trino_settings)
+        assert {"sensor_events.silver", "sensor_events.hot_scores", "lakehouse.batch_runs"} <= set(trino_client.register_warehouse(trino_settings))
+        merged = trino_client.query("SELECT layer, count(*) AS n FROM sensor_events.merged GROUP BY layer",
+                                    settings=trino_settings, role="analyst")
+        batch_rows = len(storage.open_table(settings.table_uri("sensor_events", "batch_scores")).to_pandas())
+        assert dict(zip(merged.layer, merged.n)) == {"batch": batch_rows, "speed": len(hot)}
+    finally:
+        server.stop()
+
 
 def test_a_wrong_secret_key_is_refused(s3_lakehouse, monkeypatch):
     storage.write_bytes(f"{s3_lakehouse.warehouse}/probe.bin", b"ok")

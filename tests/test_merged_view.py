@@ -1,0 +1,151 @@
+"""The merged view against the known failure cases of hybrid (batch + real-time) tables, on Trino.
+
+Tables are written directly (delta-rs, as the layers write them) for the `metrics` dataset, so each
+case sets up exactly the situation it names: an empty side, a gap, a boundary that moves, a late
+event, a replayed hot row, a failed run. The expiry of hot rows after a batch run is the batch
+job's, checked with real runs in test_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+import schemas
+from batch import run_log
+from lakehouse import constants
+from lakehouse.settings import get_settings
+from serving import trino_client, views
+from speed import tables
+
+pytestmark = pytest.mark.trino
+
+DATASET = "metrics"
+START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def _events(first: int, count: int, entity: str = "cpu") -> list[dict]:
+    """`count` events, one per minute from minute `first`."""
+    return [
+        {"event_id": f"{entity}@{minute}", "entity_id": entity, "event_time": START + timedelta(minutes=minute), "value": float(minute)}
+        for minute in range(first, first + count)
+    ]
+
+
+def _at(minute: int) -> datetime:
+    return START + timedelta(minutes=minute)
+
+
+@pytest.fixture
+def settings(trino_server):
+    """The session warehouse without any `metrics` tables or runs."""
+    settings = get_settings()
+    for table in (constants.BATCH_SCORES, constants.HOT_SCORES):
+        shutil.rmtree(Path(settings.table_uri(DATASET, table)), ignore_errors=True)
+    runs = run_log.table_uri(settings)
+    if Path(runs).exists():
+        DeltaTable(runs).delete(f"dataset = '{DATASET}'")
+    return settings
+
+
+def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str = run_log.STATUS_SUCCEEDED) -> None:
+    """A batch run's outputs: the batch view (replaced, as the job does) and its run-log record."""
+    if status == run_log.STATUS_SUCCEEDED:
+        rows = [{**event, "score": 0.1, "is_anomaly": False, "model_version": 1} for event in events]
+        schema = pa.schema([("event_id", pa.string()), ("entity_id", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
+                            ("value", pa.float64()), ("score", pa.float64()), ("is_anomaly", pa.bool_()), ("model_version", pa.int64())])
+        write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
+    now = datetime.now(timezone.utc)
+    run_log.append(settings, run_log.RunRecord(run_id=uuid.uuid4().hex, dataset=DATASET, status=status, started_at=now,
+                                               finished_at=now, inputs=[], watermark=watermark))
+
+
+def _speed(settings, events: list[dict]) -> None:
+    """Speed-layer upserts into the hot table (by event id, as the pipeline commits)."""
+    dataset = schemas.load(DATASET)
+    uri = tables.hot_table_uri(settings, dataset)
+    tables.ensure_table(uri, tables.hot_schema(dataset))
+    rows = [{**event, "score": 0.2, "is_anomaly": False, "model_version": 1, "scored_at": datetime.now(timezone.utc),
+             "revision": 1} for event in events]
+    if rows:
+        tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=tables.hot_schema(dataset)), "event_id", newest="revision")
+
+
+def _merged(settings) -> dict[str, str]:
+    views.refresh(DATASET, settings)
+    answer = trino_client.query(f"SELECT event_id, layer FROM {DATASET}.merged", settings=settings)
+    assert answer.event_id.is_unique, "an event answered twice"
+    return dict(zip(answer.event_id, answer.layer))
+
+
+def test_no_batch_run_yet_the_speed_layer_answers_everything(settings):
+    _speed(settings, _events(0, 10))
+    assert _merged(settings) == {event["event_id"]: "speed" for event in _events(0, 10)}
+
+
+def test_an_empty_hot_table_leaves_the_batch_view(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, [])
+    assert _merged(settings) == {event["event_id"]: "batch" for event in _events(0, 10)}
+
+
+def test_a_gap_between_the_layers_loses_and_repeats_nothing(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, _events(30, 5))  # nothing arrived between minute 10 and 29
+    merged = _merged(settings)
+    assert {e for e, layer in merged.items() if layer == "batch"} == {event["event_id"] for event in _events(0, 10)}
+    assert {e for e, layer in merged.items() if layer == "speed"} == {event["event_id"] for event in _events(30, 5)}
+
+
+def test_a_new_batch_run_moves_the_boundary(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, _events(10, 10))  # minutes 10..19, not expired yet
+    assert sum(layer == "speed" for layer in _merged(settings).values()) == 10
+    # The next run covers up to minute 14: those five now come from batch, without redefining the view.
+    _batch_run(settings, _events(0, 15), watermark=_at(14))
+    merged = _merged(settings)
+    assert len(merged) == 20
+    assert [merged[f"cpu@{minute}"] for minute in range(10, 20)] == ["batch"] * 5 + ["speed"] * 5
+
+
+def test_a_failed_run_does_not_move_the_boundary(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, _events(10, 10))
+    _batch_run(settings, [], watermark=_at(19), status=run_log.STATUS_FAILED)
+    merged = _merged(settings)
+    assert [merged[f"cpu@{minute}"] for minute in range(10, 20)] == ["speed"] * 10
+
+
+def test_a_late_event_at_or_before_the_watermark_waits_for_the_next_batch_run(settings):
+    """The batch view is authoritative up to the watermark. An event older than it that reaches
+    the speed layer only now is not shown from the hot table (it would contradict the batch view's
+    complete answer for that time); the landing table brings it to the next batch run."""
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    late = {"event_id": "cpu@late", "entity_id": "cpu", "event_time": _at(5) + timedelta(seconds=30), "value": 1.0}
+    _speed(settings, [late, *_events(10, 3)])
+    assert "cpu@late" not in _merged(settings)
+    _batch_run(settings, [*_events(0, 13), late], watermark=_at(12))
+    merged = _merged(settings)
+    assert merged["cpu@late"] == "batch" and len(merged) == 14
+
+
+def test_an_event_at_exactly_the_watermark_is_answered_once_by_batch(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, _events(9, 3))  # minute 9 is in both tables
+    merged = _merged(settings)
+    assert merged["cpu@9"] == "batch" and merged["cpu@10"] == "speed" and len(merged) == 12
+
+
+def test_a_replay_into_the_hot_table_duplicates_nothing(settings):
+    _batch_run(settings, _events(0, 10), watermark=_at(9))
+    _speed(settings, _events(10, 10))
+    _speed(settings, _events(10, 10))  # the same events again: a replay after a crash
+    hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas()
+    assert len(hot) == 10 and hot.event_id.is_unique
+    assert len(_merged(settings)) == 20

@@ -129,6 +129,10 @@ def run_batch(
         run_log.append(settings, record)
     if not record.counts_add_up:
         raise RunError(run_id, f"counts do not add up: {record}")
+    from serving.views import refresh_if_serving
+
+    # New tables (a first run) become queryable, and the views follow the new batch view.
+    refresh_if_serving(dataset.name, settings)
     return record
 
 

@@ -17,6 +17,7 @@ import schemas
 from lakehouse import constants, storage
 from lakehouse.settings import Settings, get_settings
 from schemas.declaration import Dataset
+from lakehouse.services.trino import metastore_uri
 from serving import trino_client
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,23 @@ def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings | No
     )
     # Whole hours, since the view counts per hour: the newest hour plus the N - 1 before it.
     return trino_client.query(sql, [f"{max(1, round(hours))}h"], settings=settings, role=role)
+
+
+def refresh_if_serving(dataset_name: str, settings: Settings | None = None) -> None:
+    """After a layer wrote its tables: register them and refresh the views if the local Trino for
+    this warehouse is up. Never fails the caller; `lakehouse serve refresh` does it by hand."""
+    from lakehouse.services.trino import TrinoServer
+
+    settings = settings or get_settings()
+    server = TrinoServer(settings)
+    try:
+        if server.pid() is None or server.served_metastore() != metastore_uri(settings) or not server.status().ready:
+            return
+        for line in refresh(dataset_name, settings):
+            log.debug("%s", line)
+        log.info("serving: %s tables registered and views refreshed in Trino", dataset_name)
+    except Exception as error:  # noqa: BLE001 - the data is written; serving catches up later
+        log.warning("serving: could not refresh %s in Trino (%s); run `lakehouse serve refresh`", dataset_name, error)
 
 
 def refresh_all(settings: Settings | None = None) -> list[str]:

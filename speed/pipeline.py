@@ -256,6 +256,10 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
     options, unbounded = _configure(argv, settings)
     speed_options = options.view_as(SpeedOptions)
     _prepare(speed_options, settings)
+    from serving.views import refresh_if_serving
+
+    # A first run creates the hot table: register it before the job, so it is queryable at once.
+    refresh_if_serving(speed_options.dataset, settings)
     with _stop_on_sigterm():
         if unbounded:
             counts = _run_unbounded(options, settings)

@@ -149,3 +149,17 @@ def test_a_replay_into_the_hot_table_duplicates_nothing(settings):
     hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas()
     assert len(hot) == 10 and hot.event_id.is_unique
     assert len(_merged(settings)) == 20
+
+
+def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, tmp_path):
+    """The batch job and the speed pipeline call refresh_if_serving after writing: new tables and
+    views appear without `lakehouse serve refresh`, and a Trino of another warehouse is left alone."""
+    trino_client.execute(f"DROP VIEW IF EXISTS {DATASET}.merged", settings=settings)
+    _speed(settings, _events(0, 3))
+    views.refresh_if_serving(DATASET, settings)
+    answer = trino_client.query(f"SELECT count(*) AS n FROM {DATASET}.merged", settings=settings)
+    assert answer.n[0] == 3
+    # Another warehouse: the running Trino serves this one, so nothing is registered there.
+    elsewhere = settings.model_copy(update={"warehouse": str(tmp_path / "other")})
+    views.refresh_if_serving(DATASET, elsewhere)
+    assert not (tmp_path / "other" / "_trino_metastore").exists()

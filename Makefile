@@ -17,7 +17,7 @@ export MPLCONFIGDIR := $(abspath $(WORK)/cache/matplotlib)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup jvm demo test test-fast bench up down status lock clean
+.PHONY: help setup jvm demo test test-fast notebooks bench up down status lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -44,7 +44,12 @@ def connect(settings: Settings | None = None, *, role: str = "admin") -> trino.d
     session = requests.Session()
     session.trust_env = False
     # Verified against the local CA that signed the server's certificate (lakehouse up made both).
-    session.verify = str(trino_security.ca_file(settings))
+    ca_file = trino_security.ca_file(settings)
+    if not ca_file.exists():
+        raise ServiceError(
+            "trino", f"{settings.trino_url}: no certificate at {ca_file}, the local Trino was never started; run `lakehouse up`"
+        )
+    session.verify = str(ca_file)
     return trino.dbapi.connect(
         host=settings.trino_host,
         port=settings.trino_port,

@@ -108,7 +108,9 @@ def test_local_locations_become_local_uris(tmp_path: Path) -> None:
 
 
 def test_configuration_is_rendered_with_every_placeholder_filled(tmp_path: Path) -> None:
-    settings = Settings(work_dir=tmp_path / "work", warehouse=str(tmp_path / "warehouse"), trino_port=18123, trino_heap="3G")
+    # Folders of its own: rendering into the session server's etc/ would delete its password file.
+    settings = Settings(work_dir=tmp_path / "work", services_root=str(tmp_path / "services"), warehouse=str(tmp_path / "warehouse"),
+                        trino_port=18123, trino_heap="3G")
     server = TrinoServer(settings)
     server.render_configuration()
     rendered = {path.relative_to(server.etc_dir).as_posix(): path.read_text() for path in server.etc_dir.rglob("*") if path.is_file()}
@@ -129,7 +131,7 @@ def test_configuration_is_rendered_with_every_placeholder_filled(tmp_path: Path)
 
 
 def test_command_runs_trino_on_java_25_without_missing_modules(tmp_path: Path) -> None:
-    server = TrinoServer(Settings(work_dir=tmp_path / "work", warehouse=str(tmp_path / "warehouse")))
+    server = TrinoServer(Settings(work_dir=tmp_path / "work", services_root=str(tmp_path / "services"), warehouse=str(tmp_path / "warehouse")))
     server.render_configuration()
     command = server.command()
     assert command[0] == jvm.java25()

@@ -50,7 +50,7 @@ def _consumer(bootstrap: str, group: str):
     )
 
 
-def _retrying(action, what: str, attempts: int = 30):
+def retrying_coordinator(action, what: str, attempts: int = 30):
     """Run a group-coordinator call, retrying while the coordinator is not ready yet.
 
     A new broker creates its internal offsets topic on the first group request and answers
@@ -88,7 +88,7 @@ def plan_ranges(bootstrap: str, topic: str, group: str, timeout: float = 10.0) -
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
             raise ServiceError("kafka", f"topic {topic!r} does not exist on {bootstrap}")
         partitions = sorted(metadata.topics[topic].partitions)
-        committed = _retrying(
+        committed = retrying_coordinator(
             lambda: consumer.committed([TopicPartition(topic, partition) for partition in partitions], timeout=timeout),
             f"committed offsets of {group}",
         )
@@ -116,7 +116,7 @@ def commit_offsets(bootstrap: str, group: str, ranges: list[PartitionRange]) -> 
     try:
         offsets = [TopicPartition(item.topic, item.partition, item.end) for item in ranges if item.end > item.start]
         if offsets:
-            _retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {group}")
+            retrying_coordinator(lambda: consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {group}")
             log.info("committed offsets for group %s: %s", group, {item.partition: item.offset for item in offsets})
     finally:
         consumer.close()

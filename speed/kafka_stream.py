@@ -39,7 +39,7 @@ from apache_beam.utils.timestamp import Duration
 
 from lakehouse.errors import ServiceError
 from speed import metrics
-from speed.kafka_source import PartitionRange, _retrying
+from speed.kafka_source import PartitionRange, retrying_coordinator
 from speed.transforms import ACK_DEAD, ACK_HOT, ACK_LANDING
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class _CommitFrontier(beam.DoFn):
         if advanced > next_offset:
             topic, _, partition = partition_key.rpartition("/")
             offsets = [TopicPartition(topic, int(partition), advanced)]
-            _retrying(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {self.group}")
+            retrying_coordinator(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {self.group}")
             self.commits.inc()
             log.debug("%s: committed offset %d for group %s (%d acknowledged beyond)", partition_key, advanced, self.group, len(pending))
 

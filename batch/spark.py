@@ -78,7 +78,7 @@ def s3a_options() -> dict[str, str]:
         "fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "fs.s3a.endpoint.region": storage.aws_region(),
     }
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "")
+    endpoint = storage.aws_endpoint()
     if endpoint:
         # S3-compatible servers (S3Proxy, MinIO, Ceph) address buckets by path, not host name.
         options["fs.s3a.endpoint"] = endpoint

@@ -40,8 +40,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 def _services(only: list[str] | None, *, every: bool = False):
     """The services named by --only; by default the ones the configured lakehouse needs (or every one)."""
-    import os
-
+    from lakehouse import storage
     from lakehouse.services.flink import FlinkJobServer
     from lakehouse.services.kafka import KafkaBroker
     from lakehouse.services.s3 import S3Server
@@ -52,7 +51,7 @@ def _services(only: list[str] | None, *, every: bool = False):
     known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker, "flink": FlinkJobServer}
     settings = get_settings()
     needed = ["trino", "kafka"]
-    if every or (not settings.warehouse_is_local and os.environ.get("AWS_ENDPOINT_URL") == settings.s3_endpoint):
+    if every or (not settings.warehouse_is_local and storage.aws_endpoint() == settings.s3_endpoint):
         needed.insert(0, "s3")
     if every:
         needed.append("flink")

@@ -24,12 +24,13 @@ NOTEBOOKS = PROJECT_ROOT / "notebooks"
 
 
 def _jupyter_environment() -> None:
-    """Jupyter and IPython keep runtime files and profiles under HOME unless told otherwise."""
-    root = get_settings().work_dir / "jupyter"
-    for variable, folder in (("JUPYTER_RUNTIME_DIR", "runtime"), ("JUPYTER_DATA_DIR", "data"),
-                             ("JUPYTER_CONFIG_DIR", "config"), ("IPYTHONDIR", "ipython"),
+    """Jupyter and IPython keep runtime files and profiles under HOME unless told otherwise; they go
+    to the project's cache folder, beside matplotlib's (the same one lakehouse/logs.py names)."""
+    cache = get_settings().cache_dir
+    for variable, folder in (("JUPYTER_RUNTIME_DIR", "jupyter/runtime"), ("JUPYTER_DATA_DIR", "jupyter/data"),
+                             ("JUPYTER_CONFIG_DIR", "jupyter/config"), ("IPYTHONDIR", "jupyter/ipython"),
                              ("MPLCONFIGDIR", "matplotlib")):
-        path = os.environ.setdefault(variable, str(root / folder))
+        path = os.environ.setdefault(variable, str(cache / folder))
         Path(path).mkdir(parents=True, exist_ok=True)
 
 

@@ -22,6 +22,11 @@ def aws_region() -> str:
     return os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
 
 
+def aws_endpoint() -> str | None:
+    """The S3-compatible server every S3 client is pointed at (AWS_ENDPOINT_URL), None for AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 def storage_options(uri: str) -> dict[str, str] | None:
     """deltalake options for a URI: S3 credentials and endpoint come only from the environment."""
     if not uri.startswith(("s3://", "s3a://")):

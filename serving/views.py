@@ -27,6 +27,10 @@ def _qualified(schema: str, table: str) -> str:
     return f'{constants.CATALOG}."{schema}"."{table}"'
 
 
+def _create_view(schema: str, name: str, body: str) -> str:
+    return f"CREATE OR REPLACE VIEW {_qualified(schema, name)} AS\n{body}"
+
+
 def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_runs: bool = True) -> str:
     """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields, "score", "is_anomaly", "model_version"]
@@ -55,10 +59,7 @@ def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_run
     if not parts:
         raise ValueError(f"{dataset.name}: neither a batch view nor a hot table exists yet")
     body = "\nUNION ALL\n".join(parts)
-    return (
-        f"CREATE OR REPLACE VIEW {_qualified(dataset.name, constants.MERGED_VIEW)} AS\n"
-        f"WITH boundary AS ({boundary})\n{body}"
-    )
+    return _create_view(dataset.name, constants.MERGED_VIEW, f"WITH boundary AS ({boundary})\n{body}")
 
 
 def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
@@ -90,9 +91,7 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
             f"FROM {merged} GROUP BY 1"
         ),
     }
-    return {
-        name: f"CREATE OR REPLACE VIEW {_qualified(dataset.name, name)} AS\n{body}" for name, body in bodies.items()
-    }
+    return {name: _create_view(dataset.name, name, body) for name, body in bodies.items()}
 
 
 def quality_views_sql() -> dict[str, str]:
@@ -115,9 +114,7 @@ def quality_views_sql() -> dict[str, str]:
             f"FROM {quarantine} CROSS JOIN UNNEST(failed_rules) AS failure(rule) GROUP BY 1, 2, 3, 4, 5"
         ),
     }
-    return {
-        name: f"CREATE OR REPLACE VIEW {_qualified(constants.SYSTEM_SCHEMA, name)} AS\n{body}" for name, body in bodies.items()
-    }
+    return {name: _create_view(constants.SYSTEM_SCHEMA, name, body) for name, body in bodies.items()}
 
 
 def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:

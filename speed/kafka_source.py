@@ -36,18 +36,19 @@ class PartitionRange:
     end: int  # offset after the last one to read
 
 
-def _consumer(bootstrap: str, group: str):
+def group_consumer(bootstrap: str, group: str, overrides: dict | None = None):
+    """A consumer of the group that never commits by itself; `overrides` are librdkafka settings."""
     from confluent_kafka import Consumer
 
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
+    settings = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
+    }
+    settings.update(overrides or {})
+    return Consumer(settings)
 
 
 def retrying_coordinator(action, what: str, attempts: int = 30):
@@ -82,7 +83,7 @@ def plan_ranges(bootstrap: str, topic: str, group: str, timeout: float = 10.0) -
     """What is there to read now: per partition, committed offset (or low watermark) to high watermark."""
     from confluent_kafka import KafkaException, TopicPartition
 
-    consumer = _consumer(bootstrap, group)
+    consumer = group_consumer(bootstrap, group)
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
@@ -112,7 +113,7 @@ def commit_offsets(bootstrap: str, group: str, ranges: list[PartitionRange]) -> 
     """Record that everything up to each range's end has been processed."""
     from confluent_kafka import TopicPartition
 
-    consumer = _consumer(bootstrap, group)
+    consumer = group_consumer(bootstrap, group)
     try:
         offsets = [TopicPartition(item.topic, item.partition, item.end) for item in ranges if item.end > item.start]
         if offsets:
@@ -133,7 +134,7 @@ class _ReadPartitionRange(beam.DoFn):
 
         if item.end <= item.start:
             return
-        consumer = _consumer(self.bootstrap, self.group)
+        consumer = group_consumer(self.bootstrap, self.group)
         try:
             consumer.assign([TopicPartition(item.topic, item.partition, item.start)])
             empty_polls = 0

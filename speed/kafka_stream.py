@@ -38,7 +38,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
 from lakehouse.errors import ServiceError
-from speed import metrics
+from speed import kafka_source, metrics
 from speed.kafka_source import PartitionRange, retrying_coordinator
 from speed.transforms import ACK_DEAD, ACK_HOT, ACK_LANDING
 
@@ -61,22 +61,6 @@ def parse_source(source: str) -> tuple[str, int] | None:
         return None
     partition_key, _, offset = source[len("kafka://") :].rpartition("@")
     return partition_key, int(offset)
-
-
-def _follow_consumer(bootstrap: str, group: str):
-    from confluent_kafka import Consumer
-
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # The broker answers a fetch as soon as it has data, or after this long without: the
-            # read side of the latency budget.
-            "fetch.wait.max.ms": 20,
-        }
-    )
 
 
 class _PartitionRestrictions(RestrictionProvider):
@@ -117,7 +101,11 @@ class _FollowPartition(beam.DoFn):
         key = (item.topic, item.partition)
         consumer, position = self.consumers.get(key, (None, None))
         if consumer is None:
-            consumer = _follow_consumer(self.bootstrap, self.group)
+            # The broker answers a fetch as soon as it has data, or after 20 ms without: the read
+            # side of the latency budget. No end-of-partition events: a followed partition has none.
+            consumer = kafka_source.group_consumer(
+                self.bootstrap, self.group, {"fetch.wait.max.ms": 20, "enable.partition.eof": False}
+            )
         if position != offset:
             # New, or the runner resumed the restriction elsewhere than this consumer stands.
             consumer.assign([TopicPartition(item.topic, item.partition, offset)])
@@ -222,9 +210,7 @@ class _CommitFrontier(beam.DoFn):
         self.commits = Metrics.counter("speed", "kafka_offset_commits")
 
     def setup(self) -> None:
-        from confluent_kafka import Consumer
-
-        self.consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group, "enable.auto.commit": False})
+        self.consumer = kafka_source.group_consumer(self.bootstrap, self.group)
 
     def teardown(self) -> None:
         if getattr(self, "consumer", None) is not None:

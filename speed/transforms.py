@@ -225,8 +225,12 @@ class ComputeFeatures(beam.DoFn):
         return []
 
     def _features(self, times: list, values: np.ndarray, position: int) -> np.ndarray:
-        event_time = np.array([np.datetime64(times[position].replace(tzinfo=None), "us")])
-        return compute_features(self.dataset, values[position : position + 1], event_time, values[:position])[0]
+        return self._features_of(values[position : position + 1], times[position], values[:position])
+
+    def _features_of(self, row: np.ndarray, event_time: datetime, history: np.ndarray) -> np.ndarray:
+        """Features of one event (its values as a 1 x k row) after `history` (the events before it)."""
+        event_times = np.array([np.datetime64(event_time.replace(tzinfo=None), "us")])
+        return compute_features(self.dataset, row, event_times, history)[0]
 
     def _before(self, entity_id: str, record: dict, count: int):
         """The entity's newest `count` events before this one in the start-up history, and whether
@@ -254,10 +258,9 @@ class ComputeFeatures(beam.DoFn):
             fresh = recent_history(self.settings, self.dataset, entity=entity_id)
             if entity_id in fresh:
                 self.silver_history[entity_id] = fresh[entity_id]
-        times, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
+        _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
-        event_time = np.array([np.datetime64(record[self.dataset.event_time].replace(tzinfo=None), "us")])
-        return compute_features(self.dataset, row, event_time, values)[0]
+        return self._features_of(row, record[self.dataset.event_time], values)
 
 
 def _insertion_point(times: list, ids: list, key: tuple) -> int:
@@ -503,16 +506,16 @@ class WriteDeadLetters(beam.DoFn):
     def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
         unique = {(row["dataset"], row["record_hash"]): row for row in batch}
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=tables.QUARANTINE_SCHEMA), ["dataset", "record_hash"])
-        for row in batch:
-            yield row["source"], ACK_DEAD
+        yield from _acks(batch, ACK_DEAD, source="source")
 
 
-def _acks(batch: list[dict], kind: str) -> Iterable[tuple[str, str]]:
+def _acks(batch: list[dict], kind: str, source: str = SOURCE) -> Iterable[tuple[str, str]]:
     # Every record of the batch, not only the kept version: each was read at its own offset.
     # Rows emitted again after a late event have no source; their original was acknowledged.
+    # `source`: the field naming where a row was read (dead letters keep it as a table column).
     for row in batch:
-        if row.get(SOURCE):
-            yield row[SOURCE], kind
+        if row.get(source):
+            yield row[source], kind
 
 
 class ScoreEvents(beam.PTransform):

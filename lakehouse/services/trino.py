@@ -14,7 +14,6 @@ the table registrations belong to the warehouse they describe: a test warehouse 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import urllib.request
 from pathlib import Path
@@ -83,7 +82,7 @@ class TrinoServer(Service):
         if not warehouse.startswith(("s3://", "s3a://")):
             raise ConfigurationError(f"warehouse {warehouse}: Trino is set up for a local folder or s3:// only")
         lines = ["fs.native-s3.enabled=true", f"s3.region={storage.aws_region()}"]
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = storage.aws_endpoint()
         if endpoint:
             lines += [f"s3.endpoint={endpoint}", "s3.path-style-access=true"]
         return "\n".join(lines)

@@ -29,10 +29,11 @@ History = tuple[list, list, np.ndarray]  # event times, event ids, values (event
 
 
 def recent_history(
-    settings: Settings, dataset: Dataset, *, lookback_days: int = 7, entity: str | None = None
+    settings: Settings, dataset: Dataset, *, lookback_days: int | None = 7, entity: str | None = None
 ) -> dict[str, History]:
     """entity -> its events of the lookback in silver and the hot table, oldest first (one entity's
-    only, when `entity` is given)."""
+    only, when `entity` is given). The lookback counts back from silver's newest day; None reads
+    all of silver (for one entity whose events are older than that)."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
     # Cast: tables MERGEd by delta-rs store strings as string_view, which compares to no literal.
     only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
@@ -43,11 +44,13 @@ def recent_history(
         table = storage.open_table(uri)
         days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()]
         if days:
-            since = max(days) - timedelta(days=lookback_days)
-            recent = pc.field("event_date") >= pc.scalar(since)
-            frames.append(
-                table.to_pyarrow_dataset().to_table(columns=columns, filter=recent if only is None else recent & only).to_pandas()
-            )
+            recent = None
+            if lookback_days is not None:
+                since = max(days) - timedelta(days=lookback_days)
+                recent = pc.field("event_date") >= pc.scalar(since)
+            conditions = [condition for condition in (recent, only) if condition is not None]
+            condition = conditions[0] if len(conditions) == 1 else (conditions[0] & conditions[1] if conditions else None)
+            frames.append(table.to_pyarrow_dataset().to_table(columns=columns, filter=condition).to_pandas())
     hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if storage.table_exists(hot_uri):
         # Expired up to the watermark by each batch run, so it holds only what silver lacks (or

@@ -236,7 +236,12 @@ class ComputeFeatures(beam.DoFn):
         """The entity's newest `count` events before this one in the start-up history, and whether
         that reaches back to its first known event."""
         empty = ([], [], np.empty((0, len(self.dataset.features.fields))))
-        times, ids, values = self.silver_history.get(entity_id, empty)
+        if entity_id not in self.silver_history:
+            # Not in the start-up lookback (the newest days of the whole table): a new entity, or
+            # one silent for longer. Its own history, at any age, is read once per worker.
+            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
+            self.silver_history[entity_id] = fresh.get(entity_id, empty)
+        times, ids, values = self.silver_history[entity_id]
         if not times:
             return (*empty, True)
         key = (record[self.dataset.event_time], record[self.dataset.event_id])

@@ -25,6 +25,8 @@ serve_app = typer.Typer(help="Serving layer: Trino tables and the merged views."
 app.add_typer(batch_app, name="batch")
 app.add_typer(speed_app, name="speed")
 app.add_typer(serve_app, name="serve")
+eval_app = typer.Typer(help="Detection quality: a run against labels, and the NAB and ODDS benchmarks.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 Dataset = Annotated[str, typer.Option("--dataset", "-d", help="Dataset declared in schemas/.")]
 Service = Annotated[
@@ -373,6 +375,101 @@ def anomalies(
     from serving import views
 
     _print_frame(views.recent_anomalies(dataset, hours), f"{dataset}: anomalies in the last {hours:g} hours of data")
+
+
+@eval_app.command("run")
+def eval_run(
+    dataset: Dataset,
+    labels: Annotated[Path, typer.Option("--labels", "-l", help="NAB windows JSON, or CSV with entity_id and start,end or event_time.")],
+    scores: Annotated[str, typer.Option(help="merged (the merged view, through Trino), hot or batch (one layer's Delta table).")] = "merged",
+    probation: Annotated[float, typer.Option(help="Leading share of each entity's events not scored (NAB: 0.15).", min=0, max=0.9)] = 0.15,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Score a dataset's anomaly scores against labels: NAB score per profile, window precision/recall/F1."""
+    from lakehouse.settings import get_settings
+    from quality.run_eval import evaluate_run
+
+    with console.status(f"evaluating {dataset} ({scores}) against {labels}"):
+        result = evaluate_run(dataset, labels, get_settings(), source=scores, probation=probation)
+    if as_json:
+        sys.stdout.write(json.dumps(result.summary(), default=float, indent=2) + "\n")
+        return
+    _print_quality(f"{dataset}: {scores} scores against {labels.name}", {"this run": result.summary()})
+    results.print(
+        f"{result.entities} entities, {result.events} events ({result.scored_events} scored), {result.windows} labelled windows in range; "
+        f"{result.in_sample_rows} rows were scored by a model trained on them (batch view rows are rescored in-sample)."
+    )
+    if result.unlabelled_entities:
+        results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")
+
+
+def _print_quality(title: str, rows: dict[str, dict], *, against_published: bool = False) -> None:
+    from quality.benchmark import BEST_PUBLISHED
+
+    table = Table(title=title)
+    columns = ["detector", "NAB standard", "low FP", "low FN", "own flags: P / R / F1", "F1 at NAB threshold"]
+    if against_published:
+        columns.insert(4, f"vs {BEST_PUBLISHED[1]} ({BEST_PUBLISHED[0]})")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, summary in rows.items():
+        cells = [
+            name, f"{summary['nab']['standard']:.1f}", f"{summary['nab']['reward_low_FP_rate']:.1f}", f"{summary['nab']['reward_low_FN_rate']:.1f}",
+            f"{summary['window_precision']:.2f} / {summary['window_recall']:.2f} / {summary['window_f1']:.2f}",
+            f"{summary['window_f1_at_nab_threshold']:.2f}",
+        ]
+        if against_published:
+            cells.insert(4, f"{summary['nab']['standard'] / BEST_PUBLISHED[0]:.2f}")
+        table.add_row(*cells)
+    results.print(table)
+
+
+@eval_app.command("nab")
+def eval_nab(
+    data: Annotated[Optional[Path], typer.Option(help="NAB folder (data/, labels/); default ../shared/data/nab.")] = None,
+    system: Annotated[bool, typer.Option(help="Also run the declared detector through Spark batch runs and the Beam pipeline.")] = True,
+    detector: Annotated[Optional[list[str]], typer.Option(help="Candidates for the offline walk-forward (default: declared, knn, lof, iforest, hbos, ensemble).")] = None,
+    series: Annotated[Optional[list[str]], typer.Option(help="Only these series (file stems).")] = None,
+) -> None:
+    """The NAB benchmark without look-ahead: each detector walk-forward, and the declared one through the system."""
+    from lakehouse.settings import get_settings
+    from quality import benchmark, nab, reference_data_dir
+
+    folder = data or reference_data_dir() / "nab"
+    if not (folder / "labels" / "combined_windows.json").exists():
+        raise LakehouseError(f"no NAB data at {folder} (expected data/<category>/*.csv and labels/combined_windows.json)")
+    settings = get_settings()
+    with console.status("NAB benchmark") as status:
+        report = benchmark.nab_benchmark(
+            folder, settings=settings, workspace=settings.work_dir / "eval" / "nab", system=system,
+            candidates=tuple(detector) if detector else benchmark.CANDIDATES, only=series, progress=status.update,
+        )
+    rows = {f"{name} (walk-forward)": summary for name, summary in report.detectors.items()}
+    if report.system is not None:
+        rows["declared, through batch + speed"] = report.system
+    _print_quality(f"NAB: {report.series} series, {report.rows} rows, {report.windows} windows", rows, against_published=True)
+    published = Table(title="Published NAB standard scores (all 58 series; these are 20 of them)")
+    published.add_column("detector")
+    published.add_column("score", justify="right")
+    for name, score in nab.PUBLISHED_STANDARD.items():
+        published.add_row(name, f"{score:.1f}")
+    results.print(published)
+    if report.system_matches_offline is not None:
+        results.print(f"system vs walk-forward scores: largest difference {report.system_matches_offline:.2e}; stages: {report.stages}")
+
+
+@eval_app.command("odds")
+def eval_odds(
+    data: Annotated[Optional[Path], typer.Option(help="Folder of ODDS .mat files; default ../shared/data/odds.")] = None,
+    splits: Annotated[int, typer.Option(help="Random 60/40 train/test splits per table.", min=1)] = 10,
+) -> None:
+    """ROC-AUC per ODDS table and detector (fit on 60%, scored on 40%), next to PyOD's published figures."""
+    from quality import odds, reference_data_dir
+
+    folder = data or reference_data_dir() / "odds"
+    with console.status("ODDS benchmark"):
+        rows = odds.run(folder, splits=splits)
+    _print_frame(__import__("pandas").DataFrame(rows), "ODDS ROC-AUC (mean of random 60/40 splits)")
 
 
 def _print_frame(frame, title: str | None) -> None:

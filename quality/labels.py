@@ -26,8 +26,9 @@ def _utc(values) -> np.ndarray:
 
 
 def load(path: Path, event_times: dict[str, np.ndarray] | None = None) -> Windows:
-    """Windows per entity. `event_times` (entity -> its sorted event times) joins consecutive
-    labelled events of a CSV of events into one window; without it each event is a window."""
+    """Windows per entity. With `event_times` (entity -> its sorted event times), labelled events
+    of a CSV of events are kept when they are among them, and consecutive ones form one window;
+    without it each labelled event is a window."""
     path = Path(path)
     if not path.exists():
         raise ConfigurationError(f"labels file {path} does not exist")
@@ -63,15 +64,20 @@ def _event_windows(frame: pd.DataFrame, event_times: dict[str, np.ndarray]) -> W
     for entity, group in frame.groupby("entity_id"):
         labelled = np.sort(_utc(group["event_time"]))
         times = event_times.get(str(entity))
+        if times is not None:  # labels of events the scored data does not hold are not windows of it
+            labelled = labelled[np.isin(labelled, times)]
         spans: list[tuple[np.datetime64, np.datetime64]] = []
         for moment in labelled:
-            if spans and times is not None:
-                # Joined to the previous window when no unlabelled event lies between them.
-                previous_end = spans[-1][1]
-                between = np.searchsorted(times, moment, side="left") - np.searchsorted(times, previous_end, side="right")
-                if between <= 0:
-                    spans[-1] = (spans[-1][0], moment)
-                    continue
+            if spans and times is not None and _adjacent(times, spans[-1][1], moment):
+                spans[-1] = (spans[-1][0], moment)
+                continue
             spans.append((moment, moment))
         windows[str(entity)] = spans
     return windows
+
+
+def _adjacent(times: np.ndarray, earlier: np.datetime64, later: np.datetime64) -> bool:
+    """Both are events of the entity and no other event lies between them."""
+    first, second = np.searchsorted(times, [earlier, later], side="left")
+    present = lambda index, moment: index < len(times) and times[index] == moment  # noqa: E731
+    return present(first, earlier) and present(second, later) and second == first + 1

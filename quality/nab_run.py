@@ -29,11 +29,12 @@ import numpy as np
 import pandas as pd
 
 import schemas
-from lakehouse import constants, registry, storage
+from lakehouse import constants, storage
 from lakehouse.errors import LakehouseError
 from lakehouse.settings import Settings
 from quality import labels
-from quality.walk_forward import RETRAIN_FRACTIONS, NabSeries, cut_points, relative_score
+from quality.scores import with_models
+from quality.walk_forward import RETRAIN_FRACTIONS, NabSeries, cut_points
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def run(
         online.append(_hot_rows(settings, dataset, set(replay_ids)))
         summaries.append(summary)
         log.info("NAB stage %s: %s", stage + 1, summary)
-    scores = _with_models(pd.concat(online, ignore_index=True), settings)
+    scores = with_models(pd.concat(online, ignore_index=True), settings, DATASET)
     return SystemRun(scores=scores, stages=summaries)
 
 
@@ -147,29 +148,10 @@ def _hot_rows(settings: Settings, dataset, event_ids: set[str]) -> pd.DataFrame:
     missing = len(event_ids) - len(frame)
     if missing:
         raise LakehouseError(f"NAB run: {missing} replayed events have no row in the hot table")
-    frame[dataset.event_time] = pd.to_datetime(frame[dataset.event_time], utc=True).dt.tz_localize(None).astype("datetime64[us]")
+    frame.columns = ["event_id", "entity_id", "event_time", "score", "is_anomaly", "model_version"]
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True).dt.tz_localize(None).astype("datetime64[us]")
+    frame["entity_id"] = frame["entity_id"].astype(str)
     return frame
-
-
-def _with_models(scores: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """Each score with its model's threshold, training mean and training end (from the registry)."""
-    models = registry.list_models(settings, DATASET)
-    models = pd.DataFrame(
-        {
-            "entity_id": models["entity_id"].astype(str),
-            "model_version": models["version"].astype("int64"),
-            "threshold": models["threshold"].astype(float),
-            "train_mean": [json.loads(text)["train_score_mean"] for text in models["metrics"]],
-            "train_end": pd.to_datetime(models["train_end"], utc=True).dt.tz_localize(None).astype("datetime64[us]"),
-        }
-    )
-    scores = scores.assign(entity_id=scores["entity_id"].astype(str), model_version=scores["model_version"].astype("Int64"))
-    merged = scores.merge(models.assign(model_version=models["model_version"].astype("Int64")), on=["entity_id", "model_version"], how="left")
-    merged["relative_score"] = [
-        float(relative_score(np.array([row.score]), row.threshold, row.train_mean)[0]) if pd.notna(row.threshold) else np.nan
-        for row in merged.itertuples()
-    ]
-    return merged.sort_values(["entity_id", "event_time"]).reset_index(drop=True)
 
 
 def as_walk_forward(run: SystemRun, series: NabSeries) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pandas as pd
 from lakehouse import detectors
 from lakehouse.features import compute_features, feature_names
 from quality import labels, nab
+from quality.scores import relative_score
 from schemas.declaration import Dataset, DetectorSpec
 
 # Where the batch layer retrains, as fractions of a series (after the probationary period).
@@ -61,14 +62,6 @@ def cut_points(rows: int, fractions: tuple[float, ...] = RETRAIN_FRACTIONS) -> l
     """Row indices where the batch layer retrains, starting with the probationary period's end."""
     cuts = [nab.probationary_length(rows)] + [int(fraction * rows) for fraction in fractions]
     return sorted({cut for cut in cuts if 0 < cut < rows})
-
-
-def relative_score(scores: np.ndarray, threshold: float, train_mean: float) -> np.ndarray:
-    """A score on a scale shared by every entity and detector: 0 at the model's mean training
-    score, 1 at its threshold. Raw scores are per-model units (a KNN distance, an IForest depth)
-    and NAB sweeps one threshold over the whole corpus."""
-    span = threshold - train_mean
-    return (np.asarray(scores, dtype=np.float64) - train_mean) / (span if span > 0 else 1.0)
 
 
 def score_series(dataset: Dataset, spec: DetectorSpec, series: NabSeries, cuts: list[int]) -> pd.DataFrame:
@@ -127,12 +120,17 @@ class Evaluation:
         }
 
 
-def evaluate(corpus: list[nab.Series], flags: list[nab.Series], profiles: dict[str, nab.Profile] | None = None) -> Evaluation:
+def evaluate(
+    corpus: list[nab.Series],
+    flags: list[nab.Series],
+    profiles: dict[str, nab.Profile] | None = None,
+    probation_percent: float = nab.PROBATION_PERCENT,
+) -> Evaluation:
     """NAB scores of scored series (relative scores) and of the system's flags (0/1 series)."""
     profiles = profiles or nab.PROFILES
     return Evaluation(
-        optimised={name: nab.optimise(corpus, profile) for name, profile in profiles.items()},
-        flagged={name: nab.score(flags, profile, threshold=0.5) for name, profile in profiles.items()},
+        optimised={name: nab.optimise(corpus, profile, probation_percent) for name, profile in profiles.items()},
+        flagged={name: nab.score(flags, profile, 0.5, probation_percent) for name, profile in profiles.items()},
     )
 
 

@@ -1,0 +1,68 @@
+"""`lakehouse eval run`: a dataset's scores in the lakehouse, measured against labels.
+
+Each entity is one NAB series (its scored events in time order) with the labelled windows of that
+entity; scores are put on one scale (quality.scores.relative_score) and the corpus is scored with
+NAB's rules (quality.nab): the best threshold per profile, and the system's own is_anomaly flags.
+
+Honesty: rows of the batch view are rescored by every batch run with the model trained on them,
+so they are in-sample. The report counts them (`in_sample_rows`); `--scores hot` keeps only what
+the speed layer scored as it arrived. `lakehouse eval nab` is the out-of-sample measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+from lakehouse.settings import Settings
+from quality import labels, nab, scores as stored
+from quality.walk_forward import Evaluation, evaluate
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    evaluation: Evaluation
+    entities: int
+    events: int
+    scored_events: int
+    in_sample_rows: int  # scored by a model whose training data reached the event
+    windows: int
+    unlabelled_entities: list[str]
+
+    def summary(self) -> dict:
+        return {
+            **self.evaluation.summary(),
+            "entities": self.entities,
+            "events": self.events,
+            "scored_events": self.scored_events,
+            "in_sample_rows": self.in_sample_rows,
+            "windows": self.windows,
+        }
+
+
+def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: str = "merged", probation: float = nab.PROBATION_PERCENT) -> RunEvaluation:
+    frame = stored.with_models(stored.read(dataset, source, settings), settings, dataset)
+    times = {entity: group["event_time"].to_numpy() for entity, group in frame.groupby("entity_id")}
+    windows = labels.load(labels_path, event_times=times)
+    relative, flags, unlabelled = [], [], []
+    for entity, group in frame.groupby("entity_id", sort=True):
+        if entity not in windows:
+            unlabelled.append(entity)
+        stamps = group["event_time"].to_numpy()
+        # Only windows the scored events reach: a window before or after the run is not its miss.
+        entity_windows = [(start, end) for start, end in windows.get(entity, []) if np.any((stamps >= start) & (stamps <= end))]
+        relative.append(nab.Series(entity, stamps, group["relative_score"].to_numpy(dtype=float), entity_windows))
+        flags.append(nab.Series(entity, stamps, group["is_anomaly"].fillna(False).astype(float).to_numpy(), entity_windows))
+    in_sample = frame.dropna(subset=["train_end"])
+    return RunEvaluation(
+        evaluation=evaluate(relative, flags, probation_percent=probation),
+        entities=len(relative),
+        events=len(frame),
+        scored_events=int(frame["score"].notna().sum()),
+        in_sample_rows=int((in_sample["train_end"] >= in_sample["event_time"]).sum()),
+        windows=sum(len(series.windows) for series in relative),
+        unlabelled_entities=unlabelled,
+    )

@@ -1,0 +1,73 @@
+"""Scores read back from the lakehouse, put on one scale with their models' registry rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+import schemas
+from lakehouse import constants, registry, storage
+from lakehouse.errors import ConfigurationError, LakehouseError
+from lakehouse.settings import Settings
+
+# Where `lakehouse eval run` reads scores: the merged view through Trino (what users query), or
+# one layer's Delta table directly.
+SOURCES = ("merged", "hot", "batch")
+COLUMNS = ["entity_id", "event_time", "score", "is_anomaly", "model_version"]
+
+
+def relative_score(scores: np.ndarray, threshold: float, train_mean: float) -> np.ndarray:
+    """A score on a scale shared by every entity and detector: 0 at the model's mean training
+    score, 1 at its threshold. Raw scores are per-model units (a KNN distance, an IForest depth),
+    and NAB sweeps one threshold over the whole corpus."""
+    span = threshold - train_mean
+    return (np.asarray(scores, dtype=np.float64) - train_mean) / (span if span > 0 else 1.0)
+
+
+def _naive_utc(values) -> pd.Series:
+    return pd.to_datetime(values, utc=True).dt.tz_localize(None).astype("datetime64[us]")
+
+
+def read(dataset_name: str, source: str, settings: Settings) -> pd.DataFrame:
+    """A dataset's scored events (entity_id, event_time, score, is_anomaly, model_version, layer)."""
+    dataset = schemas.load(dataset_name)
+    if source not in SOURCES:
+        raise ConfigurationError(f"scores source {source!r}: choose one of {', '.join(SOURCES)}")
+    columns = f"{dataset.entity} AS entity_id, {dataset.event_time} AS event_time, score, is_anomaly, model_version"
+    if source == "merged":
+        from serving import trino_client
+
+        frame = trino_client.query(f"SELECT {columns}, layer FROM {constants.CATALOG}.{dataset.name}.{constants.MERGED_VIEW}", settings=settings)
+    else:
+        table = constants.HOT_SCORES if source == "hot" else constants.BATCH_SCORES
+        uri = settings.table_uri(dataset.name, table)
+        if not storage.table_exists(uri):
+            raise LakehouseError(f"{uri}: no {table} table yet for {dataset.name}")
+        frame = storage.open_table(uri).to_pyarrow_dataset().to_table(columns=[dataset.entity, dataset.event_time, "score", "is_anomaly", "model_version"]).to_pandas()
+        frame.columns = COLUMNS
+        frame["layer"] = constants.LAYER_SPEED if source == "hot" else constants.LAYER_BATCH
+    frame["event_time"] = _naive_utc(frame["event_time"])
+    frame["entity_id"] = frame["entity_id"].astype(str)
+    return frame
+
+
+def with_models(scores: pd.DataFrame, settings: Settings, dataset: str) -> pd.DataFrame:
+    """Each score with its model's threshold, training mean and training end, and its relative
+    score; sorted by entity and event time. Unscored rows keep NaN."""
+    models = registry.list_models(settings, dataset)
+    models = pd.DataFrame(
+        {
+            "entity_id": models["entity_id"].astype(str),
+            "model_version": models["version"].astype("Int64"),
+            "threshold": models["threshold"].astype(float),
+            "train_mean": [json.loads(text)["train_score_mean"] for text in models["metrics"]],
+            "train_end": _naive_utc(models["train_end"]),
+        }
+    )
+    scores = scores.assign(model_version=scores["model_version"].astype("Int64"))
+    merged = scores.merge(models, on=["entity_id", "model_version"], how="left")
+    span = merged["threshold"] - merged["train_mean"]
+    merged["relative_score"] = (merged["score"] - merged["train_mean"]) / span.where(span > 0, 1.0)
+    return merged.sort_values(["entity_id", "event_time"], kind="stable").reset_index(drop=True)

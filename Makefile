@@ -48,10 +48,12 @@ test-fast: $(INSTALLED) ## Only the tests that start no engine
 notebooks: setup ## Execute notebooks/ on the current warehouse (after `make demo`); copies with outputs in .work/notebooks
 	$(PYTHON) -m lakehouse.notebooks
 
-bench: setup ## Benchmarks, each against its reference; JSON reports in .work/bench (BENCH_ROWS=1000000)
+bench: setup ## Every benchmark (batch, speed, serving, quality), each against its reference; .work/bench/report.json + report.md
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}
 	$(PYTHON) -m bench.speed_bench --events $${BENCH_EVENTS:-100000}
 	$(PYTHON) -m bench.serving_bench
+	$(PYTHON) -m bench.quality_bench
+	$(PYTHON) -m bench.report
 
 up: setup ## Start the local Trino and Kafka
 	$(LAKEHOUSE) up

@@ -29,7 +29,7 @@ _COMPATIBLE = {
 }
 
 
-def check_csv_header(dataset: Dataset, path: str) -> None:
+def check_csv_header(dataset: Dataset, path: str) -> list[str]:
     with storage.open_input_file(path) as stream:
         first_line = stream.read(64 * 1024).decode("utf-8", errors="replace").splitlines()[:1]
     header = next(csv.reader(io.StringIO(first_line[0]))) if first_line else []
@@ -37,6 +37,7 @@ def check_csv_header(dataset: Dataset, path: str) -> None:
         if field.required and field.input_name not in header:
             raise SchemaMismatchError(path, field.input_name, f"{field.type} column in the CSV header",
                                       f"no such column; header is {header}")
+    return header
 
 
 def check_parquet_schema(dataset: Dataset, path: str) -> None:
@@ -55,10 +56,17 @@ def check_parquet_schema(dataset: Dataset, path: str) -> None:
 
 def check_files(dataset: Dataset, paths: list[str], input_format: str) -> None:
     """Check every concrete file (folders and s3:// prefixes are checked by Spark as it reads)."""
+    first_header: tuple[str, list[str]] | None = None
     for path in paths:
         if path.endswith("/") or ("://" not in path and not os.path.isfile(path)):
             continue
         if input_format == "csv":
-            check_csv_header(dataset, path)
+            header = check_csv_header(dataset, path)
+            # One Spark read takes the column names from one file's header for all of them.
+            if first_header is None:
+                first_header = (path, header)
+            elif header != first_header[1]:
+                raise SchemaMismatchError(path, "(header)", f"the columns of {first_header[0]}: {','.join(first_header[1])}",
+                                          f"{','.join(header)}; read files with other columns in a run of their own")
         elif input_format == "parquet":
             check_parquet_schema(dataset, path)

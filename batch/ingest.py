@@ -30,8 +30,13 @@ def read_raw(spark: SparkSession, dataset: Dataset, paths: list[str], *, input_f
     input_format = input_format or dataset.format
     schema = _text_schema(dataset)
     if input_format == "csv":
-        reader = spark.read.schema(schema).option("header", "true").option("mode", "PERMISSIVE")
-        frame = reader.csv(paths)
+        # Columns by header name: Spark applies a given schema to CSV columns by position, so a
+        # file with its columns in another order would be misread. Without a schema every
+        # column is read as text (batch/file_schema.py checks the headers before this).
+        frame = spark.read.option("header", "true").option("mode", "PERMISSIVE").csv(paths)
+        frame = frame.select(
+            [(F.col(f"`{name}`") if name in frame.columns else F.lit(None).cast("string")).alias(name) for name in schema.fieldNames()]
+        )
     elif input_format == "json":
         frame = spark.read.schema(schema).option("mode", "PERMISSIVE").json(paths)
     elif input_format in ("parquet", "delta"):

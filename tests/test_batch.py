@@ -277,3 +277,25 @@ def test_a_declared_check_quarantines_and_great_expectations_counts_it(warehouse
     by_rule = {item["rule"]: item for item in result["expectations"]}
     assert by_rule["check.fault_shows_in_vibration"]["unexpected_count"] == 1
     assert by_rule["check.fault_shows_in_vibration"]["element_count"] == 2  # the rows the condition selects
+
+
+@pytest.mark.spark
+def test_csv_columns_are_read_by_header_name_not_position(spark, warehouse, tmp_path):
+    from batch.ingest import read_raw
+    import schemas
+
+    path = tmp_path / "reordered_series.csv"
+    path.write_text("value,timestamp\n1.5,2024-01-01 00:00:00\n")
+    row = read_raw(spark, schemas.load("metrics"), [str(path)]).collect()[0]
+    assert (row["timestamp"], row["value"]) == ("2024-01-01 00:00:00", "1.5")
+
+
+def test_csv_files_of_one_run_must_share_their_header(tmp_path):
+    from batch.file_schema import check_files
+    import schemas
+    from lakehouse.errors import SchemaMismatchError
+
+    (tmp_path / "a.csv").write_text("timestamp,value\n2024-01-01 00:00:00,1\n")
+    (tmp_path / "b.csv").write_text("value,timestamp\n1,2024-01-01 00:00:00\n")
+    with pytest.raises(SchemaMismatchError, match="b.csv.*columns of .*a.csv"):
+        check_files(schemas.load("metrics"), [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], "csv")

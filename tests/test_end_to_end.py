@@ -194,3 +194,22 @@ def test_trino_takes_passwords_only_over_verified_https(demo):
                                             urllib.request.HTTPSHandler(context=ssl.create_default_context()))
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         untrusted.open(f"{settings.trino_url}/v1/info", timeout=10)
+
+
+def test_eval_scores_the_merged_view_against_the_demo_labels(demo):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "lakehouse.cli", "eval", "run", "-d", "sensor_events", "--labels", str(demo["files"]["labels"]), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    layers = demo["merged"].set_index("layer")["events"]
+    assert figures["events"] == figures["scored_events"] == int(layers.sum())
+    # The batch view rescored its rows with the model trained on them; speed rows came after it.
+    assert figures["in_sample_rows"] == int(layers["batch"])
+    # 4 sensors x 5 planted anomalies, each a window; the demo's 6 days hold them all.
+    assert figures["windows"] == 20
+    assert figures["window_recall"] >= 0.5 and 0 < figures["nab"]["standard"] <= 100

@@ -149,6 +149,7 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
             f"{int(flagged.is_anomaly.sum())} of {len(spikes)} planted spikes flagged.\n"
             f"Query it yourself:  lakehouse sql \"SELECT * FROM delta.{DATASET}.merged LIMIT 10\"  "
             f"(or --as analyst, read-only), lakehouse anomalies -d {DATASET} --hours 6, make notebooks\n"
+            f"Measure it against the labels:  lakehouse eval run -d {DATASET} --labels {files['labels']}\n"
             f"Done in {elapsed:.0f}s. Trino ({settings.trino_url}) and Kafka ({settings.kafka_bootstrap}) stay up; `lakehouse down` stops them.",
             title="demo",
         )

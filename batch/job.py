@@ -207,7 +207,7 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     parser.add_argument("--dataset", required=True, choices=schemas.available())
     parser.add_argument("--input", action="append", required=True, help="file, folder, glob or s3:// URI (repeatable)")
     parser.add_argument("--run-id", default=None)
-    parser.add_argument("--detector", default=None, help="override the declared detector (knn, lof, iforest, hbos)")
+    parser.add_argument("--detector", default=None, help="override the declared detector (knn, lof, iforest, hbos, ensemble)")
     parser.add_argument("--contamination", type=float, default=None, help="override the declared contamination")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

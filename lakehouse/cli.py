@@ -140,7 +140,7 @@ def generate(
 def batch_run(
     dataset: Dataset,
     input: Annotated[list[str], typer.Option("--input", "-i", help="File, folder, glob or s3:// URI (repeatable), or 'landing' for the speed layer's landing table.")],
-    detector: Annotated[Optional[str], typer.Option(help="Override the declared detector: knn, lof, iforest, hbos.")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="Override the declared detector: knn, lof, iforest, hbos, ensemble.")] = None,
     contamination: Annotated[Optional[float], typer.Option(help="Override the declared contamination (0, 0.5].")] = None,
 ) -> None:
     """Ingest, validate, write silver and quarantine, train, score the batch view, move the watermark."""

@@ -18,6 +18,7 @@ DETECTORS = {
     "hbos": "pyod.models.hbos:HBOS",
     "knn": "pyod.models.knn:KNN",
     "lof": "pyod.models.lof:LOF",
+    "ensemble": "lakehouse.ensemble:Ensemble",
 }
 SCALERS = {"robust": "sklearn.preprocessing:RobustScaler", "standard": "sklearn.preprocessing:StandardScaler"}
 

@@ -131,7 +131,7 @@ class FeatureSpec(_Strict):
     time_of_day: bool = True
 
 
-DetectorName = Literal["iforest", "hbos", "knn", "lof"]
+DetectorName = Literal["iforest", "hbos", "knn", "lof", "ensemble"]
 
 
 class DetectorSpec(_Strict):

@@ -95,6 +95,8 @@ def run_batch(
         merged = {**dataset.detector.model_dump(), **detector}
         if "name" in detector and "params" not in detector:
             merged["params"] = {}  # the declared parameters belong to the declared detector
+        if "name" in detector and "overrides" not in detector:
+            merged["overrides"] = []  # a detector chosen for the run applies to every entity
         try:
             spec = DetectorSpec.model_validate(merged)
         except ValueError as error:

@@ -40,11 +40,12 @@ class TrainingResult:
 
 def _fit_frame(dataset: Dataset, frame: pd.DataFrame, entity_id: str) -> pd.DataFrame:
     names = feature_names(dataset)
-    if len(frame) < dataset.detector.min_train_rows:
+    spec = dataset.detector.for_entity(entity_id)
+    if len(frame) < spec.min_train_rows:
         return pd.DataFrame(
             [{"entity_id": entity_id, "artifact": None, "train_rows": len(frame), "train_start": None, "train_end": None, "metrics": None}]
         )
-    model, metrics = detectors.fit(dataset.detector, frame[names].to_numpy(dtype=np.float64), names)
+    model, metrics = detectors.fit(spec, frame[names].to_numpy(dtype=np.float64), names)
     times = frame[dataset.event_time]
     return pd.DataFrame(
         [
@@ -80,14 +81,15 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
             skipped.append(result.entity_id)
             continue
         uri = registry.save_artifact(settings, dataset.name, version, result.entity_id, bytes(result.artifact))
+        spec = dataset.detector.for_entity(result.entity_id)
         rows.append(
             {
                 "dataset": dataset.name,
                 "entity_id": result.entity_id,
                 "version": version,
-                "detector": dataset.detector.name,
-                "params": dataset.detector.params,
-                "contamination": dataset.detector.contamination,
+                "detector": spec.name,
+                "params": spec.params,
+                "contamination": spec.contamination,
                 "threshold": result.metrics["threshold"],
                 "feature_names": feature_names(dataset),
                 "train_start": _utc(result.train_start),

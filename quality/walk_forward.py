@@ -69,6 +69,7 @@ def score_series(dataset: Dataset, spec: DetectorSpec, series: NabSeries, cuts: 
 
     Returns row (position in the series), event_time, score, relative_score, is_anomaly, model_version (1 = first cut), and
     train_end (the newest event the model saw: always before the scored event)."""
+    spec = spec.for_entity(series.entity)
     values = series.frame[["value"]].to_numpy(dtype=np.float64)
     times = series.frame["event_time"].to_numpy()
     features = compute_features(dataset, values, times)

@@ -21,6 +21,15 @@ NUMERIC_TYPES = ("double", "long")
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+def _regex(value: str) -> str:
+    # re.error is not a ValueError: raised as is, pydantic would not report it as a field error.
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise ValueError(f"{value!r} is not a regular expression: {error}") from None
+    return value
+
+
 def _identifier(kind: str, value: str) -> str:
     """A field or check name: lower-case, usable unquoted in Spark, Trino and Python."""
     if not IDENTIFIER.match(value):
@@ -67,9 +76,7 @@ class FieldSpec(_Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            re.compile(value)
-        return value
+        return _regex(value) if value is not None else None
 
     @model_validator(mode="after")
     def _rules_fit_type(self) -> "FieldSpec":
@@ -102,7 +109,7 @@ class Constraint(_Strict):
         if sum(kinds) != 1:
             raise ValueError(f"constraint on {self.field!r} needs exactly one of minimum/maximum, allowed or pattern")
         if self.pattern is not None:
-            re.compile(self.pattern)
+            _regex(self.pattern)
         return self
 
 
@@ -134,6 +141,21 @@ class FeatureSpec(_Strict):
 DetectorName = Literal["iforest", "hbos", "knn", "lof", "ensemble"]
 
 
+class DetectorOverride(_Strict):
+    """Another detector (or other parameters) for the entities whose id fully matches `match`."""
+
+    match: str
+    name: DetectorName | None = None
+    scale: Literal["robust", "standard", "none"] | None = None
+    contamination: float | None = Field(default=None, gt=0, le=0.5)
+    params: dict[str, Any] | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _regex(value)
+
+
 class DetectorSpec(_Strict):
     name: DetectorName = "knn"
     # Features mix units (degrees, bar, z-scores, sin/cos): distance-based detectors need them on
@@ -146,6 +168,26 @@ class DetectorSpec(_Strict):
     # a window bounds training time as silver grows.
     training_days: float | None = Field(default=None, gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
+    # Detector choice per entity: the first override whose pattern matches an entity applies to
+    # it (per: entity only). Entities differ: a level-shift metric and a spiky one want
+    # different detectors, and the registry records what each entity's model is.
+    overrides: list[DetectorOverride] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _overrides_need_entities(self) -> "DetectorSpec":
+        if self.overrides and self.per != "entity":
+            raise ValueError("detector overrides choose per entity: they need `per: entity`")
+        return self
+
+    def for_entity(self, entity_id: str) -> "DetectorSpec":
+        """The detector an entity trains with: the declared one, or its first matching override."""
+        for override in self.overrides:
+            if re.fullmatch(override.match, entity_id):
+                changes = override.model_dump(exclude={"match"}, exclude_none=True)
+                if "name" in changes and "params" not in changes:
+                    changes["params"] = {}  # the declared parameters belong to the declared detector
+                return self.model_copy(update={**changes, "overrides": []})
+        return self
 
 
 class Dataset(_Strict):

@@ -134,3 +134,19 @@ def test_derived_fields_come_from_the_file_name_and_other_fields():
 def test_event_times_keep_millisecond_precision():
     typed, _ = RecordValidator(schemas.load("sensor_events")).validate({**GOOD, "event_time": "2024-01-01T00:05:00.250999+01:00"})
     assert typed["event_time"] == datetime(2023, 12, 31, 23, 5, 0, 250000, tzinfo=timezone.utc)
+
+
+def test_a_detector_override_chooses_per_entity():
+    from schemas.declaration import DetectorSpec
+
+    spec = DetectorSpec.model_validate(
+        {"name": "knn", "params": {"n_neighbors": 5}, "overrides": [{"match": "art_.*", "name": "iforest"}, {"match": ".*traffic.*", "params": {"n_neighbors": 1}}]}
+    )
+    assert spec.for_entity("art_daily_jumpsup").name == "iforest"
+    assert spec.for_entity("art_daily_jumpsup").params == {}  # not the KNN parameters
+    assert spec.for_entity("speed_traffic_1").model_dump(include={"name", "params"}) == {"name": "knn", "params": {"n_neighbors": 1}}
+    assert spec.for_entity("nyc_taxi") is spec
+    with pytest.raises(ValueError, match="need `per: entity`"):
+        DetectorSpec.model_validate({"per": "dataset", "overrides": [{"match": "x", "name": "hbos"}]})
+    with pytest.raises(ValueError):
+        DetectorSpec.model_validate({"overrides": [{"match": "(", "name": "hbos"}]})

@@ -152,6 +152,7 @@ class ComputeFeatures(beam.DoFn):
 
     def setup(self) -> None:
         self.silver_history = recent_history(self.settings, self.dataset)
+        self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
         # When this worker last pushed each entity's expiry back: re-setting a timer per event
         # costs more than the event, so it is pushed back at most every tenth of the TTL (state
@@ -233,21 +234,27 @@ class ComputeFeatures(beam.DoFn):
         return compute_features(self.dataset, row, event_times, history)[0]
 
     def _before(self, entity_id: str, record: dict, count: int):
-        """The entity's newest `count` events before this one in the start-up history, and whether
+        """The entity's newest `count` events before this one in its known history, and whether
         that reaches back to its first known event."""
-        empty = ([], [], np.empty((0, len(self.dataset.features.fields))))
-        if entity_id not in self.silver_history:
-            # Not in the start-up lookback (the newest days of the whole table): a new entity, or
-            # one silent for longer. Its own history, at any age, is read once per worker.
+        times, ids, values, start, position = self._locate(entity_id, record, count)
+        if start == 0 and entity_id not in self.full_history:
+            # Fewer than `count` events before this one in the start-up history: the entity is
+            # new, or its history was cut by the lookback (counted from the newest day of the
+            # whole table, not of this entity). Its whole history is read, once per worker.
             fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-            self.silver_history[entity_id] = fresh.get(entity_id, empty)
-        times, ids, values = self.silver_history[entity_id]
-        if not times:
-            return (*empty, True)
-        key = (record[self.dataset.event_time], record[self.dataset.event_id])
-        position = _insertion_point(times, ids, key)
-        start = max(0, position - count)
+            self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
+            self.full_history.add(entity_id)
+            times, ids, values, start, position = self._locate(entity_id, record, count)
         return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
+
+    def _no_history(self):
+        return [], [], np.empty((0, len(self.dataset.features.fields)))
+
+    def _locate(self, entity_id: str, record: dict, count: int):
+        times, ids, values = self.silver_history.get(entity_id, self._no_history())
+        key = (record[self.dataset.event_time], record[self.dataset.event_id])
+        position = _insertion_point(times, ids, key) if times else 0
+        return times, ids, values, max(0, position - count), position
 
     def _seed(self, entity_id: str, record: dict):
         """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
@@ -260,9 +267,10 @@ class ComputeFeatures(beam.DoFn):
         now = time.monotonic()
         if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
             self.history_read_at[entity_id] = now
-            fresh = recent_history(self.settings, self.dataset, entity=entity_id)
+            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
             if entity_id in fresh:
                 self.silver_history[entity_id] = fresh[entity_id]
+                self.full_history.add(entity_id)
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)

@@ -3,14 +3,16 @@
 Protocol (PyOD's benchmark): for each of `splits` random 60/40 splits (not stratified, as PyOD's),
 fit on the 60% without labels, score the 40% with decision_function, and take the ROC-AUC; report
 the mean and standard deviation. Features go through the project's own detectors.fit with
-standard scaling, fitted on the training part, as PyOD's `standardizer` does.
+standard scaling, fitted on the training part, as PyOD's `standardizer` does. No detector is
+chosen per table: that would need the test labels.
 
-    python -m quality.odds [--splits 10] [--data DIR]
+    python -m quality.odds [--splits 10] [--scale standard|robust] [--data DIR] [--detector NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +35,15 @@ DETECTORS = ("iforest", "hbos", "knn", "lof", "ensemble")
 SEED = 42
 
 
+def missing_reason(folder: Path) -> str | None:
+    """Why the benchmark cannot run on this folder, or None when it can."""
+    if not Path(folder).is_dir():
+        return f"no ODDS folder at {folder} (../shared/data/odds next to the project, or set LAKEHOUSE_REFERENCE_DATA)"
+    if not available(folder):
+        return f"none of the ODDS tables {sorted(PUBLISHED)} (.mat) in {folder}"
+    return None
+
+
 def available(folder: Path) -> list[str]:
     """The published tables present in the folder (empty when the folder is absent)."""
     return [name for name in PUBLISHED if (Path(folder) / f"{name}.mat").exists()]
@@ -45,36 +56,47 @@ def load(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).ravel().astype(int)
 
 
-def spec_for(name: str) -> DetectorSpec:
+def spec_for(name: str, scale: str = "standard") -> DetectorSpec:
     params = {"random_state": SEED} if name == "iforest" else {}
     # contamination only sets the threshold; ROC-AUC uses the scores.
-    return DetectorSpec(name=name, scale="standard", contamination=0.1, params=params, min_train_rows=10)
+    return DetectorSpec(name=name, scale=scale, contamination=0.1, params=params, min_train_rows=10)
 
 
-def evaluate(spec: DetectorSpec, features: np.ndarray, labels: np.ndarray, splits: int = 10, seed: int = SEED) -> tuple[float, float]:
-    """Mean and standard deviation of the test ROC-AUC over random 60/40 splits."""
+def _split_auc(spec: DetectorSpec, features: np.ndarray, labels: np.ndarray, random_state: int) -> float:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    names = [f"x{index}" for index in range(features.shape[1])]
-    aucs = []
-    for split in range(splits):
-        train, test, _, test_labels = train_test_split(features, labels, test_size=0.4, random_state=seed + split)
-        model, _ = detectors.fit(spec, train, names)
-        scores, _ = model.score(test)
-        aucs.append(roc_auc_score(test_labels, scores))
+    train, test, _, test_labels = train_test_split(features, labels, test_size=0.4, random_state=random_state)
+    model, _ = detectors.fit(spec, train, [f"x{index}" for index in range(features.shape[1])])
+    scores, _ = model.score(test)
+    return float(roc_auc_score(test_labels, scores))
+
+
+def evaluate(spec: DetectorSpec | str, features: np.ndarray, labels: np.ndarray, splits: int = 10, seed: int = SEED,
+             jobs: int | None = None) -> tuple[float, float]:
+    """Mean and standard deviation of the test ROC-AUC over random 60/40 splits (seeds seed .. seed
+    + splits - 1). The splits run in `jobs` processes (default: every core); each is independent
+    and seeded, so the result does not depend on `jobs`."""
+    from joblib import Parallel, delayed
+
+    if isinstance(spec, str):
+        spec = spec_for(spec)
+    jobs = jobs or min(splits, os.cpu_count() or 1)
+    aucs = Parallel(n_jobs=jobs)(delayed(_split_auc)(spec, features, labels, seed + split) for split in range(splits))
     return float(np.mean(aucs)), float(np.std(aucs))
 
 
-def run(folder: Path, detector_names: tuple[str, ...] = DETECTORS, splits: int = 10) -> list[dict]:
-    """One row per table and detector, with the published figures of that table."""
+def run(folder: Path, detector_names: tuple[str, ...] = DETECTORS, splits: int = 10, scale: str = "standard",
+        jobs: int | None = None) -> list[dict]:
+    """One row per table and detector, with the published figures of that table. Tables absent
+    from the folder are left out (see missing_reason)."""
     rows = []
     for table in available(folder):
         features, labels = load(table, folder)
         best = max(PUBLISHED[table].values())
         for name in detector_names:
             started = time.perf_counter()
-            mean, std = evaluate(spec_for(name), features, labels, splits)
+            mean, std = evaluate(spec_for(name, scale), features, labels, splits, jobs=jobs)
             rows.append(
                 {
                     "table": table, "rows": len(labels), "outliers": int(labels.sum()), "detector": name,
@@ -95,11 +117,20 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--splits", type=int, default=10)
+    parser.add_argument("--scale", choices=("standard", "robust"), default="standard")
     parser.add_argument("--data", type=Path, default=reference_data_dir() / "odds")
+    parser.add_argument("--detector", action="append", choices=DETECTORS, help="repeatable; default: all")
+    parser.add_argument("--jobs", type=int, default=None, help="processes for the splits (default: every core)")
     arguments = parser.parse_args(argv)
-    if not available(arguments.data):
-        raise SystemExit(f"no ODDS tables in {arguments.data}: nothing to measure (set LAKEHOUSE_REFERENCE_DATA)")
-    results.print(frame_table(pd.DataFrame(run(arguments.data, splits=arguments.splits)), "ODDS ROC-AUC"))
+    reason = missing_reason(arguments.data)
+    if reason:
+        raise SystemExit(f"ODDS benchmark skipped: {reason}")
+    started = time.perf_counter()
+    frame = pd.DataFrame(run(arguments.data, tuple(arguments.detector or DETECTORS), arguments.splits, arguments.scale, arguments.jobs))
+    results.print(frame_table(frame, f"ODDS ROC-AUC, mean of {arguments.splits} random 60/40 splits, {arguments.scale} scaling"))
+    ratios = frame.pivot(index="table", columns="detector", values="ratio_to_best_published").mean()
+    results.print("mean ratio to the best published figure: " + ", ".join(f"{name} {ratio:.3f}" for name, ratio in ratios.items()))
+    results.print(f"{time.perf_counter() - started:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
         return result
     version, artifact = entry
     model = FittedModel.from_bytes(artifact)
-    scores, flags = model.score(frame[feature_names(dataset)].to_numpy(dtype=np.float64))
+    scores, flags = model.score(frame[feature_names(dataset)].to_numpy(dtype=np.float64), frame[dataset.event_id].to_numpy())
     result["score"], result["is_anomaly"], result["model_version"] = scores, flags, version
     return result
 

@@ -45,7 +45,7 @@ def _fit_frame(dataset: Dataset, frame: pd.DataFrame, entity_id: str) -> pd.Data
         return pd.DataFrame(
             [{"entity_id": entity_id, "artifact": None, "train_rows": len(frame), "train_start": None, "train_end": None, "metrics": None}]
         )
-    model, metrics = detectors.fit(spec, frame[names].to_numpy(dtype=np.float64), names)
+    model, metrics = detectors.fit(spec, frame[names].to_numpy(dtype=np.float64), names, frame[dataset.event_id].to_numpy())
     times = frame[dataset.event_time]
     return pd.DataFrame(
         [

@@ -397,7 +397,7 @@ def eval_run(
     _print_quality(f"{dataset}: {scores} scores against {labels.name}", {"this run": result.summary()})
     results.print(
         f"{result.entities} entities, {result.events} events ({result.scored_events} scored), {result.windows} labelled windows in range; "
-        f"{result.in_sample_rows} rows were scored by a model trained on them (batch view rows are rescored in-sample)."
+        f"{result.in_sample_rows} rows were scored by a model trained on them (the batch view's rows carry their leave-one-out training scores)."
     )
     if result.unlabelled_entities:
         results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")

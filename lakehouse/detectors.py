@@ -9,6 +9,7 @@ from importlib import import_module
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from schemas.declaration import DetectorSpec
 
@@ -42,14 +43,28 @@ class FittedModel:
     threshold: float
     feature_names: list[str]
     scaler: Any = None
+    # The event ids of the rows the detector was fitted on and their training scores (PyOD's
+    # decision_scores_, on which the threshold was set). Scoring a training row afresh counts the
+    # row as its own neighbour (KNN, LOF: with one neighbour every training row scores 0), so
+    # rows given with their ids that are in this set take their training (leave-one-out) score.
+    training_ids: np.ndarray | None = None
+    training_scores: np.ndarray | None = None
 
-    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Outlier scores (higher is more anomalous) and the anomaly flags (score > threshold)."""
+    def score(self, features: np.ndarray, event_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Outlier scores (higher is more anomalous) and the anomaly flags (score > threshold).
+
+        With `event_ids`, rows the model was trained on get their training score (see above).
+        """
         if len(features) == 0:
             return np.empty(0), np.empty(0, dtype=bool)
         if self.scaler is not None:
             features = self.scaler.transform(features)
         scores = np.asarray(self.detector.decision_function(features), dtype=np.float64)
+        training_ids = getattr(self, "training_ids", None)  # absent from artifacts of older versions
+        if event_ids is not None and training_ids is not None:
+            position = pd.Index(training_ids).get_indexer(np.asarray(event_ids, dtype=object))
+            seen = position >= 0
+            scores[seen] = self.training_scores[position[seen]]
         return scores, scores > self.threshold
 
     def to_bytes(self) -> bytes:
@@ -66,8 +81,13 @@ class FittedModel:
         return model
 
 
-def fit(spec: DetectorSpec, features: np.ndarray, feature_names: list[str]) -> tuple[FittedModel, dict[str, float]]:
-    """Fit a detector on training features; return the model and its training metrics."""
+def fit(
+    spec: DetectorSpec, features: np.ndarray, feature_names: list[str], event_ids: Any = None
+) -> tuple[FittedModel, dict[str, float]]:
+    """Fit a detector on training features; return the model and its training metrics.
+
+    `event_ids` (one per row, unique) keeps the training scores for the rows' later in-sample scoring.
+    """
     scaler = None
     if spec.scale != "none":
         module_name, class_name = SCALERS[spec.scale].split(":")
@@ -84,4 +104,8 @@ def fit(spec: DetectorSpec, features: np.ndarray, feature_names: list[str]) -> t
         "train_score_mean": float(np.mean(training_scores)),
         "train_score_std": float(np.std(training_scores)),
     }
-    return FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler), metrics
+    model = FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler)
+    if event_ids is not None:
+        model.training_ids = np.asarray(event_ids, dtype=object)
+        model.training_scores = training_scores
+    return model, metrics

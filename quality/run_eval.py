@@ -5,7 +5,8 @@ entity; scores are put on one scale (quality.scores.relative_score) and the corp
 NAB's rules (quality.nab): the best threshold per profile, and the system's own is_anomaly flags.
 
 Honesty: rows of the batch view are rescored by every batch run with the model trained on them,
-so they are in-sample. The report counts them (`in_sample_rows`); `--scores hot` keeps only what
+so they are in-sample (each takes its leave-one-out training score: the row is not its own
+neighbour, but the model saw it). The report counts them (`in_sample_rows`); `--scores hot` keeps only what
 the speed layer scored as it arrived. `lakehouse eval nab` is the out-of-sample measurement.
 """
 

@@ -1,0 +1,54 @@
+"""Fitted models score their own training rows as they were scored at fit (leave-one-out)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lakehouse import detectors
+from lakehouse.detectors import FittedModel
+from schemas.declaration import DetectorSpec
+
+
+def _history(rows: int = 300) -> np.ndarray:
+    generator = np.random.default_rng(7)
+    features = generator.normal(size=(rows, 3))
+    features[150] = [12.0, -9.0, 8.0]  # one far outlier in the history
+    return features
+
+
+def test_a_training_row_is_not_its_own_nearest_neighbour():
+    features = _history()
+    ids = np.array([f"e{index}" for index in range(len(features))], dtype=object)
+    spec = DetectorSpec(name="knn", params={"n_neighbors": 1}, contamination=0.01)
+    model, metrics = detectors.fit(spec, features, ["a", "b", "c"], ids)
+    model = FittedModel.from_bytes(model.to_bytes())
+
+    fresh, fresh_flags = model.score(features)
+    assert np.all(fresh == 0.0) and not fresh_flags.any()  # why in-sample rows need their training score
+
+    scores, flags = model.score(features, ids)
+    np.testing.assert_array_equal(scores, model.detector.decision_scores_)
+    assert flags[150] and scores[150] == scores.max()
+    assert flags.mean() == metrics["train_anomaly_rate"]
+
+
+def test_rows_outside_the_training_set_are_scored_afresh():
+    features = _history()
+    ids = np.array([f"e{index}" for index in range(len(features))], dtype=object)
+    model, _ = detectors.fit(DetectorSpec(name="knn", params={"n_neighbors": 1}), features, ["a", "b", "c"], ids)
+    new = np.array([[0.0, 0.0, 0.0], [20.0, 20.0, 20.0]])
+    mixed_ids = np.array(["later-1", "e150", "later-2"], dtype=object)
+    mixed = np.vstack([new[0], features[150], new[1]])
+    scores, flags = model.score(mixed, mixed_ids)
+    expected_new, _ = model.score(new)
+    assert scores[0] == expected_new[0] and scores[2] == expected_new[1]
+    assert scores[1] == model.detector.decision_scores_[150]
+    assert list(flags) == [False, True, True]
+
+
+def test_models_fitted_without_ids_score_as_before():
+    features = _history()
+    model, _ = detectors.fit(DetectorSpec(name="iforest", params={"random_state": 0}), features, ["a", "b", "c"])
+    assert model.training_ids is None
+    ids = np.array([f"e{index}" for index in range(len(features))], dtype=object)
+    np.testing.assert_array_equal(model.score(features, ids)[0], model.score(features)[0])

@@ -399,6 +399,11 @@ def eval_run(
         f"{result.entities} entities, {result.events} events ({result.scored_events} scored), {result.windows} labelled windows in range; "
         f"{result.in_sample_rows} rows were scored by a model trained on them (the batch view's rows carry their leave-one-out training scores)."
     )
+    results.print(
+        f"NAB's best threshold (standard profile) is {result.evaluation.optimised['standard'].threshold:.3g} on the relative scale "
+        "(0 = mean training score, 1 = the contamination threshold); `detector.threshold_scale` set to it in the schema "
+        "makes the system's own flags follow it from the next batch run."
+    )
     if result.unlabelled_entities:
         results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")
 
@@ -407,7 +412,8 @@ def _print_quality(title: str, rows: dict[str, dict], *, against_published: bool
     from quality.benchmark import BEST_PUBLISHED
 
     table = Table(title=title)
-    columns = ["detector", "NAB standard", "low FP", "low FN", "own flags: P / R / F1", "F1 at NAB threshold"]
+    # "best" = NAB's best threshold on the relative scale; "own flags" = the system's is_anomaly.
+    columns = ["detector", "NAB standard", "low FP", "low FN", "best threshold", "own flags: NAB", "own flags: P / R / F1", "F1 at best"]
     if against_published:
         columns.insert(4, f"vs {BEST_PUBLISHED[1]} ({BEST_PUBLISHED[0]})")
     for column in columns:
@@ -415,6 +421,7 @@ def _print_quality(title: str, rows: dict[str, dict], *, against_published: bool
     for name, summary in rows.items():
         cells = [
             name, f"{summary['nab']['standard']:.1f}", f"{summary['nab']['reward_low_FP_rate']:.1f}", f"{summary['nab']['reward_low_FN_rate']:.1f}",
+            f"{summary['thresholds']['standard']:.3g}", f"{summary['nab_with_own_flags']['standard']:.1f}",
             f"{summary['window_precision']:.2f} / {summary['window_recall']:.2f} / {summary['window_f1']:.2f}",
             f"{summary['window_f1_at_nab_threshold']:.2f}",
         ]

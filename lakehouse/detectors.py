@@ -95,13 +95,19 @@ def fit(
         features = scaler.transform(features)
     detector = build(spec)
     detector.fit(features)
-    threshold = float(detector.threshold_)
     training_scores = np.asarray(detector.decision_scores_, dtype=np.float64)
+    mean = float(np.mean(training_scores))
+    contamination_threshold = float(detector.threshold_)
+    threshold = contamination_threshold
+    if spec.threshold_scale != 1.0:
+        threshold = mean + spec.threshold_scale * (contamination_threshold - mean)
     metrics = {
         "train_rows": float(len(features)),
         "threshold": threshold,
+        "contamination_threshold": contamination_threshold,
+        "threshold_scale": float(spec.threshold_scale),
         "train_anomaly_rate": float(np.mean(training_scores > threshold)),
-        "train_score_mean": float(np.mean(training_scores)),
+        "train_score_mean": mean,
         "train_score_std": float(np.std(training_scores)),
     }
     model = FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler)

@@ -20,8 +20,9 @@ COLUMNS = ["entity_id", "event_time", "score", "is_anomaly", "model_version"]
 
 def relative_score(scores: np.ndarray, threshold: float, train_mean: float) -> np.ndarray:
     """A score on a scale shared by every entity and detector: 0 at the model's mean training
-    score, 1 at its threshold. Raw scores are per-model units (a KNN distance, an IForest depth),
-    and NAB sweeps one threshold over the whole corpus."""
+    score, 1 at its contamination threshold. Raw scores are per-model units (a KNN distance, an
+    IForest depth), and NAB sweeps one threshold over the whole corpus. A model flags at
+    `detector.threshold_scale` on this scale, so the best threshold found is that setting."""
     span = threshold - train_mean
     return (np.asarray(scores, dtype=np.float64) - train_mean) / (span if span > 0 else 1.0)
 
@@ -53,6 +54,11 @@ def read(dataset_name: str, source: str, settings: Settings) -> pd.DataFrame:
     return frame
 
 
+def _metric(text: str, name: str, default: float | None = None) -> float:
+    value = json.loads(text).get(name, default)
+    return float(value)
+
+
 def with_models(scores: pd.DataFrame, settings: Settings, dataset: str) -> pd.DataFrame:
     """Each score with its model's threshold, training mean and training end, and its relative
     score; sorted by entity and event time. Unscored rows keep NaN."""
@@ -61,8 +67,9 @@ def with_models(scores: pd.DataFrame, settings: Settings, dataset: str) -> pd.Da
         {
             "entity_id": models["entity_id"].astype(str),
             "model_version": models["version"].astype("Int64"),
-            "threshold": models["threshold"].astype(float),
-            "train_mean": [json.loads(text)["train_score_mean"] for text in models["metrics"]],
+            # Models registered before threshold_scale existed flagged at the contamination threshold.
+            "threshold": [_metric(text, "contamination_threshold", threshold) for text, threshold in zip(models["metrics"], models["threshold"])],
+            "train_mean": [_metric(text, "train_score_mean") for text in models["metrics"]],
             "train_end": _naive_utc(models["train_end"]),
         }
     )

@@ -87,7 +87,7 @@ def score_series(dataset: Dataset, spec: DetectorSpec, series: NabSeries, cuts: 
                     "row": np.arange(start, end),
                     "event_time": times[start:end],
                     "score": scores,
-                    "relative_score": relative_score(scores, metrics["threshold"], metrics["train_score_mean"]),
+                    "relative_score": relative_score(scores, metrics["contamination_threshold"], metrics["train_score_mean"]),
                     "is_anomaly": flags,
                     "model_version": version,
                     "train_end": times[start - 1],

@@ -148,6 +148,7 @@ class DetectorOverride(_Strict):
     name: DetectorName | None = None
     scale: Literal["robust", "standard", "none"] | None = None
     contamination: float | None = Field(default=None, gt=0, le=0.5)
+    threshold_scale: float | None = Field(default=None, gt=0)
     params: dict[str, Any] | None = None
 
     @field_validator("match")
@@ -162,6 +163,12 @@ class DetectorSpec(_Strict):
     # one scale. Robust scaling (median/IQR) is not dragged by the anomalies in the history.
     scale: Literal["robust", "standard", "none"] = "robust"
     contamination: float = Field(default=0.01, gt=0, le=0.5)
+    # Where the alarm goes off, relative to the contamination threshold: flag a score above
+    # mean + threshold_scale * (contamination threshold - mean) of the training scores. 1 flags
+    # the `contamination` share of history; `lakehouse eval` reports the best value for labelled
+    # data (the relative scale it prints is this one). Contamination alone sets alarms for a
+    # fixed share of events, which labelled anomalies rarely follow.
+    threshold_scale: float = Field(default=1.0, gt=0)
     per: Literal["entity", "dataset"] = "entity"
     min_train_rows: int = Field(default=200, ge=10)
     # Train on the newest N days of history only (all history when unset): behaviour drifts, and

@@ -52,3 +52,16 @@ def test_models_fitted_without_ids_score_as_before():
     assert model.training_ids is None
     ids = np.array([f"e{index}" for index in range(len(features))], dtype=object)
     np.testing.assert_array_equal(model.score(features, ids)[0], model.score(features)[0])
+
+
+def test_threshold_scale_moves_the_alarm_away_from_the_mean_training_score():
+    features = _history()
+    ids = np.array([f"e{index}" for index in range(len(features))], dtype=object)
+    plain, plain_metrics = detectors.fit(DetectorSpec(name="knn", params={"n_neighbors": 1}), features, ["a", "b", "c"], ids)
+    scaled, metrics = detectors.fit(DetectorSpec(name="knn", params={"n_neighbors": 1}, threshold_scale=4), features, ["a", "b", "c"], ids)
+    mean = metrics["train_score_mean"]
+    assert plain.threshold == plain_metrics["threshold"] == plain_metrics["contamination_threshold"] == metrics["contamination_threshold"]
+    assert scaled.threshold == metrics["threshold"] == mean + 4 * (plain.threshold - mean)
+    scores, flags = scaled.score(features, ids)
+    assert list(np.flatnonzero(flags)) == list(np.flatnonzero(scores > scaled.threshold)) == [150]
+    assert metrics["train_anomaly_rate"] < plain_metrics["train_anomaly_rate"]

@@ -16,7 +16,7 @@ def test_eval_nab_walk_forward_on_two_series():
         pytest.skip(f"no NAB data at {DATA / 'nab'} (../shared/data/nab, or set LAKEHOUSE_REFERENCE_DATA)")
     result = CliRunner().invoke(
         app, ["eval", "nab", "--no-system", "--detector", "declared", "--detector", "hbos", "--series", "art_daily_jumpsup", "--series", "speed_7578"],
-        prog_name="lakehouse", terminal_width=200,
+        prog_name="lakehouse", terminal_width=240,
     )
     assert result.exit_code == 0, result.output
     assert "NAB: 2 series" in result.output and "declared (walk-forward)" in result.output and "ARTime" in result.output

@@ -7,6 +7,10 @@
   real system (Spark batch runs train at each cut, the Beam pipeline scores what follows). The
   reference of every NAB figure is the best published standard score (ARTime, 74.9, on all 58
   series; the ratio is indicative since the series differ).
+- NAB hold-out (quality/holdout.py): the declared features and detector were tuned on the same
+  series; here halves of the series choose among the same grid (window, time of day, neighbours)
+  and every series is scored with the other half's choice, over 20 random halvings. Reference:
+  the in-sample score of the same grid.
 - ODDS (../shared/data/odds, 6 tables): ROC-AUC per table and detector, mean of random 60/40
   splits (fit on 60% without labels, scored on 40%), against the best of PyOD's published
   IForest / HBOS figures for that table.
@@ -49,6 +53,23 @@ def nab_figures(folder: Path, system: bool) -> tuple[list[dict], dict]:
     return figures, details
 
 
+def holdout_figures(folder: Path) -> tuple[list[dict], dict]:
+    import schemas
+    from quality import benchmark, holdout, nab_run, walk_forward
+
+    corpus, windows = walk_forward.nab_corpus(folder)
+    result = holdout.run(schemas.load(nab_run.DATASET), benchmark.candidate_spec("declared"), corpus, windows, progress=print)
+    summary = result.summary()
+    reference = {"reference": f"in-sample, same grid ({summary['in_sample_config']})", "reference_value": summary["in_sample_standard"]}
+    figures = []
+    for key, label in (("held_out_config", "configuration from the other half, corpus threshold (NAB's protocol)"),
+                       ("held_out_config_and_threshold", "configuration and threshold from the other half")):
+        for statistic in ("mean", "median", "min"):
+            figures.append({"name": f"NAB hold-out standard, {label}: {statistic} of {len(result.splits)} halvings",
+                            "value": summary[f"{key}_{statistic}"], "unit": "score", **reference})
+    return figures, summary
+
+
 def odds_figures(folder: Path, splits: int) -> tuple[list[dict], dict]:
     from quality import odds
 
@@ -72,7 +93,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
     skipped = {}
     if (data / "nab" / "labels" / "combined_windows.json").exists():
         nab_part, parameters["nab"] = nab_figures(data / "nab", arguments.system)
-        figures += nab_part
+        holdout_part, parameters["nab_holdout"] = holdout_figures(data / "nab")
+        figures += nab_part + holdout_part
     else:
         skipped["nab"] = f"no NAB data at {data / 'nab'} (set LAKEHOUSE_REFERENCE_DATA)"
     if (data / "odds").is_dir() and any((data / "odds").glob("*.mat")):

@@ -8,7 +8,8 @@ NAB standard score on its own series, and the other half is scored with that cho
 Every series is thus scored by a choice made without it; the held-out figure is the NAB score of
 all series together under those choices. Repeated over several random splits, it is reported as
 the mean, median and range, next to the in-sample score of the same grid (the best configuration
-chosen and scored on all series).
+chosen and scored on all series). `retrain_every` runs it on a batch schedule instead of NAB's
+retrain fractions (quality.walk_forward.scheduled_cuts).
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ class HoldoutReport:
         }
 
 
-def _scored_series(dataset: Dataset, spec: DetectorSpec, corpus: list[walk_forward.NabSeries], windows: labels.Windows) -> dict[str, nab.Series]:
+def _scored_series(
+    dataset: Dataset, spec: DetectorSpec, corpus: list[walk_forward.NabSeries], windows: labels.Windows, retrain_every: np.timedelta64 | None
+) -> dict[str, nab.Series]:
     return {
-        series.entity: walk_forward.to_nab(series, walk_forward.score_series(dataset, spec, series, walk_forward.cut_points(series.rows)), windows)
+        series.entity: walk_forward.to_nab(series, walk_forward.score_series(dataset, spec, series, walk_forward.cuts_for(series, retrain_every)), windows)
         for series in corpus
     }
 
@@ -138,6 +141,7 @@ def run(
     configs: list[Config] | None = None,
     seeds: range = range(20),
     profile: nab.Profile = nab.PROFILES["standard"],
+    retrain_every: np.timedelta64 | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> HoldoutReport:
     configs = configs or grid()
@@ -145,7 +149,7 @@ def run(
     for number, config in enumerate(configs, start=1):
         if progress:
             progress(f"NAB hold-out: walk-forward {number}/{len(configs)} ({config.label()})")
-        scored[config] = _scored_series(*config.apply(dataset, spec), corpus, windows)
+        scored[config] = _scored_series(*config.apply(dataset, spec), corpus, windows, retrain_every)
     in_sample = {config: nab.optimise(list(series.values()), profile) for config, series in scored.items()}
     best_config = max(in_sample, key=lambda config: in_sample[config].raw)
     splits = [held_out_score(scored, stratified_halves(corpus, seed), profile, seed) for seed in seeds]

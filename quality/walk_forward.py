@@ -64,6 +64,28 @@ def cut_points(rows: int, fractions: tuple[float, ...] = RETRAIN_FRACTIONS) -> l
     return sorted({cut for cut in cuts if 0 < cut < rows})
 
 
+def scheduled_cuts(series: NabSeries, every: np.timedelta64) -> list[int]:
+    """Cuts of a batch layer on a schedule: the probationary period's end, then one batch run
+    every `every` of event time after it (the first row at or after each tick starts a stretch).
+
+    NAB's fractions retrain a series 4 times whatever its length; a scheduled batch job (the
+    Airflow DAG runs hourly) retrains a 79-day series 79 times a day apart. Stale models are what
+    raise long runs of false alarms after a level shift, so the schedule moves the score.
+    """
+    times = series.frame["event_time"].to_numpy()
+    start = nab.probationary_length(series.rows)
+    if start >= series.rows:
+        return []
+    ticks = np.arange(times[start] + every, times[-1] + np.timedelta64(1, "us"), every)
+    later = np.searchsorted(times, ticks, side="left")
+    return sorted({start, *(int(cut) for cut in later if start < cut < series.rows)})
+
+
+def cuts_for(series: NabSeries, retrain_every: np.timedelta64 | None = None) -> list[int]:
+    """NAB's fractions (None) or a batch schedule."""
+    return cut_points(series.rows) if retrain_every is None else scheduled_cuts(series, retrain_every)
+
+
 def score_series(dataset: Dataset, spec: DetectorSpec, series: NabSeries, cuts: list[int]) -> pd.DataFrame:
     """Every row of a series after the first cut, scored with the model trained before its stretch.
 
@@ -135,9 +157,12 @@ def evaluate(
     )
 
 
-def run(dataset: Dataset, spec: DetectorSpec, corpus: list[NabSeries], windows: labels.Windows) -> tuple[Evaluation, dict[str, pd.DataFrame]]:
-    """Walk-forward scores of every series with one detector, and their NAB evaluation."""
-    scored = {series.entity: score_series(dataset, spec, series, cut_points(series.rows)) for series in corpus}
+def run(
+    dataset: Dataset, spec: DetectorSpec, corpus: list[NabSeries], windows: labels.Windows, retrain_every: np.timedelta64 | None = None
+) -> tuple[Evaluation, dict[str, pd.DataFrame]]:
+    """Walk-forward scores of every series with one detector, and their NAB evaluation; retrained
+    at NAB's fractions, or every `retrain_every` of event time."""
+    scored = {series.entity: score_series(dataset, spec, series, cuts_for(series, retrain_every)) for series in corpus}
     relative = [to_nab(series, scored[series.entity], windows) for series in corpus]
     flags = [to_nab(series, scored[series.entity].assign(flag=scored[series.entity]["is_anomaly"].astype(float)), windows, "flag") for series in corpus]
     return evaluate(relative, flags), scored

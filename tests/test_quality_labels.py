@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from lakehouse.errors import ConfigurationError
-from quality import labels, nab
+from quality import labels, nab, walk_forward
 from quality.scores import relative_score
 from quality.walk_forward import cut_points
 
@@ -64,3 +65,17 @@ def test_relative_score_is_zero_at_the_training_mean_and_one_at_the_threshold():
     np.testing.assert_allclose(relative_score(np.array([2.0, 5.0, 8.0]), threshold=5.0, train_mean=2.0), [0.0, 1.0, 2.0])
     # A degenerate model (threshold at or below its mean) keeps the distance from the mean.
     np.testing.assert_allclose(relative_score(np.array([3.0]), threshold=1.0, train_mean=1.0), [2.0])
+
+
+def test_scheduled_cuts_retrain_once_per_interval_after_the_probationary_period():
+    # 1000 rows 5 minutes apart (3.5 days): probation 150 rows; then a batch run a day, i.e. every
+    # 288 rows from row 150 on.
+    frame = pd.DataFrame({"event_time": pd.date_range("2024-01-01", periods=1000, freq="5min").to_numpy(dtype="datetime64[us]"), "value": 0.0})
+    series = walk_forward.NabSeries("s", "c", None, frame)
+    assert walk_forward.scheduled_cuts(series, np.timedelta64(1, "D")) == [150, 438, 726]
+    # A gap of 45.8 hours (rows 400 to 949 missing; 450 rows left, probation 67 rows, at 05:35):
+    # ticks at 29.6 h (row 355) and then 53.6 h and 77.6 h, both inside the gap, where the first
+    # row after the gap (index 400) starts one stretch for the two of them.
+    gapped = walk_forward.NabSeries("g", "c", None, frame.drop(index=range(400, 950)).reset_index(drop=True))
+    assert walk_forward.scheduled_cuts(gapped, np.timedelta64(1, "D")) == [67, 355, 400]
+    assert walk_forward.cuts_for(series) == walk_forward.cut_points(1000)

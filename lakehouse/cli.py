@@ -440,9 +440,7 @@ def eval_nab(
 ) -> None:
     """The NAB benchmark without look-ahead: each detector walk-forward, and the declared one through the system.
 
-    Walk-forward models are retrained at 15, 30, 50 and 75% of each series, as the system run
-    does; the declared detector is also shown retrained by a batch run a day, as a scheduled
-    batch layer would. The held-out measurement (choices made on other series) is in `make bench`.
+    Walk-forward models are retrained at 15, 30, 50 and 75% of each series, as the system run does; the declared detector is also shown retrained by a batch run a day, as a scheduled batch layer would. The held-out measurement (choices made on other series) is in `make bench`.
     """
     from lakehouse.settings import get_settings
     from quality import benchmark, nab, reference_data_dir

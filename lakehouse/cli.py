@@ -412,8 +412,9 @@ def _print_quality(title: str, rows: dict[str, dict], *, against_published: bool
     from quality.benchmark import BEST_PUBLISHED
 
     table = Table(title=title)
-    # "best" = NAB's best threshold on the relative scale; "own flags" = the system's is_anomaly.
-    columns = ["detector", "NAB standard", "low FP", "low FN", "best threshold", "own flags: NAB", "own flags: P / R / F1", "F1 at best"]
+    # "best" = NAB's best threshold on the relative scale; "alerts" = the system's own is_anomaly
+    # flags, first of each episode (detector.alert_quiet_events; the `alerts` view).
+    columns = ["detector", "NAB standard", "low FP", "low FN", "best threshold", "alerts: NAB", "alerts: P / R / F1", "F1 at best"]
     if against_published:
         columns.insert(4, f"vs {BEST_PUBLISHED[1]} ({BEST_PUBLISHED[0]})")
     for column in columns:

@@ -16,6 +16,7 @@ LANDING = "landing"
 MERGED_VIEW = "merged"
 # Convenience views over the merged view (serving/views.py) and data-quality views.
 ANOMALIES_VIEW = "anomalies"
+ALERTS_VIEW = "alerts"
 HOURLY_VIEW = "anomalies_hourly"
 ENTITY_SUMMARY_VIEW = "entity_summary"
 DQ_RUNS_VIEW = "dq_runs"

@@ -89,10 +89,7 @@ def nab_benchmark(
             raise AssertionError(f"NAB system run: {run.look_ahead_rows} rows scored by a model that had seen them")
         online = {series.entity: nab_run.as_walk_forward(run, series) for series in corpus}
         relative = [walk_forward.to_nab(series, online[series.entity], windows) for series in corpus]
-        flags = [
-            walk_forward.to_nab(series, online[series.entity].assign(flag=online[series.entity]["is_anomaly"].astype(float)), windows, "flag")
-            for series in corpus
-        ]
+        flags = [walk_forward.to_nab_alerts(series, online[series.entity], windows, dataset.detector.alert_quiet_events) for series in corpus]
         report.system = walk_forward.evaluate(relative, flags).summary()
         report.stages = run.stages
         if offline_declared is not None:

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from lakehouse.alerts import first_of_episodes
 from quality import labels, nab, walk_forward
 from schemas.declaration import Dataset, DetectorSpec
 
@@ -75,11 +76,36 @@ class SplitResult:
     held_out_config_and_threshold: float
 
 
+# The alert settings each half chooses from: threshold_scale and alert_quiet_events.
+ALERT_THRESHOLDS = (2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+ALERT_QUIET_EVENTS = (0, 24, 48, 96, 192)
+
+
+@dataclass(frozen=True)
+class AlertChoice:
+    """The NAB standard score of alerts (the system's own output) when each half of the series
+    chooses threshold_scale and alert_quiet_events on itself and the other half uses that choice."""
+
+    in_sample: float  # the best choice on all series, scored on them
+    in_sample_choice: tuple[float, int]
+    held_out: list[float]  # per halving
+    chosen: list[tuple[tuple[float, int], tuple[float, int]]]
+
+    def summary(self, spread: Callable[[list[float], str], dict]) -> dict:
+        return {
+            "alerts_in_sample_standard": round(self.in_sample, 2),
+            "alerts_in_sample_choice": {"threshold_scale": self.in_sample_choice[0], "alert_quiet_events": self.in_sample_choice[1]},
+            **spread(self.held_out, "alerts_held_out"),
+            "alerts_chosen": [[list(first), list(second)] for first, second in self.chosen],
+        }
+
+
 @dataclass(frozen=True)
 class HoldoutReport:
     in_sample: float  # the best configuration and threshold chosen and scored on all series
     in_sample_config: str
     splits: list[SplitResult]
+    alerts: AlertChoice | None = None  # with the declared configuration
 
     def summary(self) -> dict:
         def spread(values: list[float], name: str) -> dict:
@@ -91,12 +117,45 @@ class HoldoutReport:
             "in_sample_config": self.in_sample_config,
             **spread([split.held_out_config for split in self.splits], "held_out_config"),
             **spread([split.held_out_config_and_threshold for split in self.splits], "held_out_config_and_threshold"),
+            **(self.alerts.summary(spread) if self.alerts else {}),
             "splits": [
                 {"seed": split.seed, "chosen": list(split.chosen), "held_out_config": round(split.held_out_config, 2),
                  "held_out_config_and_threshold": round(split.held_out_config_and_threshold, 2)}
                 for split in self.splits
             ],
         }
+
+
+def alert_choice(series: dict[str, nab.Series], halvings: list[tuple[set[str], set[str]]], profile: nab.Profile) -> AlertChoice:
+    """Alerts of relative-score series under every (threshold_scale, alert_quiet_events) of the
+    grid, chosen per half. NAB's raw score, null and perfect add up over series, so each series is
+    scored once per choice and halves are sums."""
+    parts: dict[tuple[float, int], dict[str, tuple[float, float, float]]] = {}
+    for threshold in ALERT_THRESHOLDS:
+        for quiet in ALERT_QUIET_EVENTS:
+            parts[threshold, quiet] = {}
+            for name, one in series.items():
+                alarms = np.nan_to_num(one.scores, nan=-np.inf) >= threshold
+                alerted = np.where(np.isnan(one.scores), np.nan, first_of_episodes(alarms, quiet).astype(float))
+                outcome = nab.score([nab.Series(name, one.timestamps, alerted, one.windows)], profile, 0.5)
+                parts[threshold, quiet][name] = (outcome.raw, outcome.null, outcome.perfect)
+
+    def normalised(choice: tuple[float, int], names: set[str]) -> float:
+        raw, null, perfect = (sum(parts[choice][name][index] for name in names) for index in range(3))
+        return 100.0 * (raw - null) / (perfect - null)
+
+    everything = set(series)
+    best = max(parts, key=lambda choice: normalised(choice, everything))
+    held_out, chosen = [], []
+    for first, second in halvings:
+        picks = [max(parts, key=lambda choice: normalised(choice, half)) for half in (first, second)]
+        # Sums over both halves, each under the other's pick.
+        raw, null, perfect = (
+            sum(parts[picks[1]][name][index] for name in first) + sum(parts[picks[0]][name][index] for name in second) for index in range(3)
+        )
+        held_out.append(100.0 * (raw - null) / (perfect - null))
+        chosen.append((picks[0], picks[1]))
+    return AlertChoice(in_sample=normalised(best, everything), in_sample_choice=best, held_out=held_out, chosen=chosen)
 
 
 def _scored_series(
@@ -152,5 +211,8 @@ def run(
         scored[config] = _scored_series(*config.apply(dataset, spec), corpus, windows, retrain_every)
     in_sample = {config: nab.optimise(list(series.values()), profile) for config, series in scored.items()}
     best_config = max(in_sample, key=lambda config: in_sample[config].raw)
-    splits = [held_out_score(scored, stratified_halves(corpus, seed), profile, seed) for seed in seeds]
-    return HoldoutReport(in_sample=in_sample[best_config].normalised, in_sample_config=best_config.label(), splits=splits)
+    halvings = [stratified_halves(corpus, seed) for seed in seeds]
+    splits = [held_out_score(scored, halves, profile, seed) for seed, halves in zip(seeds, halvings)]
+    declared = Config(dataset.features.window, dataset.features.time_of_day, int(spec.params.get("n_neighbors", 5)))
+    alerts = alert_choice(scored[declared], halvings, profile) if declared in scored else None
+    return HoldoutReport(in_sample=in_sample[best_config].normalised, in_sample_config=best_config.label(), splits=splits, alerts=alerts)

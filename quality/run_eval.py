@@ -2,7 +2,8 @@
 
 Each entity is one NAB series (its scored events in time order) with the labelled windows of that
 entity; scores are put on one scale (quality.scores.relative_score) and the corpus is scored with
-NAB's rules (quality.nab): the best threshold per profile, and the system's own is_anomaly flags.
+NAB's rules (quality.nab): the best threshold per profile, and the system's own alerts (its
+is_anomaly flags, first of each episode: lakehouse/alerts.py).
 
 Honesty: rows of the batch view are rescored by every batch run with the model trained on them,
 so they are in-sample (each takes its leave-one-out training score: the row is not its own
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-
+import schemas
+from lakehouse.alerts import first_of_episodes
 from lakehouse.settings import Settings
 from quality import labels, nab, scores as stored
 from quality.walk_forward import Evaluation, evaluate
@@ -46,6 +48,7 @@ class RunEvaluation:
 
 def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: str = "merged", probation: float = nab.PROBATION_PERCENT) -> RunEvaluation:
     frame = stored.with_models(stored.read(dataset, source, settings), settings, dataset)
+    quiet_events = schemas.load(dataset).detector.alert_quiet_events
     times = {entity: group["event_time"].to_numpy() for entity, group in frame.groupby("entity_id")}
     windows = labels.load(labels_path, event_times=times)
     relative, flags, unlabelled = [], [], []
@@ -56,7 +59,9 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
         # Only windows the scored events reach: a window before or after the run is not its miss.
         entity_windows = [(start, end) for start, end in windows.get(entity, []) if np.any((stamps >= start) & (stamps <= end))]
         relative.append(nab.Series(entity, stamps, group["relative_score"].to_numpy(dtype=float), entity_windows))
-        flags.append(nab.Series(entity, stamps, group["is_anomaly"].fillna(False).astype(float).to_numpy(), entity_windows))
+        # Alerts in event-time order (the frame is sorted): as the `alerts` view computes them.
+        alerted = first_of_episodes(group["is_anomaly"].fillna(False).astype(bool).to_numpy(), quiet_events)
+        flags.append(nab.Series(entity, stamps, alerted.astype(float), entity_windows))
     in_sample = frame.dropna(subset=["train_end"])
     return RunEvaluation(
         evaluation=evaluate(relative, flags, probation_percent=probation),

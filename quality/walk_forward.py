@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lakehouse import detectors
+from lakehouse.alerts import first_of_episodes
 from lakehouse.features import compute_features, feature_names
 from quality import labels, nab
 from quality.scores import relative_score
@@ -126,10 +127,22 @@ def to_nab(series: NabSeries, scored: pd.DataFrame, windows: labels.Windows, col
     return nab.Series(series.entity, series.frame["event_time"].to_numpy(), scores, windows.get(series.entity, []))
 
 
+def to_nab_alerts(series: NabSeries, scored: pd.DataFrame, windows: labels.Windows, quiet_events: int) -> nab.Series:
+    """The system's alerts as a 0/1 NAB series: its is_anomaly flags, first of each episode
+    (lakehouse/alerts.py), in the series' row order."""
+    rows = scored["row"].to_numpy()
+    flags = np.zeros(series.rows, dtype=bool)
+    flags[rows] = scored["is_anomaly"].astype(bool).to_numpy()
+    alerted = first_of_episodes(flags, quiet_events)
+    values = np.full(series.rows, np.nan)
+    values[rows] = alerted[rows].astype(float)
+    return nab.Series(series.entity, series.frame["event_time"].to_numpy(), values, windows.get(series.entity, []))
+
+
 @dataclass(frozen=True)
 class Evaluation:
     optimised: dict[str, nab.Outcome]  # per profile, at its best corpus-wide threshold
-    flagged: dict[str, nab.Outcome]  # per profile, with the system's own is_anomaly flags
+    flagged: dict[str, nab.Outcome]  # per profile, with the system's own alerts (is_anomaly, first of each episode)
 
     def summary(self) -> dict:
         return {
@@ -164,5 +177,5 @@ def run(
     at NAB's fractions, or every `retrain_every` of event time."""
     scored = {series.entity: score_series(dataset, spec, series, cuts_for(series, retrain_every)) for series in corpus}
     relative = [to_nab(series, scored[series.entity], windows) for series in corpus]
-    flags = [to_nab(series, scored[series.entity].assign(flag=scored[series.entity]["is_anomaly"].astype(float)), windows, "flag") for series in corpus]
+    flags = [to_nab_alerts(series, scored[series.entity], windows, spec.alert_quiet_events) for series in corpus]
     return evaluate(relative, flags), scored

@@ -169,6 +169,13 @@ class DetectorSpec(_Strict):
     # data (the relative scale it prints is this one). Contamination alone sets alarms for a
     # fixed share of events, which labelled anomalies rarely follow.
     threshold_scale: float = Field(default=1.0, gt=0)
+    # Alerts are the first alarm of an episode: an event whose score is over the threshold raises
+    # an alert only when none of the entity's previous `alert_quiet_events` events did (0: every
+    # alarm is an alert). A level shift keeps a model alarmed until the next batch run retrains
+    # it; one alert for it, not hundreds. Applied where events are in order: the serving layer's
+    # `alerts` view and the quality evaluation (lakehouse/alerts.py), never to the stored
+    # `is_anomaly`, so the speed layer stays per-event and late events need no state.
+    alert_quiet_events: int = Field(default=0, ge=0, le=100_000)
     per: Literal["entity", "dataset"] = "entity"
     min_train_rows: int = Field(default=200, ge=10)
     # Train on the newest N days of history only (all history when unset): behaviour drifts, and

@@ -73,6 +73,11 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
             f"SELECT {event_id}, {entity}, {event_time}, score, model_version, layer, {features} "
             f"FROM {merged} WHERE is_anomaly"
         ),
+        # The first alarm of each episode (lakehouse/alerts.py): an alarm none of the entity's
+        # previous `alert_quiet_events` events raised. The window runs over the entity's whole
+        # merged history (a filter on time cannot be pushed below it), so this view costs more
+        # than `anomalies`; it is what to page on.
+        constants.ALERTS_VIEW: _alerts_body(dataset, merged, f"{event_id}, {entity}, {event_time}, score, model_version, layer, {features}"),
         # Per entity and hour: events, anomalies, highest score. "The last N hours" is a filter on
         # `hour` (`lakehouse anomalies --hours N` writes it).
         constants.HOURLY_VIEW: (
@@ -92,6 +97,21 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
         ),
     }
     return {name: _create_view(dataset.name, name, body) for name, body in bodies.items()}
+
+
+def _alerts_body(dataset: Dataset, merged: str, columns: str) -> str:
+    quiet = dataset.detector.alert_quiet_events
+    if quiet == 0:
+        return f"SELECT {columns} FROM {merged} WHERE is_anomaly"
+    entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
+    recent = (
+        f"max(CAST(is_anomaly AS integer)) OVER (PARTITION BY {entity} ORDER BY {event_time}, {event_id} "
+        f"ROWS BETWEEN {quiet} PRECEDING AND 1 PRECEDING)"
+    )
+    return (
+        f"SELECT {columns} FROM (SELECT *, {recent} AS recent_alarms FROM {merged}) "
+        f"WHERE is_anomaly AND coalesce(recent_alarms, 0) = 0"
+    )
 
 
 def quality_views_sql() -> dict[str, str]:

@@ -83,3 +83,20 @@ def test_a_configuration_changes_the_features_and_the_detector():
     assert spec.params["n_neighbors"] == 3
     assert spec.name == dataset.detector.name
     assert len(holdout.grid()) == 4 * 2 * 3
+
+
+def test_alert_settings_are_chosen_per_half_and_a_quiet_period_silences_a_run_of_alarms():
+    # Every series: a score of 2.2 on rows 50-52 (in the window) and on rows 80-99 (a run of
+    # alarms 26+ rows after it, full false-alarm cost each). Thresholds above 2.2 fire nothing
+    # (the null score, 0); at 2.0 without a quiet period, 3 + 20 alarms; with 24 quiet events the
+    # run still alerts once at row 80 (28 events after row 52); with 48 it is silent: perfect.
+    series = {}
+    for name in ("s1", "s2", "s3", "s4"):
+        scores = np.zeros(100)
+        scores[[50, 51, 52, *range(80, 100)]] = 2.2
+        series[name] = nab.Series(name, TIMES, scores, WINDOWS)
+    choice = holdout.alert_choice(series, [({"s1", "s3"}, {"s2", "s4"})], STANDARD)
+    assert choice.in_sample_choice == (2.0, 48)
+    assert choice.in_sample == pytest.approx(100.0)
+    assert choice.chosen == [((2.0, 48), (2.0, 48))]
+    assert choice.held_out == [pytest.approx(100.0)]

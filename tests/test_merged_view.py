@@ -20,6 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 import schemas
 from batch import run_log
 from lakehouse import constants
+from lakehouse.alerts import first_of_episodes
 from lakehouse.settings import get_settings
 from serving import trino_client, views
 from speed import tables
@@ -54,10 +55,10 @@ def settings(trino_server):
     return settings
 
 
-def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str = run_log.STATUS_SUCCEEDED) -> None:
+def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str = run_log.STATUS_SUCCEEDED, alarms: frozenset = frozenset()) -> None:
     """A batch run's outputs: the batch view (replaced, as the job does) and its run-log record."""
     if status == run_log.STATUS_SUCCEEDED:
-        rows = [{**event, "score": 0.1, "is_anomaly": False, "model_version": 1} for event in events]
+        rows = [{**event, "score": 0.1, "is_anomaly": event["event_id"] in alarms, "model_version": 1} for event in events]
         schema = pa.schema([("event_id", pa.string()), ("entity_id", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
                             ("value", pa.float64()), ("score", pa.float64()), ("is_anomaly", pa.bool_()), ("model_version", pa.int64())])
         write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
@@ -66,12 +67,12 @@ def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str
                                                finished_at=now, inputs=[], watermark=watermark))
 
 
-def _speed(settings, events: list[dict]) -> None:
+def _speed(settings, events: list[dict], alarms: frozenset = frozenset()) -> None:
     """Speed-layer upserts into the hot table (by event id, as the pipeline commits)."""
     dataset = schemas.load(DATASET)
     uri = tables.hot_table_uri(settings, dataset)
     tables.ensure_table(uri, tables.hot_schema(dataset))
-    rows = [{**event, "score": 0.2, "is_anomaly": False, "model_version": 1, "scored_at": datetime.now(timezone.utc),
+    rows = [{**event, "score": 0.2, "is_anomaly": event["event_id"] in alarms, "model_version": 1, "scored_at": datetime.now(timezone.utc),
              "revision": 1} for event in events]
     if rows:
         tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=tables.hot_schema(dataset)), "event_id", newest="revision")
@@ -149,6 +150,37 @@ def test_a_replay_into_the_hot_table_duplicates_nothing(settings):
     hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas()
     assert len(hot) == 10 and hot.event_id.is_unique
     assert len(_merged(settings)) == 20
+
+
+def _alerts(settings) -> set[str]:
+    """The `alerts` view's events, checked against lakehouse/alerts.py over the merged view."""
+    views.refresh(DATASET, settings)
+    alerts = set(trino_client.query(f"SELECT event_id FROM {DATASET}.alerts", settings=settings).event_id)
+    merged = trino_client.query(f"SELECT event_id, entity_id, event_time, is_anomaly FROM {DATASET}.merged", settings=settings)
+    expected = set()
+    for _, events in merged.sort_values(["event_time", "event_id"]).groupby("entity_id"):
+        flags = first_of_episodes(events.is_anomaly.to_numpy(dtype=bool), schemas.load(DATASET).detector.alert_quiet_events)
+        expected |= set(events.event_id[flags])
+    assert alerts == expected, "the alerts view and lakehouse/alerts.py disagree"
+    return alerts
+
+
+def test_alerts_are_first_alarms_of_episodes_across_the_boundary_and_after_a_late_event(settings):
+    """metrics declares alert_quiet_events 48: an alarm is an alert when none of the entity's
+    previous 48 events (by event time, across both layers) was an alarm."""
+    assert schemas.load(DATASET).detector.alert_quiet_events == 48
+    cpu = {f"cpu@{minute}" for minute in (5, 10, 60, 108, 125, 173)}
+    events = _events(0, 200, "cpu") + _events(0, 200, "mem")
+    _batch_run(settings, [e for e in events if e["event_time"] <= _at(119)], watermark=_at(119), alarms=frozenset(cpu | {"mem@0"}))
+    _speed(settings, [e for e in events if e["event_time"] > _at(119)], alarms=frozenset(cpu | {"mem@199"}))
+    # cpu: 5 starts an episode; 10 is 5 events after it; 60 is 50 after 10; 108 is 48 after 60
+    # (the batch side), 125 is 17 after 108 (the speed side), 173 is 48 after 125. mem: the first
+    # event, and one 199 events later.
+    assert _alerts(settings) == {"cpu@5", "cpu@60", "mem@0", "mem@199"}
+    # An event that arrives late between 125 and 173 puts 173 49 events after 125: an alert now.
+    late = {"event_id": "cpu@late", "entity_id": "cpu", "event_time": _at(130) + timedelta(seconds=30), "value": 1.0}
+    _speed(settings, [late])
+    assert _alerts(settings) == {"cpu@5", "cpu@60", "cpu@173", "mem@0", "mem@199"}
 
 
 def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, tmp_path):

@@ -402,7 +402,8 @@ def eval_run(
     results.print(
         f"NAB's best threshold (standard profile) is {result.evaluation.optimised['standard'].threshold:.3g} on the relative scale "
         "(0 = mean training score, 1 = the contamination threshold); `detector.threshold_scale` set to it in the schema "
-        "makes the system's own flags follow it from the next batch run."
+        "makes the system's own flags follow it from the next batch run. The alerts columns apply "
+        "`detector.alert_quiet_events` to those flags (the `alerts` view); `make bench` measures both settings on NAB."
     )
     if result.unlabelled_entities:
         results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")

@@ -127,7 +127,9 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
         f"min(event_time) AS first_event, max(event_time) AS last_event, max(watermark) AS watermark "
         f"FROM delta.{DATASET}.merged GROUP BY layer ORDER BY layer"
     )
-    _show(merged, "delta.sensor_events.merged by answering layer")
+    alerts = trino_client.query(f"SELECT layer, count(*) AS alerts FROM delta.{DATASET}.alerts GROUP BY layer")
+    merged.insert(3, "alerts", merged[["layer"]].merge(alerts, on="layer", how="left")["alerts"].fillna(0).astype(int).to_numpy())
+    _show(merged, "delta.sensor_events.merged by answering layer (alerts: the alerts view)")
     labels = pd.read_csv(files["labels"])
     spikes = labels[labels.anomaly == "spike"]["event_id"].tolist()
     id_list = ", ".join(f"'{event_id}'" for event_id in spikes)
@@ -146,7 +148,8 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
         Panel.fit(
             f"Merged view answered {int(merged.events.sum())} events "
             f"({', '.join(f'{row.layer}: {row.events}' for row in merged.itertuples())}); "
-            f"{int(flagged.is_anomaly.sum())} of {len(spikes)} planted spikes flagged.\n"
+            f"{int(flagged.is_anomaly.sum())} of {len(spikes)} planted spikes flagged; {int(merged.anomalies.sum())} alarms, "
+            f"{int(merged.alerts.sum())} alerts (first alarm after {schemas.load(DATASET).detector.alert_quiet_events} quiet events).\n"
             f"Query it yourself:  lakehouse sql \"SELECT * FROM delta.{DATASET}.merged LIMIT 10\"  "
             f"(or --as analyst, read-only), lakehouse anomalies -d {DATASET} --hours 6, make notebooks\n"
             f"Measure it against the labels:  lakehouse eval run -d {DATASET} --labels {files['labels']}\n"

@@ -80,6 +80,18 @@ def test_planted_spikes_are_flagged_in_the_merged_view(demo):
     assert flagged.is_anomaly.all()
 
 
+def test_planted_spikes_raise_alerts_and_alerts_are_fewer_than_alarms(demo):
+    """sensor_events declares alert_quiet_events 12: each planted spike (isolated) is an alert,
+    and the alerts view holds only flagged events, at most as many as the anomalies view."""
+    ids = ", ".join(f"'{event_id}'" for event_id in demo["spikes"])
+    alerted = trino_client.query(f"SELECT event_id FROM sensor_events.alerts WHERE event_id IN ({ids})", role="analyst")
+    assert set(alerted.event_id) == set(demo["spikes"])
+    counts = trino_client.query("SELECT (SELECT count(*) FROM sensor_events.alerts) AS alerts, "
+                                "(SELECT count(*) FROM sensor_events.anomalies) AS anomalies, "
+                                "(SELECT count(*) FROM sensor_events.alerts a JOIN sensor_events.anomalies f ON a.event_id = f.event_id) AS flagged")
+    assert 0 < counts.alerts[0] == counts.flagged[0] <= counts.anomalies[0]
+
+
 def test_an_event_reads_back_the_same_through_trino(demo):
     settings = get_settings()
     silver = DeltaTable(settings.table_uri("sensor_events", constants.SILVER)).to_pandas()

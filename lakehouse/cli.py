@@ -377,6 +377,17 @@ def anomalies(
     _print_frame(views.recent_anomalies(dataset, hours), f"{dataset}: anomalies in the last {hours:g} hours of data")
 
 
+@app.command()
+def alerts(
+    dataset: Dataset,
+    hours: Annotated[float, typer.Option(help="How many hours of data, ending at the newest event.", min=0.1)] = 24,
+) -> None:
+    """Alerts (the first alarm of each episode, detector.alert_quiet_events) in the last N hours of the merged view."""
+    from serving import views
+
+    _print_frame(views.recent_alerts(dataset, hours), f"{dataset}: alerts in the last {hours:g} hours of data")
+
+
 @eval_app.command("run")
 def eval_run(
     dataset: Dataset,

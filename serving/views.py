@@ -185,6 +185,22 @@ def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings | No
     return trino_client.query(sql, [f"{max(1, round(hours))}h"], settings=settings, role=role)
 
 
+def recent_alerts(dataset_name: str, hours: float, *, settings: Settings | None = None, role: str = "admin"):
+    """The alerts (first alarm of each episode) of the last `hours` of data, newest first, ending
+    at the newest event in the merged view, as a DataFrame."""
+    dataset = schemas.load(dataset_name)
+    entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
+    alerts = _qualified(dataset.name, constants.ALERTS_VIEW)
+    merged = _qualified(dataset.name, constants.MERGED_VIEW)
+    sql = (
+        f"WITH newest AS (SELECT max({event_time}) AS at FROM {merged}) "
+        f"SELECT a.{event_time}, a.{entity}, a.{event_id}, round(a.score, 3) AS score, a.layer, a.model_version "
+        f"FROM {alerts} a CROSS JOIN newest WHERE a.{event_time} > newest.at - parse_duration(?) "
+        f"ORDER BY 1 DESC, 2"
+    )
+    return trino_client.query(sql, [f"{hours:g}h"], settings=settings, role=role)
+
+
 def refresh_if_serving(dataset_name: str, settings: Settings | None = None) -> None:
     """After a layer wrote its tables: register them and refresh the views if the local Trino for
     this warehouse is up. Never fails the caller; `lakehouse serve refresh` does it by hand."""

@@ -14,7 +14,7 @@ COMMANDS = [
     [], ["setup"], ["up"], ["down"], ["status"], ["generate"], ["demo"], ["sql"],
     ["batch"], ["batch", "run"], ["batch", "models"], ["batch", "runs"], ["batch", "report"],
     ["speed"], ["speed", "run"], ["speed", "produce"], ["serve"], ["serve", "refresh"],
-    ["eval"], ["eval", "run"], ["eval", "nab"], ["eval", "odds"],
+    ["eval"], ["eval", "run"], ["eval", "nab"], ["eval", "odds"], ["anomalies"], ["alerts"],
 ]
 
 

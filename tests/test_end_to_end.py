@@ -90,6 +90,14 @@ def test_planted_spikes_raise_alerts_and_alerts_are_fewer_than_alarms(demo):
                                 "(SELECT count(*) FROM sensor_events.anomalies) AS anomalies, "
                                 "(SELECT count(*) FROM sensor_events.alerts a JOIN sensor_events.anomalies f ON a.event_id = f.event_id) AS flagged")
     assert 0 < counts.alerts[0] == counts.flagged[0] <= counts.anomalies[0]
+    # `lakehouse alerts --hours N`: all of them when N spans the data, the newest hours' otherwise.
+    from serving import views
+
+    assert len(views.recent_alerts("sensor_events", 24 * 30, role="analyst")) == counts.alerts[0]
+    newest = trino_client.query("SELECT count(*) AS n FROM sensor_events.alerts "
+                                "WHERE event_time > (SELECT max(event_time) FROM sensor_events.merged) - INTERVAL '6' HOUR")
+    recent = views.recent_alerts("sensor_events", 6)
+    assert len(recent) == newest.n[0] and recent.event_time.is_monotonic_decreasing
 
 
 def test_an_event_reads_back_the_same_through_trino(demo):

@@ -5,6 +5,7 @@
 - Merge cost: the same queries on the merged view and on the batch view table alone (the
   reference), median of `--repeat` runs each, after one warm-up: a full aggregate, one entity's
   last day, and a point lookup by event id. The ratio is what the boundary and the union add.
+  And the alerts view's last day against the anomalies view's (the window function's cost).
 - Freshness: one Flink job follows the events topic (the production mode); `--events` events are
   sent one at a time, and each is timed from the send to the moment Trino's merged view returns
   it (polled every 50 ms through HTTPS as the analyst).
@@ -139,6 +140,14 @@ def _merge_cost(settings, dataset, repeat: int) -> list[dict]:
         figures.append({"name": f"merged view, {name}: median latency", "value": timings["merged"] * 1000, "unit": "ms",
                         "reference": "batch table alone", "reference_value": timings["batch_scores"] * 1000,
                         "ratio": timings["merged"] / timings["batch_scores"]})
+    # The alerts view runs a window over each entity's whole merged history: what it costs over
+    # the anomalies view for the same question.
+    timings = {}
+    for view in ("alerts", "anomalies"):
+        sql = f"SELECT * FROM {DATASET}.{view} WHERE {dataset.event_time} > from_iso8601_timestamp(?)"
+        timings[view] = _median_seconds(query(sql, [since.replace(" ", "T")]), repeat)
+    figures.append({"name": "alerts view, last day: median latency", "value": timings["alerts"] * 1000, "unit": "ms",
+                    "reference": "anomalies view, same filter", "reference_value": timings["anomalies"] * 1000})
     rows = dict(zip(sizes.layer, sizes.n))
     figures.append({"name": "merged view rows: batch side", "value": float(rows.get("batch", 0)), "unit": "rows"})
     figures.append({"name": "merged view rows: speed side", "value": float(rows.get("speed", 0)), "unit": "rows"})

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     # Where local services keep pid, logs and data; empty means <work_dir>/services. Tests point
     # it at a temporary folder so they never touch the services a developer has running.
     services_root: str = ""
+    # Generated input files (demo data, replay files); empty means <work_dir>/data. Tests point it
+    # at their own folder: their smaller demo must not replace the inputs and labels of yours.
+    data_root: str = ""
     # Seconds to wait for a service to answer after starting it.
     service_start_timeout: float = Field(default=180.0, gt=0)
 
@@ -118,7 +121,7 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         """Generated input files (demo data, replay files)."""
-        return self.work_dir / "data"
+        return Path(self.data_root).expanduser().resolve() if self.data_root else self.work_dir / "data"
 
     @property
     def warehouse_is_local(self) -> bool:

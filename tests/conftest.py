@@ -43,6 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
         root = Path(_temporary_root)
     os.environ["LAKEHOUSE_WAREHOUSE"] = str(root / "warehouse")
     os.environ["LAKEHOUSE_SERVICES_ROOT"] = str(root / "services")
+    os.environ["LAKEHOUSE_DATA_ROOT"] = str(root / "data")
     for name, port in _TEST_PORTS.items():
         os.environ.setdefault(name, port)
     # Libraries that write caches under HOME write them in the work folder instead.

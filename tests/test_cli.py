@@ -51,3 +51,13 @@ def test_sql_against_a_server_that_is_down_says_how_to_start_it(monkeypatch):
     )
     assert result.returncode == 2
     assert "lakehouse up" in result.stderr
+
+
+def test_tests_keep_generated_inputs_out_of_the_work_folder(tmp_path):
+    """The test session's demo writes its inputs and labels under the test root, not over yours."""
+    from lakehouse.settings import Settings, get_settings
+
+    settings = get_settings()
+    assert settings.data_dir != settings.work_dir / "data"
+    assert Settings(data_root=str(tmp_path)).data_dir == tmp_path
+    assert Settings(data_root="").data_dir == settings.work_dir / "data"

@@ -416,6 +416,8 @@ def eval_run(
         "makes the system's own flags follow it from the next batch run. The alerts columns apply "
         "`detector.alert_quiet_events` to those flags (the `alerts` view); `make bench` measures both settings on NAB."
     )
+    sweep = ", ".join(f"{quiet}: {score:.1f}" + (" (declared)" if quiet == result.alert_quiet_events else "") for quiet, score in result.alerts_by_quiet_events.items())
+    results.print(f"NAB standard of the alerts by `detector.alert_quiet_events` (same flags): {sweep}.")
     if result.unlabelled_entities:
         results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")
 

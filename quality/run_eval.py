@@ -13,7 +13,7 @@ the speed layer scored as it arrived. `lakehouse eval nab` is the out-of-sample 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ class RunEvaluation:
     in_sample_rows: int  # scored by a model whose training data reached the event
     windows: int
     unlabelled_entities: list[str]
+    alert_quiet_events: int = 0  # the dataset's declared setting, which the alerts columns use
+    # NAB standard of the alerts with other quiet periods (same flags): what to declare.
+    alerts_by_quiet_events: dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -43,7 +46,13 @@ class RunEvaluation:
             "scored_events": self.scored_events,
             "in_sample_rows": self.in_sample_rows,
             "windows": self.windows,
+            "alert_quiet_events": self.alert_quiet_events,
+            "nab_standard_by_alert_quiet_events": {str(quiet): round(score, 2) for quiet, score in self.alerts_by_quiet_events.items()},
         }
+
+
+# The quiet periods `lakehouse eval run` compares the declared one with, in events.
+QUIET_EVENTS_SWEEP = (0, 3, 6, 12, 24, 48, 96)
 
 
 def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: str = "merged", probation: float = nab.PROBATION_PERCENT) -> RunEvaluation:
@@ -51,7 +60,7 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
     quiet_events = schemas.load(dataset).detector.alert_quiet_events
     times = {entity: group["event_time"].to_numpy() for entity, group in frame.groupby("entity_id")}
     windows = labels.load(labels_path, event_times=times)
-    relative, flags, unlabelled = [], [], []
+    relative, flags, unlabelled, alarms = [], [], [], []
     for entity, group in frame.groupby("entity_id", sort=True):
         if entity not in windows:
             unlabelled.append(entity)
@@ -60,8 +69,17 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
         entity_windows = [(start, end) for start, end in windows.get(entity, []) if np.any((stamps >= start) & (stamps <= end))]
         relative.append(nab.Series(entity, stamps, group["relative_score"].to_numpy(dtype=float), entity_windows))
         # Alerts in event-time order (the frame is sorted): as the `alerts` view computes them.
-        alerted = first_of_episodes(group["is_anomaly"].fillna(False).astype(bool).to_numpy(), quiet_events)
+        alarms.append(group["is_anomaly"].fillna(False).astype(bool).to_numpy())
+        alerted = first_of_episodes(alarms[-1], quiet_events)
         flags.append(nab.Series(entity, stamps, alerted.astype(float), entity_windows))
+    standard = nab.PROFILES["standard"]
+    sweep = {
+        quiet: nab.score(
+            [nab.Series(series.name, series.timestamps, first_of_episodes(flagged, quiet).astype(float), series.windows) for series, flagged in zip(flags, alarms)],
+            standard, 0.5, probation,
+        ).normalised
+        for quiet in sorted({*QUIET_EVENTS_SWEEP, quiet_events})
+    }
     in_sample = frame.dropna(subset=["train_end"])
     return RunEvaluation(
         evaluation=evaluate(relative, flags, probation_percent=probation),
@@ -71,4 +89,6 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
         in_sample_rows=int((in_sample["train_end"] >= in_sample["event_time"]).sum()),
         windows=sum(len(series.windows) for series in relative),
         unlabelled_entities=unlabelled,
+        alert_quiet_events=quiet_events,
+        alerts_by_quiet_events=sweep,
     )

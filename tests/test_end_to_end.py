@@ -233,3 +233,7 @@ def test_eval_scores_the_merged_view_against_the_demo_labels(demo):
     # 4 sensors x 5 planted anomalies, each a window; the demo's 6 days hold them all.
     assert figures["windows"] == 20
     assert figures["window_recall"] >= 0.5 and 0 < figures["nab"]["standard"] <= 100
+    # The declared quiet period's entry of the sweep is the alerts column itself.
+    declared = figures["alert_quiet_events"]
+    assert declared == 12
+    assert figures["nab_standard_by_alert_quiet_events"][str(declared)] == figures["nab_with_own_flags"]["standard"]

@@ -126,6 +126,11 @@ class HoldoutReport:
         }
 
 
+def _alarms(series: nab.Series, threshold: float) -> np.ndarray:
+    """Rows at or above a relative threshold (unscored rows never are), as nab.score counts them."""
+    return np.nan_to_num(series.scores, nan=-np.inf) >= threshold
+
+
 def alert_choice(series: dict[str, nab.Series], halvings: list[tuple[set[str], set[str]]], profile: nab.Profile) -> AlertChoice:
     """Alerts of relative-score series under every (threshold_scale, alert_quiet_events) of the
     grid, chosen per half. NAB's raw score, null and perfect add up over series, so each series is
@@ -135,8 +140,7 @@ def alert_choice(series: dict[str, nab.Series], halvings: list[tuple[set[str], s
         for quiet in ALERT_QUIET_EVENTS:
             parts[threshold, quiet] = {}
             for name, one in series.items():
-                alarms = np.nan_to_num(one.scores, nan=-np.inf) >= threshold
-                alerted = np.where(np.isnan(one.scores), np.nan, first_of_episodes(alarms, quiet).astype(float))
+                alerted = np.where(np.isnan(one.scores), np.nan, first_of_episodes(_alarms(one, threshold), quiet).astype(float))
                 outcome = nab.score([nab.Series(name, one.timestamps, alerted, one.windows)], profile, 0.5)
                 parts[threshold, quiet][name] = (outcome.raw, outcome.null, outcome.perfect)
 
@@ -181,8 +185,7 @@ def held_out_score(scored: dict[Config, dict[str, nab.Series]], halves: tuple[se
         for name in sorted(other):
             series = scored[best_config][name]
             relative.append(series)
-            flagged = np.where(np.nan_to_num(series.scores, nan=-np.inf) >= best.threshold, 1.0, 0.0)
-            flags.append(nab.Series(name, series.timestamps, flagged, series.windows))
+            flags.append(nab.Series(name, series.timestamps, _alarms(series, best.threshold).astype(float), series.windows))
     return SplitResult(
         seed=seed,
         chosen=(chosen[0], chosen[1]),

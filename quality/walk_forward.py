@@ -134,9 +134,7 @@ def to_nab_alerts(series: NabSeries, scored: pd.DataFrame, windows: labels.Windo
     flags = np.zeros(series.rows, dtype=bool)
     flags[rows] = scored["is_anomaly"].astype(bool).to_numpy()
     alerted = first_of_episodes(flags, quiet_events)
-    values = np.full(series.rows, np.nan)
-    values[rows] = alerted[rows].astype(float)
-    return nab.Series(series.entity, series.frame["event_time"].to_numpy(), values, windows.get(series.entity, []))
+    return to_nab(series, scored.assign(alert=alerted[rows].astype(float)), windows, "alert")
 
 
 @dataclass(frozen=True)

@@ -67,17 +67,15 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
     merged = _qualified(dataset.name, constants.MERGED_VIEW)
     entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
     features = ", ".join(f'"{name}"' for name in dataset.features.fields)
+    flagged_columns = f"{event_id}, {entity}, {event_time}, score, model_version, layer, {features}"
     bodies = {
         # Every anomaly, newest first when ordered by event time; the layer that scored it.
-        constants.ANOMALIES_VIEW: (
-            f"SELECT {event_id}, {entity}, {event_time}, score, model_version, layer, {features} "
-            f"FROM {merged} WHERE is_anomaly"
-        ),
+        constants.ANOMALIES_VIEW: f"SELECT {flagged_columns} FROM {merged} WHERE is_anomaly",
         # The first alarm of each episode (lakehouse/alerts.py): an alarm none of the entity's
         # previous `alert_quiet_events` events raised. The window runs over the entity's whole
         # merged history (a filter on time cannot be pushed below it), so this view costs more
         # than `anomalies`; it is what to page on.
-        constants.ALERTS_VIEW: _alerts_body(dataset, merged, f"{event_id}, {entity}, {event_time}, score, model_version, layer, {features}"),
+        constants.ALERTS_VIEW: _alerts_body(dataset, merged, flagged_columns),
         # Per entity and hour: events, anomalies, highest score. "The last N hours" is a filter on
         # `hour` (`lakehouse anomalies --hours N` writes it).
         constants.HOURLY_VIEW: (

@@ -46,7 +46,7 @@ test-fast: $(INSTALLED) ## Only the tests that start no engine
 	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not flink and not e2e"
 
 notebooks: setup ## Execute notebooks/ on the current warehouse (after `make demo`); copies with outputs in .work/notebooks
-	$(PYTHON) -m lakehouse.notebooks
+	$(PYTHON) -m app.notebooks
 
 bench: setup ## Every benchmark (batch, speed, serving, quality), each against its reference; .work/bench/report.json + report.md
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}

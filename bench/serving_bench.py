@@ -54,9 +54,10 @@ def run(argv: list[str] | None = None) -> list[dict]:
     import schemas
     from batch.job import run_batch
     from batch.spark import spark_session
-    from lakehouse.services.flink import FlinkJobServer
-    from lakehouse.services.kafka import KafkaBroker, create_topic
-    from lakehouse.services.trino import TrinoServer
+    from local_services.flink import FlinkJobServer
+    from local_services.kafka import KafkaBroker
+    from speed.topics import create_topic
+    from local_services.trino import TrinoServer
     from lakehouse.settings import get_settings
     from serving import trino_client, views
     from speed import pipeline as speed_pipeline

@@ -60,7 +60,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
     from batch.spark import spark_session
     from lakehouse import registry
     from lakehouse.features import compute_features
-    from lakehouse.services.kafka import KafkaBroker, create_topic
+    from local_services.kafka import KafkaBroker
+    from speed.topics import create_topic
     from lakehouse.settings import get_settings
     from speed import metrics
     from speed import pipeline as speed_pipeline
@@ -112,7 +113,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
         # The same replay on Flink (embedded, streaming mode, two workers), job start-up included.
         shutil.rmtree(settings.table_uri(DATASET, "hot_scores"), ignore_errors=True)
-        from lakehouse.services.flink import FlinkJobServer
+        from local_services.flink import FlinkJobServer
 
         flink = FlinkJobServer(settings)
         started_flink = flink.pid() is None
@@ -176,8 +177,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 def _follow_on_flink(settings, dataset, stream: pd.DataFrame, arguments, folder: Path) -> list[dict]:
     """Arrival-to-commit latency of one Flink job following a topic fed at a steady rate."""
-    from lakehouse.services.flink import FlinkJobServer
-    from lakehouse.services.kafka import create_topic
+    from local_services.flink import FlinkJobServer
+    from speed.topics import create_topic
     from speed import metrics
     from speed import pipeline as speed_pipeline
     from speed.produce import produce

@@ -1,7 +1,19 @@
 """Typed settings: defaults < lakehouse.toml (or $LAKEHOUSE_CONFIG) < LAKEHOUSE_* environment variables.
 
-LAKEHOUSE_PROFILE picks the profile (local by default). Secrets (S3 keys, Trino passwords) are
-read only from the environment, never from a file in the repository.
+LAKEHOUSE_PROFILE picks the profile, and the profile picks the defaults (docs/operations.md):
+
+- ``local`` (default): the embedded set-up. The warehouse is ``.work/warehouse``; the project
+  starts Trino, Kafka, the S3 server and the Flink job server on loopback (``lakehouse up``),
+  and clients find the local Trino's CA file and generated passwords under ``services_dir``.
+- ``staging`` and ``production``: nothing local. The warehouse must be given, nothing is started
+  (``lakehouse up`` refuses), Trino's certificate is checked against the system's trust store
+  unless ``trino_ca_file`` names a CA, and Trino passwords come only from the environment.
+  ``production`` also refuses the commands that delete tables (``lakehouse demo``).
+
+Secrets (S3 keys, Trino passwords) are read only from the environment (or, locally, from the
+password file the local Trino generated outside the repository), never from a file in the repo.
+
+Only the composition root (``app/``) calls ``get_settings()``; the layers take a ``Settings``.
 """
 
 from __future__ import annotations
@@ -96,6 +108,11 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_warehouse(self) -> "Settings":
         if not self.warehouse:
+            if not self.is_local:
+                raise ValueError(
+                    f"profile {self.profile!r} has no default warehouse: set LAKEHOUSE_WAREHOUSE "
+                    "(or `warehouse` in lakehouse.toml) to a folder or an s3:// URI"
+                )
             self.warehouse = str(self.work_dir / "warehouse")
         elif "://" not in self.warehouse:
             self.warehouse = str(Path(self.warehouse).expanduser().resolve())
@@ -104,6 +121,11 @@ class Settings(BaseSettings):
                 f"warehouse {self.warehouse!r}: use a local path or an s3:// URI"
             )
         return self
+
+    @property
+    def is_local(self) -> bool:
+        """The embedded set-up: the project starts and owns its services (see the module doc)."""
+        return self.profile == "local"
 
     # Derived locations -------------------------------------------------------------
     @property
@@ -134,6 +156,20 @@ class Settings(BaseSettings):
     @property
     def trino_url(self) -> str:
         return f"https://{self.trino_host}:{self.trino_port}"
+
+    @property
+    def trino_ca_path(self) -> Path | None:
+        """The CA file to verify Trino against; None means the system's trust store."""
+        if self.trino_ca_file:
+            return Path(self.trino_ca_file).expanduser().resolve()
+        return self.services_dir / "trino" / "secrets" / "ca.pem" if self.is_local else None
+
+    @property
+    def trino_password_path(self) -> Path | None:
+        """Where passwords not given by the environment are read from (None: nowhere)."""
+        if self.trino_password_file:
+            return Path(self.trino_password_file).expanduser().resolve()
+        return self.services_dir / "trino" / "secrets" / "passwords.json" if self.is_local else None
 
     @property
     def trino_http_port(self) -> int:

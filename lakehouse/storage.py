@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
+from lakehouse.settings import Settings
+
 
 def aws_region() -> str:
     """The region every S3 client uses: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1."""
@@ -163,3 +165,32 @@ def _s3_client_for(configuration: tuple, region: str):
     import boto3
 
     return boto3.session.Session().client("s3", region_name=region)
+
+
+# Trino's view of the warehouse -------------------------------------------------------------
+# The Delta catalog's file metastore lives inside the warehouse, so table registrations belong to
+# the warehouse they describe (a test warehouse gets its own).
+METASTORE_FOLDER = "_trino_metastore"
+
+
+def trino_uri(location: str) -> str:
+    """The URI Trino's native file systems accept for a warehouse location.
+
+    Local folders become local:///absolute/path (the catalog roots the local file system at "/");
+    file:// and Hadoop's file:/ forms are converted too; s3:// and other URIs pass unchanged.
+    """
+    if location.startswith("file://"):
+        path = location.removeprefix("file://")
+    elif location.startswith("file:/"):
+        path = location.removeprefix("file:")
+    elif "://" in location:
+        return location
+    else:
+        path = location
+    absolute = Path(path).expanduser().resolve()
+    return f"local://{absolute.as_posix()}"
+
+
+def metastore_uri(settings: Settings) -> str:
+    """Where the Delta catalog keeps its table registrations: <warehouse>/_trino_metastore."""
+    return trino_uri(f"{settings.warehouse.rstrip('/')}/{METASTORE_FOLDER}")

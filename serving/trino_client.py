@@ -1,17 +1,22 @@
-"""A small client for the local Trino server: queries as DataFrames, statements, table registration.
+"""A small Trino client: queries as DataFrames, statements, table registration.
+
+It talks to whichever Trino the settings name (host, port, users, passwords, CA file): the local
+server `lakehouse up` starts, or one you already run. Nothing here knows how a server is started.
 
 Every failure comes back as a project error: QueryError (with the SQL and Trino's query id) when
 Trino rejects a statement, ServiceError when the server does not answer at all.
 
 Tables are written by Spark and delta-rs and only registered in Trino's "delta" catalog, whose
-file metastore lives in the warehouse (see lakehouse/services/trino.py). Locations are passed to
-Trino as local:///absolute/path for local folders (lakehouse.services.trino.trino_uri).
+file metastore lives in the warehouse. Locations are passed to Trino as local:///absolute/path
+for local folders (lakehouse.storage.trino_uri).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from typing import Any
@@ -25,9 +30,8 @@ import trino.exceptions
 from lakehouse.constants import CATALOG
 from lakehouse import storage
 from lakehouse.errors import ConfigurationError, QueryError, ServiceError
-from lakehouse.services import trino_security
-from lakehouse.services.trino import trino_uri
-from lakehouse.settings import Settings, get_settings
+from lakehouse.settings import Settings
+from lakehouse.storage import trino_uri
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +39,54 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _LOCATION = re.compile(r"^\s*location = '((?:[^']|'')*)'", re.MULTILINE)
 
 
-def connect(settings: Settings | None = None, *, role: str = "admin") -> trino.dbapi.Connection:
-    """A DB-API connection to the local server over HTTPS, logged in as the role's user ("admin"
-    registers tables and creates views, "analyst" only reads), catalog "delta", time zone UTC."""
-    settings = settings or get_settings()
-    login = trino_security.credentials(settings, role)
-    # The server is on loopback: ignore any HTTP proxy configured in the environment.
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str
+
+
+def credentials(settings: Settings, role: str = "admin") -> Credentials:
+    """The user and password of a role: "admin" registers tables and creates views, "analyst"
+    only reads. The password comes from the environment (LAKEHOUSE_TRINO_PASSWORD,
+    LAKEHOUSE_TRINO_ANALYST_PASSWORD), else from the settings' password file."""
+    if role == "admin":
+        user, given = settings.trino_user, settings.trino_password
+    elif role == "analyst":
+        user, given = settings.trino_analyst_user, settings.trino_analyst_password
+    else:
+        raise ValueError(f"unknown Trino role {role!r}: admin or analyst")
+    if given:
+        return Credentials(user, given)
+    path = settings.trino_password_path
+    stored = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    if user not in stored:
+        where = f" or in {path}" if path is not None else ""
+        raise ServiceError(
+            "trino",
+            f"no password for user {user!r}: set LAKEHOUSE_TRINO_{'ANALYST_' if role == 'analyst' else ''}PASSWORD{where}"
+            + (" (the local Trino writes it on its first start: `lakehouse up`)" if settings.is_local else ""),
+        )
+    return Credentials(user, stored[user])
+
+
+def connect(settings: Settings, *, role: str = "admin") -> trino.dbapi.Connection:
+    """A DB-API connection over HTTPS, logged in as the role's user, catalog "delta", time zone UTC."""
+    login = credentials(settings, role)
+    # Trino is reached directly (loopback locally, the cluster's address otherwise): ignore any
+    # HTTP proxy configured in the environment.
     session = requests.Session()
     session.trust_env = False
-    # Verified against the local CA that signed the server's certificate (lakehouse up made both).
-    ca_file = trino_security.ca_file(settings)
-    if not ca_file.exists():
+    ca_file = settings.trino_ca_path
+    if ca_file is None:
+        session.verify = True  # the system's trust store
+    elif not ca_file.exists():
         raise ServiceError(
-            "trino", f"{settings.trino_url}: no certificate at {ca_file}, the local Trino was never started; run `lakehouse up`"
+            "trino",
+            f"{settings.trino_url}: no CA certificate at {ca_file}"
+            + ("; the local Trino was never started: run `lakehouse up`" if settings.is_local else "; set LAKEHOUSE_TRINO_CA_FILE"),
         )
-    session.verify = str(ca_file)
+    else:
+        session.verify = str(ca_file)
     return trino.dbapi.connect(
         host=settings.trino_host,
         port=settings.trino_port,
@@ -64,25 +101,23 @@ def connect(settings: Settings | None = None, *, role: str = "admin") -> trino.d
 
 
 def query(
-    sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None, role: str = "admin"
+    sql: str, params: Sequence[Any] | None = None, *, settings: Settings, role: str = "admin"
 ) -> pd.DataFrame:
     """Run a query and return all its rows; params fill the ? placeholders."""
-    settings = settings or get_settings()
     with closing(connect(settings, role=role)) as connection:
         columns, rows = _run(connection, sql, params, settings)
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
 def execute(
-    sql: str, params: Sequence[Any] | None = None, *, settings: Settings | None = None, role: str = "admin"
+    sql: str, params: Sequence[Any] | None = None, *, settings: Settings, role: str = "admin"
 ) -> None:
     """Run a statement (DDL, CALL, ...) to completion."""
-    settings = settings or get_settings()
     with closing(connect(settings, role=role)) as connection:
         _run(connection, sql, params, settings)
 
 
-def register_table(schema: str, table: str, location: str, *, settings: Settings | None = None) -> bool:
+def register_table(schema: str, table: str, location: str, *, settings: Settings) -> bool:
     """Make an existing Delta table queryable as delta.<schema>.<table>; True if anything changed.
 
     Idempotent: a table already registered at the same location is left alone. A registration
@@ -90,7 +125,6 @@ def register_table(schema: str, table: str, location: str, *, settings: Settings
     replaced. A folder deleted and written again at the same location needs nothing: the catalog
     reads each table's Delta log afresh on every query (delta.metadata.cache-ttl=0s).
     """
-    settings = settings or get_settings()
     schema, table = _checked_name(schema), _checked_name(table)
     uri = trino_uri(location)
     schema_uri = trino_uri(f"{settings.warehouse.rstrip('/')}/{schema}")
@@ -127,10 +161,9 @@ def register_table(schema: str, table: str, location: str, *, settings: Settings
     return True
 
 
-def register_warehouse(settings: Settings | None = None) -> list[str]:
+def register_warehouse(settings: Settings) -> list[str]:
     """Register every Delta table found as <warehouse>/<schema>/<table>/_delta_log (a local folder
     or s3://); return their names."""
-    settings = settings or get_settings()
     registered: list[str] = []
     for schema, table in storage.list_tables(settings.warehouse):
         if not (_NAME.match(schema) and _NAME.match(table)):

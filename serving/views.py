@@ -15,9 +15,8 @@ import logging
 
 import schemas
 from lakehouse import constants, storage
-from lakehouse.settings import Settings, get_settings
+from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from lakehouse.services.trino import metastore_uri
 from serving import trino_client
 
 log = logging.getLogger(__name__)
@@ -135,9 +134,8 @@ def quality_views_sql() -> dict[str, str]:
     return {name: _create_view(constants.SYSTEM_SCHEMA, name, body) for name, body in bodies.items()}
 
 
-def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:
+def refresh(dataset_name: str, settings: Settings) -> list[str]:
     """Register the dataset's tables and the system tables in Trino, then (re)create its merged view."""
-    settings = settings or get_settings()
     dataset = schemas.load(dataset_name)
     messages = []
     present = {}
@@ -166,7 +164,7 @@ def refresh(dataset_name: str, settings: Settings | None = None) -> list[str]:
     return messages
 
 
-def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings | None = None, role: str = "admin"):
+def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings, role: str = "admin"):
     """Anomalies per entity in the last `hours` of data (ending at the newest event in the merged
     view, so a replay of old data answers as live data does), as a DataFrame."""
     dataset = schemas.load(dataset_name)
@@ -183,7 +181,7 @@ def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings | No
     return trino_client.query(sql, [f"{max(1, round(hours))}h"], settings=settings, role=role)
 
 
-def recent_alerts(dataset_name: str, hours: float, *, settings: Settings | None = None, role: str = "admin"):
+def recent_alerts(dataset_name: str, hours: float, *, settings: Settings, role: str = "admin"):
     """The alerts (first alarm of each episode) of the last `hours` of data, newest first, ending
     at the newest event in the merged view, as a DataFrame."""
     dataset = schemas.load(dataset_name)
@@ -199,26 +197,8 @@ def recent_alerts(dataset_name: str, hours: float, *, settings: Settings | None 
     return trino_client.query(sql, [f"{hours:g}h"], settings=settings, role=role)
 
 
-def refresh_if_serving(dataset_name: str, settings: Settings | None = None) -> None:
-    """After a layer wrote its tables: register them and refresh the views if the local Trino for
-    this warehouse is up. Never fails the caller; `lakehouse serve refresh` does it by hand."""
-    from lakehouse.services.trino import TrinoServer
-
-    settings = settings or get_settings()
-    server = TrinoServer(settings)
-    try:
-        if server.pid() is None or server.served_metastore() != metastore_uri(settings) or not server.status().ready:
-            return
-        for line in refresh(dataset_name, settings):
-            log.debug("%s", line)
-        log.info("serving: %s tables registered and views refreshed in Trino", dataset_name)
-    except Exception as error:  # noqa: BLE001 - the data is written; serving catches up later
-        log.warning("serving: could not refresh %s in Trino (%s); run `lakehouse serve refresh`", dataset_name, error)
-
-
-def refresh_all(settings: Settings | None = None) -> list[str]:
+def refresh_all(settings: Settings) -> list[str]:
     """refresh() for every declared dataset that has tables in the warehouse."""
-    settings = settings or get_settings()
     messages = []
     for name in schemas.available():
         if any(storage.table_exists(settings.table_uri(name, table)) for table in constants.DATASET_TABLES):

@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 
 import apache_beam as beam
@@ -25,7 +26,7 @@ import schemas
 from lakehouse import storage
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
-from speed import kafka_stream, metrics, tables
+from speed import kafka_stream, metrics, tables, topics
 from speed.kafka_source import ReadKafkaRange, commit_offsets, plan_ranges
 from speed.transforms import (
     DEAD_LETTER,
@@ -41,6 +42,24 @@ from speed.transforms import (
 log = logging.getLogger(__name__)
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the composition root adds around a run; the speed layer knows neither serving nor the
+    local services.
+
+    tables_ready(dataset): called once the run's tables exist, before the job starts (the root
+    registers them in Trino so a first run's hot table is queryable at once).
+    flink_job_server(): starts a Flink job server for `--runner FlinkRunner` without
+    `--flink_master`/`--job_endpoint`, and returns its job endpoint (host:port).
+    """
+
+    tables_ready: Callable[[str], None] | None = None
+    flink_job_server: Callable[[], str] | None = None
+
+
+NO_HOOKS = Hooks()
 
 
 class SpeedOptions(PipelineOptions):
@@ -208,26 +227,29 @@ def _bootstrap(options: SpeedOptions, settings: Settings) -> str:
     return options.kafka_bootstrap_servers or settings.kafka_bootstrap
 
 
-def _use_embedded_flink(options: PipelineOptions, settings: Settings) -> None:
-    """FlinkRunner without a cluster: submit to the project's Flink job server (embedded Flink).
+def _use_flink_job_server(options: PipelineOptions, hooks: Hooks) -> None:
+    """FlinkRunner without a cluster: submit to the job server the composition root starts.
 
     Beam's own FlinkRunner would fetch a job-server jar of its version at submit time, which this
-    machine's Maven mirror lacks (see lakehouse/services/flink.py). With --flink_master naming a
+    machine's Maven mirror lacks (see local_services/flink.py). With --flink_master naming a
     real cluster, or --job_endpoint, the options are left to Beam.
     """
     from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
 
-    from lakehouse.services.flink import FlinkJobServer
-
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_master not in (None, "[auto]", "[local]"):
         return
-    FlinkJobServer(settings).start()
+    if hooks.flink_job_server is None:
+        raise ConfigurationError(
+            "--runner FlinkRunner needs --flink_master=HOST:PORT or --job_endpoint=HOST:PORT here "
+            "(`lakehouse speed run` starts a local Flink job server itself)"
+        )
+    endpoint = hooks.flink_job_server()
     options.view_as(StandardOptions).runner = "PortableRunner"
-    portable.job_endpoint = settings.flink_job_endpoint
+    portable.job_endpoint = endpoint
     # The Python workers run in this process: no Docker, and the Prometheus metrics are local.
     portable.environment_type = portable.environment_type or "LOOPBACK"
-    log.info("speed: submitting to the embedded Flink job server on %s", settings.flink_job_endpoint)
+    log.info("speed: submitting to the Flink job server on %s", endpoint)
 
 
 def _record_lag(ranges) -> None:
@@ -246,20 +268,19 @@ def _counter(result, name: str) -> int:
     return int(sum(counter.committed or counter.attempted or 0 for counter in counters))
 
 
-def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> SpeedResult:
+def run(argv: list[str] | None = None, *, settings: Settings | None = None, hooks: Hooks = NO_HOOKS) -> SpeedResult:
     """Entry point: builds and runs the pipeline and returns its counts.
 
     A replay or a Kafka range runs to its end. `--follow` runs until Ctrl-C or SIGTERM, which
     cancel the job (on Flink) or stop after the current micro-batch (in-process runner).
+    Without `settings` (as `python -m speed.pipeline`), they come from the environment.
     """
     settings = settings or get_settings()
-    options, unbounded = _configure(argv, settings)
+    options, unbounded = _configure(argv, settings, hooks)
     speed_options = options.view_as(SpeedOptions)
     _prepare(speed_options, settings)
-    from serving.views import refresh_if_serving
-
-    # A first run creates the hot table: register it before the job, so it is queryable at once.
-    refresh_if_serving(speed_options.dataset, settings)
+    if hooks.tables_ready is not None:
+        hooks.tables_ready(speed_options.dataset)
     with _stop_on_sigterm():
         if unbounded:
             counts = _run_unbounded(options, settings)
@@ -273,7 +294,7 @@ def run(argv: list[str] | None = None, *, settings: Settings | None = None) -> S
     return counts
 
 
-def _configure(argv: list[str] | None, settings: Settings) -> tuple[PipelineOptions, bool]:
+def _configure(argv: list[str] | None, settings: Settings, hooks: Hooks) -> tuple[PipelineOptions, bool]:
     """The pipeline options as given, completed for this machine; and whether the job is unbounded."""
     argv = list(argv or [])
     if any(argument in ("--follow", "--follow=true") for argument in argv) and not any(argument.startswith("--max_bundle_time_mills") for argument in argv):
@@ -295,7 +316,7 @@ def _configure(argv: list[str] | None, settings: Settings) -> tuple[PipelineOpti
         # Flink's batch translation groups each key's events in no particular order, further out
         # of order than per-entity state can repair; its streaming mode keeps each reader's order.
         standard.streaming = True
-        _use_embedded_flink(options, settings)
+        _use_flink_job_server(options, hooks)
     if unbounded:
         standard.streaming = True
     elif standard.streaming:
@@ -309,11 +330,10 @@ def _configure(argv: list[str] | None, settings: Settings) -> tuple[PipelineOpti
     return options, unbounded
 
 
-def follow(argv: list[str], *, settings: Settings | None = None):
+def follow(argv: list[str], *, settings: Settings, hooks: Hooks = NO_HOOKS):
     """Start an unbounded job (`--follow` on a streaming runner) and return its PipelineResult at
     once, for callers that drive it themselves (the benchmark); `result.cancel()` stops it."""
-    settings = settings or get_settings()
-    options, unbounded = _configure([*argv, "--follow"], settings)
+    options, unbounded = _configure([*argv, "--follow"], settings, hooks)
     if not unbounded:
         raise ConfigurationError("follow() needs a streaming runner, e.g. --runner FlinkRunner")
     _prepare(options.view_as(SpeedOptions), settings)
@@ -328,9 +348,7 @@ def _prepare(options: SpeedOptions, settings: Settings) -> None:
     if _lands(options):
         tables.ensure_table(tables.landing_uri(settings, dataset), tables.landing_schema(dataset))
     if options.alerts_topic:
-        from lakehouse.services.kafka import create_topic
-
-        create_topic(options.alerts_topic, settings=settings)
+        topics.create_topic(options.alerts_topic, settings=settings)
     if options.metrics_port:
         metrics.serve(options.metrics_port)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lakehouse.errors import LakehouseError
-from lakehouse.settings import Settings, get_settings
+from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from schemas.rules import derive_text
 
@@ -53,13 +53,12 @@ def produce(
     topic: str,
     *,
     rate: float = 0.0,
-    settings: Settings | None = None,
+    settings: Settings,
     progress=None,
 ) -> int:
     """Send every record of the files to the topic; `rate` is messages per second (0: no limit)."""
     from confluent_kafka import Producer
 
-    settings = settings or get_settings()
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
     failures: list[str] = []
 

@@ -31,21 +31,21 @@ def _for_the_session(service) -> Iterator:
 
 @pytest.fixture(scope="session")
 def trino_server():
-    from lakehouse.services.trino import TrinoServer
+    from local_services.trino import TrinoServer
 
     yield from _for_the_session(TrinoServer())
 
 
 @pytest.fixture(scope="session")
 def kafka_broker():
-    from lakehouse.services.kafka import KafkaBroker
+    from local_services.kafka import KafkaBroker
 
     yield from _for_the_session(KafkaBroker())
 
 
 @pytest.fixture(scope="session")
 def s3_server():
-    from lakehouse.services.s3 import S3Server
+    from local_services.s3 import S3Server
 
     yield from _for_the_session(S3Server())
 
@@ -53,7 +53,7 @@ def s3_server():
 @pytest.fixture(scope="session")
 def flink_job_server():
     """The Beam Flink job server with an embedded Flink."""
-    from lakehouse.services.flink import FlinkJobServer
+    from local_services.flink import FlinkJobServer
 
     yield from _for_the_session(FlinkJobServer())
 
@@ -62,6 +62,6 @@ def flink_job_server():
 def demo(trino_server, kafka_broker, spark) -> dict:
     """The whole Lambda cycle (`lakehouse demo`, smaller) in the session's warehouse, once: the
     end-to-end tests check it and the notebooks run on it."""
-    from lakehouse import demo as demo_module
+    from app import demo as demo_module
 
     return demo_module.run(fresh=True, sensors=4, days=6.0)

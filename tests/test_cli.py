@@ -8,7 +8,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from lakehouse.cli import app
+from app.cli import app
 
 COMMANDS = [
     [], ["setup"], ["up"], ["down"], ["status"], ["generate"], ["demo"], ["sql"],
@@ -27,7 +27,7 @@ def test_every_command_has_help(command):
 
 def _lakehouse(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", *arguments], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "app.cli", *arguments], capture_output=True, text=True, timeout=120
     )
 
 
@@ -45,7 +45,7 @@ def test_an_unknown_dataset_names_the_declared_ones():
 
 def test_sql_against_a_server_that_is_down_says_how_to_start_it(monkeypatch):
     result = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "sql", "SELECT 1"],
+        [sys.executable, "-m", "app.cli", "sql", "SELECT 1"],
         capture_output=True, text=True, timeout=120,
         env={**__import__("os").environ, "LAKEHOUSE_TRINO_PORT": "1"},
     )

@@ -194,7 +194,7 @@ def test_trino_takes_passwords_only_over_verified_https(demo):
     import urllib.error
     import urllib.request
 
-    from lakehouse.services import trino_security
+    from local_services import trino_security
 
     settings = get_settings()
     login = trino_security.credentials(settings, "analyst")
@@ -221,7 +221,7 @@ def test_eval_scores_the_merged_view_against_the_demo_labels(demo):
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "lakehouse.cli", "eval", "run", "-d", "sensor_events", "--labels", str(demo["files"]["labels"]), "--json"],
+        [sys.executable, "-m", "app.cli", "eval", "run", "-d", "sensor_events", "--labels", str(demo["files"]["labels"]), "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from lakehouse.cli import app
+from app.cli import app
 from quality import reference_data_dir
 
 DATA = reference_data_dir()

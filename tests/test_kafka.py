@@ -11,13 +11,8 @@ from collections import Counter
 
 import pytest
 
-from lakehouse.services.kafka import (
-    KafkaBroker,
-    bootstrap_servers,
-    create_topic,
-    delete_topic,
-    new_cluster_id,
-)
+from local_services.kafka import KafkaBroker, bootstrap_servers, new_cluster_id
+from speed.topics import create_topic, delete_topic
 from lakehouse.settings import Settings
 
 # Until tests/conftest.py imports the fixture, take it from its module directly.
@@ -47,7 +42,7 @@ def _free_ports(count: int) -> list[int]:
 def test_broker_is_ready(kafka_broker: KafkaBroker) -> None:
     status = kafka_broker.status()
     assert status.running and status.ready
-    assert status.address == bootstrap_servers() == f"127.0.0.1:{kafka_broker.settings.kafka_port}"
+    assert status.address == bootstrap_servers(kafka_broker.settings) == f"127.0.0.1:{kafka_broker.settings.kafka_port}"
     rendered = kafka_broker.server_properties.read_text()
     assert "${KAFKA_" not in rendered
     assert f"log.dirs={kafka_broker.data_dir}" in rendered
@@ -81,7 +76,7 @@ def test_produce_and_consume_exactly(kafka_broker: KafkaBroker) -> None:
         began = time.monotonic()
         producer = Producer(
             {
-                "bootstrap.servers": bootstrap_servers(),
+                "bootstrap.servers": bootstrap_servers(kafka_broker.settings),
                 "enable.idempotence": True,
                 "linger.ms": 5,
             }
@@ -99,7 +94,7 @@ def test_produce_and_consume_exactly(kafka_broker: KafkaBroker) -> None:
 
         consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap_servers(),
+                "bootstrap.servers": bootstrap_servers(kafka_broker.settings),
                 "group.id": f"test-{uuid.uuid4().hex[:12]}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,

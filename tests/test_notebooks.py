@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lakehouse.notebooks import NOTEBOOKS, execute
+from app.notebooks import NOTEBOOKS, execute
 
 pytestmark = [pytest.mark.e2e, pytest.mark.spark, pytest.mark.beam, pytest.mark.trino]
 

@@ -23,7 +23,7 @@ import pytest
 from batch import run_log
 from lakehouse import registry, storage
 from lakehouse.constants import HOT_SCORES, SILVER
-from lakehouse.services.s3 import client_environment
+from local_services.s3 import client_environment
 from lakehouse.settings import Settings, get_settings
 
 from fixtures_engines import make_sensor_inputs
@@ -105,7 +105,7 @@ def test_batch_then_speed_on_an_s3_warehouse(s3_lakehouse, tmp_path):
 
     # Trino serves the S3 warehouse through its native S3 file system, keys from the environment;
     # a Trino of its own, since the session's serves the local test warehouse.
-    from lakehouse.services.trino import TrinoServer
+    from local_services.trino import TrinoServer
     from serving import trino_client, views
 
     trino_settings = settings.model_copy(update={"services_root": str(tmp_path / "services"), "trino_port": settings.trino_port + 300})

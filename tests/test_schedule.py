@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from batch.schedule import parse_interval, run_schedule, tick_times
-from lakehouse.cli import app
+from app.cli import app
 from lakehouse.errors import ConfigurationError
 
 from fixtures_engines import make_sensor_inputs

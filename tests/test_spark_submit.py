@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from lakehouse import jvm
+from local_services import jvm
 
 from fixtures_engines import make_sensor_inputs
 

@@ -22,7 +22,7 @@ import schemas
 from batch.job import run_batch
 from lakehouse import constants
 from lakehouse import generate as generator
-from lakehouse.services.kafka import create_topic
+from speed.topics import create_topic
 from lakehouse.settings import PROJECT_ROOT, get_settings
 from speed import pipeline as speed_pipeline
 from speed.kafka_source import plan_ranges

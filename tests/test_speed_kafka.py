@@ -11,7 +11,7 @@ from deltalake import DeltaTable
 import schemas
 from batch.job import run_batch
 from lakehouse import constants
-from lakehouse.services.kafka import create_topic
+from speed.topics import create_topic
 from speed import pipeline as speed_pipeline
 from speed.produce import produce
 

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 from deltalake import write_deltalake
 
-from lakehouse import jvm
+from local_services import jvm
 from lakehouse.errors import QueryError, ServiceError
-from lakehouse.services.trino import METASTORE_FOLDER, TrinoServer, metastore_uri, trino_uri
+from lakehouse.storage import METASTORE_FOLDER, metastore_uri, trino_uri
+from local_services.trino import TrinoServer
 from lakehouse.settings import Settings
 from serving import trino_client
 

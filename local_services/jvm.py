@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from lakehouse.errors import SetupError
-from lakehouse.settings import PROJECT_ROOT, get_settings
+from lakehouse.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,12 @@ POM = PROJECT_ROOT / "infra" / "jvm" / "pom.xml"
 _MARKER = ".complete"
 
 
-def component_dir(component: Component) -> Path:
-    return get_settings().jvm_cache_dir / component
+def component_dir(component: Component, settings: Settings) -> Path:
+    return settings.jvm_cache_dir / component
 
 
-def is_fetched(component: Component) -> bool:
-    marker = component_dir(component) / _MARKER
+def is_fetched(component: Component, settings: Settings) -> bool:
+    marker = component_dir(component, settings) / _MARKER
     return marker.exists() and marker.read_text() == _pom_fingerprint()
 
 
@@ -41,17 +41,16 @@ def _pom_fingerprint() -> str:
     return hashlib.sha256(POM.read_bytes()).hexdigest()
 
 
-def ensure(component: Component) -> Path:
+def ensure(component: Component, settings: Settings) -> Path:
     """Fetch a component's artifacts if they are not cached yet; return its folder."""
-    target = component_dir(component)
-    if is_fetched(component):
+    target = component_dir(component, settings)
+    if is_fetched(component, settings):
         return target
     mvn = shutil.which("mvn")
     if mvn is None:
         raise SetupError("mvn not found: install Maven (Debian: apt-get install maven)")
     if target.exists():
         shutil.rmtree(target)
-    settings = get_settings()
     command = [
         mvn,
         "--batch-mode",
@@ -75,11 +74,11 @@ def ensure(component: Component) -> Path:
     return target
 
 
-def delta_jars() -> list[Path]:
+def delta_jars(settings: Settings) -> list[Path]:
     """Delta's jars for spark.jars, minus every artifact pyspark already ships (by name)."""
     import pyspark
 
-    folder = ensure("delta")
+    folder = ensure("delta", settings)
     shipped = {_artifact_name(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
     return sorted(
         jar for jar in folder.glob("*.jar") if _artifact_name(jar.name) not in shipped

@@ -17,9 +17,11 @@ from pathlib import Path
 import pandas as pd
 from rich.panel import Panel
 
+from app import wiring
 from lakehouse import generate as generator
+from lakehouse.errors import ConfigurationError
 from lakehouse.logs import console, frame_table
-from lakehouse.settings import get_settings
+from lakehouse.settings import Settings
 
 DATASET = "sensor_events"
 
@@ -55,19 +57,21 @@ def write_inputs(out: Path, *, sensors: int = 8, days: float = 6.0, seed: int = 
     return files
 
 
-def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0) -> dict:
+def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0) -> dict:
     from batch.job import run_batch
-    from batch.spark import spark_session
     import schemas
     from lakehouse.constants import events_topic
-    from lakehouse.services.kafka import KafkaBroker, create_topic, delete_topic
-    from lakehouse.services.trino import TrinoServer
+    from local_services.kafka import KafkaBroker
+    from speed.topics import create_topic, delete_topic
+    from local_services.trino import TrinoServer
     from speed.produce import produce
     from lakehouse.warehouse import reset_dataset
     from serving import trino_client, views
     from speed.pipeline import run as run_speed
 
-    settings = get_settings()
+    if settings.profile == "production":
+        raise ConfigurationError("the demo deletes and rewrites the sensor_events tables: not under the production profile")
+    wiring.require_local(settings, "the demo")
     started = time.perf_counter()
     trino = TrinoServer(settings)
     console.rule("[bold]Lakehouse demo: one Lambda cycle")
@@ -86,7 +90,7 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
     from pyspark.sql import SparkSession
 
     owns_spark = SparkSession.getActiveSession() is None
-    spark = spark_session(settings)
+    spark = wiring.spark_session(settings)
     summary: dict = {"batch": [], "speed": []}
 
     def batch(paths: list[Path], label: str) -> None:
@@ -122,23 +126,27 @@ def run(*, fresh: bool = True, stop_services: bool = False, sensors: int = 8, da
     with console.status("waiting for Trino"):
         trino.wait_ready()
         views.refresh(DATASET, settings)
-    merged = trino_client.query(
+
+    def query(sql: str):
+        return trino_client.query(sql, settings=settings)
+
+    merged = query(
         f"SELECT layer, count(*) AS events, count_if(is_anomaly) AS anomalies, "
         f"min(event_time) AS first_event, max(event_time) AS last_event, max(watermark) AS watermark "
         f"FROM delta.{DATASET}.merged GROUP BY layer ORDER BY layer"
     )
-    alerts = trino_client.query(f"SELECT layer, count(*) AS alerts FROM delta.{DATASET}.alerts GROUP BY layer")
+    alerts = query(f"SELECT layer, count(*) AS alerts FROM delta.{DATASET}.alerts GROUP BY layer")
     merged.insert(3, "alerts", merged[["layer"]].merge(alerts, on="layer", how="left")["alerts"].fillna(0).astype(int).to_numpy())
     _show(merged, "delta.sensor_events.merged by answering layer (alerts: the alerts view)")
     labels = pd.read_csv(files["labels"])
     spikes = labels[labels.anomaly == "spike"]["event_id"].tolist()
     id_list = ", ".join(f"'{event_id}'" for event_id in spikes)
-    flagged = trino_client.query(
+    flagged = query(
         f"SELECT entity_id, event_time, temperature, round(score, 2) AS score, is_anomaly, layer "
         f"FROM delta.{DATASET}.merged WHERE event_id IN ({id_list}) ORDER BY event_time"
     )
     _show(flagged, "planted temperature spikes in the merged view")
-    quarantine = trino_client.query(
+    quarantine = query(
         "SELECT layer, rule, count(*) AS records FROM delta.lakehouse.quarantine "
         f"CROSS JOIN UNNEST(failed_rules) AS t(rule) WHERE dataset = '{DATASET}' GROUP BY layer, rule ORDER BY layer, rule"
     )

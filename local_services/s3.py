@@ -15,9 +15,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from lakehouse import jvm
-from lakehouse.services.base import Service, fill_placeholders
-from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
+from local_services import jvm
+from local_services.base import Service, fill_placeholders
+from lakehouse.settings import PROJECT_ROOT, Settings
 
 TEMPLATE = PROJECT_ROOT / "infra" / "s3" / "s3proxy.properties"
 
@@ -36,7 +36,7 @@ class S3Server(Service):
 
     def prepare(self) -> None:
         self.require_free_ports((self.settings.s3_port,), "s3_port")
-        jvm.ensure("s3")
+        jvm.ensure("s3", self.settings)
         # A bucket of the filesystem backend is a folder: the default bucket exists from the start.
         (self.data_dir / self.settings.s3_bucket).mkdir(parents=True, exist_ok=True)
         values = {
@@ -54,7 +54,7 @@ class S3Server(Service):
             "-Xmx256m",
             "-XX:+ExitOnOutOfMemoryError",
             "-jar",
-            str(jvm.component_dir("s3") / "s3proxy.jar"),
+            str(jvm.component_dir("s3", self.settings) / "s3proxy.jar"),
             "--properties",
             str(self.config_file),
         ]
@@ -70,9 +70,8 @@ class S3Server(Service):
         return True
 
 
-def client_environment(settings: Settings | None = None) -> dict[str, str]:
+def client_environment(settings: Settings) -> dict[str, str]:
     """The AWS_* variables that point boto3, pyarrow, delta-rs and Spark's S3A at the local server."""
-    settings = settings or get_settings()
     return {
         "AWS_ENDPOINT_URL": settings.s3_endpoint,
         "AWS_ACCESS_KEY_ID": settings.s3_access_key,

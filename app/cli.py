@@ -10,9 +10,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from app import wiring
 from lakehouse import logs
 from lakehouse.errors import LakehouseError
 from lakehouse.logs import console, frame_table, results
+from lakehouse.settings import get_settings
 
 app = typer.Typer(
     help="Lambda-architecture lakehouse for anomaly detection (Spark + Delta, Beam, Trino).",
@@ -43,11 +45,10 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 def _services(only: list[str] | None, *, every: bool = False):
     """The services named by --only; by default the ones the configured lakehouse needs (or every one)."""
     from lakehouse import storage
-    from lakehouse.services.flink import FlinkJobServer
-    from lakehouse.services.kafka import KafkaBroker
-    from lakehouse.services.s3 import S3Server
-    from lakehouse.services.trino import TrinoServer
-    from lakehouse.settings import get_settings
+    from local_services.flink import FlinkJobServer
+    from local_services.kafka import KafkaBroker
+    from local_services.s3 import S3Server
+    from local_services.trino import TrinoServer
 
     # S3 first: Trino reads the warehouse as soon as it is up.
     known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker, "flink": FlinkJobServer}
@@ -62,7 +63,7 @@ def _services(only: list[str] | None, *, every: bool = False):
         raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(known)}")
     # --only keeps the start order of `known`, whatever order it was given in.
     names = [name for name in known if name in only] if only else needed
-    return [known[name]() for name in names]
+    return [known[name](settings) for name in names]
 
 
 def _print_status(services) -> None:
@@ -81,36 +82,39 @@ def setup(
     component: Annotated[Optional[list[str]], typer.Option(help="delta, trino, kafka, s3, flink (default: all).")] = None,
 ) -> None:
     """Fetch the pinned JVM artifacts from Maven Central into the cache (done lazily otherwise)."""
-    from lakehouse import jvm
+    from local_services import jvm
 
     for name in component or jvm.COMPONENTS:
         with console.status(f"fetching {name} artifacts"):
-            folder = jvm.ensure(name)  # type: ignore[arg-type]
+            folder = jvm.ensure(name, get_settings())  # type: ignore[arg-type]
         console.print(f"[green]✓[/] {name}: {folder}")
 
 
 @app.command()
 def up(only: Service = None) -> None:
     """Start the local Trino and Kafka (and the S3 server) on loopback, reused when already running."""
+    settings = get_settings()
+    wiring.require_local(settings, "lakehouse up")
     services = _services(only)
     for service in services:
         with console.status(f"starting {service.name}"):
             service.start()
         if service.name == "s3":
-            from lakehouse.services.s3 import client_environment
+            from local_services.s3 import client_environment
 
             exports = " ".join(f"{key}={value}" for key, value in client_environment(service.settings).items())
             console.print(f"S3 clients reach the local server with: [bold]export {exports}[/]")
     if any(service.name == "trino" for service in services):
         from serving import views
 
-        views.refresh_all()
+        views.refresh_all(settings)
     _print_status(services)
 
 
 @app.command()
 def down(only: Service = None) -> None:
     """Stop the local services."""
+    wiring.require_local(get_settings(), "lakehouse down")
     for service in _services(only, every=True):
         stopped = service.stop()
         console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
@@ -130,7 +134,7 @@ def generate(
     seed: int = 42,
 ) -> None:
     """Generate synthetic sensor_events (JSON lines) with labelled anomalies and planted bad records."""
-    from lakehouse import demo
+    from app import demo
 
     files = demo.write_inputs(out, sensors=sensors, days=days, seed=seed)
     results.print_json(json.dumps({name: str(path) for name, path in files.items()}))
@@ -155,7 +159,11 @@ def batch_run(
             progress.update(task, description=f"batch {dataset}: {step}", completed=STEPS.index(step))
 
         overrides = {key: value for key, value in (("name", detector), ("contamination", contamination)) if value is not None}
-        record = run_batch(dataset, input, progress=advance, detector=overrides or None)
+        settings = get_settings()
+        record = run_batch(
+            dataset, input, settings=settings, spark=wiring.spark_session(settings), progress=advance,
+            detector=overrides or None, after_write=wiring.serving_refresh(settings),
+        )
         progress.update(task, completed=len(STEPS), description=f"batch {dataset}: done")
     _print_run(record)
 
@@ -180,20 +188,21 @@ def batch_schedule(
 ) -> None:
     """Run the batch job on a schedule over the files no run has read yet (embedded default)."""
     from batch.schedule import parse_interval, run_schedule, tick_times
-    from batch.spark import spark_session
-    from lakehouse.settings import get_settings
 
     settings = get_settings()
     times = tick_times(every=parse_interval(every) if every else None, cron=cron)
-    run_schedule(settings, dataset, input, times, max_runs=max_runs, spark=spark_session(settings))
+    run_schedule(
+        settings, dataset, input, times, max_runs=max_runs, spark=wiring.spark_session(settings),
+        after_write=wiring.serving_refresh(settings),
+    )
 
 
 @batch_app.command("jars")
 def batch_jars() -> None:
     """Print the Delta jars as a comma-separated list, for `spark-submit --jars "$(lakehouse batch jars)"`."""
-    from lakehouse import jvm
+    from local_services import jvm
 
-    sys.stdout.write(",".join(str(jar) for jar in jvm.delta_jars()) + "\n")
+    sys.stdout.write(",".join(str(jar) for jar in jvm.delta_jars(get_settings())) + "\n")
 
 
 @batch_app.command("maintain")
@@ -205,17 +214,15 @@ def batch_maintain(
 ) -> None:
     """OPTIMIZE (compact small files) and VACUUM the dataset's Delta tables."""
     from batch.maintenance import maintain
-    from batch.spark import spark_session
-    from lakehouse.settings import get_settings
 
     settings = get_settings()
     with console.status(f"maintaining {dataset}"):
-        results = maintain(spark_session(settings), settings, dataset, vacuum=vacuum, retention_hours=retention_hours, force=force)
+        outcomes = maintain(wiring.spark_session(settings), settings, dataset, vacuum=vacuum, retention_hours=retention_hours, force=force)
     table = Table(title=f"Delta maintenance of {dataset}")
     for column in ("table", "files before", "files after", "compacted", "vacuumed"):
         table.add_column(column)
-    for result in results:
-        table.add_row(result.table, str(result.files_before), str(result.files_after), str(result.files_compacted), str(result.files_vacuumed))
+    for outcome in outcomes:
+        table.add_row(outcome.table, str(outcome.files_before), str(outcome.files_after), str(outcome.files_compacted), str(outcome.files_vacuumed))
     results.print(table)
 
 
@@ -223,7 +230,6 @@ def batch_maintain(
 def batch_models(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")] = None) -> None:
     """List the model registry."""
     from lakehouse import registry
-    from lakehouse.settings import get_settings
 
     frame = registry.list_models(get_settings(), dataset)
     _print_frame(frame[["dataset", "entity_id", "version", "detector", "threshold", "train_rows", "train_start", "train_end", "run_id"]], "Model registry")
@@ -233,7 +239,6 @@ def batch_models(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d
 def batch_runs(dataset: Annotated[Optional[str], typer.Option("--dataset", "-d")] = None) -> None:
     """List batch runs with their counts and watermarks."""
     from batch import run_log
-    from lakehouse.settings import get_settings
 
     frame = run_log.runs(get_settings(), dataset)
     _print_frame(frame[["run_id", "dataset", "status", "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "watermark"]], "Batch runs")
@@ -246,7 +251,6 @@ def batch_report(
 ) -> None:
     """Show a run's report: counts, timings and the Great Expectations result per rule."""
     from batch import run_log
-    from lakehouse.settings import get_settings
 
     stored = run_log.report(get_settings(), run_id)
     if as_json:
@@ -302,7 +306,8 @@ def speed_run(
         source += ["--metrics_port", str(metrics_port)]
     doing = f"following {source[1]} (Ctrl-C stops)" if follow else f"scoring {source[1]}"
     with console.status(f"speed {dataset}: {doing}"):
-        result = run(["--dataset", dataset, *source, *context.args])
+        settings = get_settings()
+        result = run(["--dataset", dataset, *source, *context.args], settings=settings, hooks=wiring.speed_hooks(settings))
     results.print(result)
 
 
@@ -318,15 +323,16 @@ def speed_produce(
 
     import schemas
     from lakehouse.constants import events_topic
-    from lakehouse.services.kafka import create_topic
+    from speed.topics import create_topic
     from speed.produce import produce
 
+    settings = get_settings()
     topic = events_topic(dataset)
-    create_topic(topic, partitions)
+    create_topic(topic, partitions, settings=settings)
     total = sum(1 for path in input for _ in open(path))
     with Progress(console=console) as progress:
         task = progress.add_task(f"producing to {topic}", total=total)
-        sent = produce(schemas.load(dataset), list(input), topic, rate=rate, progress=lambda n: progress.advance(task, n))
+        sent = produce(schemas.load(dataset), list(input), topic, rate=rate, settings=settings, progress=lambda n: progress.advance(task, n))
     console.print(f"sent {sent} messages to {topic}")
 
 
@@ -335,7 +341,7 @@ def serve_refresh() -> None:
     """Register every warehouse table in Trino and (re)create the merged views."""
     from serving import views
 
-    for line in views.refresh_all():
+    for line in views.refresh_all(get_settings()):
         console.print(line)
 
 
@@ -357,7 +363,7 @@ def sql(
         text = query
     if role not in ("admin", "analyst"):
         raise typer.BadParameter("--as takes admin or analyst")
-    frame = trino_client.query(text.strip().rstrip(";"), role=role)
+    frame = trino_client.query(text.strip().rstrip(";"), settings=get_settings(), role=role)
     if output == "csv":
         sys.stdout.write(frame.to_csv(index=False))
     elif output == "json":
@@ -374,7 +380,7 @@ def anomalies(
     """Anomalies per entity in the last N hours of the merged view (batch and speed)."""
     from serving import views
 
-    _print_frame(views.recent_anomalies(dataset, hours), f"{dataset}: anomalies in the last {hours:g} hours of data")
+    _print_frame(views.recent_anomalies(dataset, hours, settings=get_settings()), f"{dataset}: anomalies in the last {hours:g} hours of data")
 
 
 @app.command()
@@ -385,7 +391,7 @@ def alerts(
     """Alerts (the first alarm of each episode, detector.alert_quiet_events) in the last N hours of the merged view."""
     from serving import views
 
-    _print_frame(views.recent_alerts(dataset, hours), f"{dataset}: alerts in the last {hours:g} hours of data")
+    _print_frame(views.recent_alerts(dataset, hours, settings=get_settings()), f"{dataset}: alerts in the last {hours:g} hours of data")
 
 
 @eval_app.command("run")
@@ -397,7 +403,6 @@ def eval_run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Score a dataset's anomaly scores against labels: NAB score per profile, window precision/recall/F1."""
-    from lakehouse.settings import get_settings
     from quality.run_eval import evaluate_run
 
     with console.status(f"evaluating {dataset} ({scores}) against {labels}"):
@@ -457,7 +462,6 @@ def eval_nab(
 
     Walk-forward models are retrained at 15, 30, 50 and 75% of each series, as the system run does; the declared detector is also shown retrained by a batch run a day, as a scheduled batch layer would. The held-out measurement (choices made on other series) is in `make bench`.
     """
-    from lakehouse.settings import get_settings
     from quality import benchmark, nab, reference_data_dir
 
     folder = data or reference_data_dir() / "nab"
@@ -508,9 +512,9 @@ def demo(
     stop: Annotated[bool, typer.Option(help="Stop the services at the end.")] = False,
 ) -> None:
     """The whole Lambda cycle: generate -> batch -> speed -> Trino merged view, with every count."""
-    from lakehouse import demo as demo_module
+    from app import demo as demo_module
 
-    demo_module.run(fresh=not keep, stop_services=stop)
+    demo_module.run(get_settings(), fresh=not keep, stop_services=stop)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import tarfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from lakehouse import jvm
+from local_services import jvm
 from lakehouse.errors import SetupError
 from lakehouse.settings import Settings
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import shutil
 import socket
 
-from lakehouse import jvm
-from lakehouse.services.base import Service, fill_placeholders
+from local_services import jvm
+from local_services.base import Service, fill_placeholders
 from lakehouse.settings import PROJECT_ROOT
 
 TEMPLATE = PROJECT_ROOT / "infra" / "flink" / "flink-conf.yaml"
@@ -50,7 +50,7 @@ class FlinkJobServer(Service):
 
     def prepare(self) -> None:
         self.require_free_ports(self.ports, "flink_job_port")
-        jvm.ensure("flink")
+        jvm.ensure("flink", self.settings)
         shutil.rmtree(self.artifacts_dir, ignore_errors=True)
         for folder in (self.conf_dir, self.tmp_dir, self.checkpoint_dir, self.artifacts_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ class FlinkJobServer(Service):
             "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
             *_OPENS,
             "-cp",
-            str(jvm.component_dir("flink") / "*"),
+            str(jvm.component_dir("flink", self.settings) / "*"),
             MAIN_CLASS,
             "--flink-master=[local]",
             f"--flink-conf-dir={self.conf_dir}",

@@ -18,38 +18,16 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from lakehouse import jvm, storage
+from lakehouse import storage
+from lakehouse.storage import METASTORE_FOLDER, metastore_uri, trino_uri
+from local_services import jvm
 from lakehouse.errors import ConfigurationError, ServiceError
-from lakehouse.services.base import Service, ServiceStatus, fill_placeholders, read_properties
-from lakehouse.services.trino_artifacts import restore_hard_links, server_tarball
+from local_services.base import Service, ServiceStatus, fill_placeholders, read_properties
+from local_services.trino_artifacts import restore_hard_links, server_tarball
 from lakehouse.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATES = PROJECT_ROOT / "infra" / "trino" / "etc"
-METASTORE_FOLDER = "_trino_metastore"
 MAIN_CLASS = "io.trino.server.TrinoServer"
-
-
-def trino_uri(location: str) -> str:
-    """The URI Trino's native file systems accept for a warehouse location.
-
-    Local folders become local:///absolute/path (the catalog roots the local file system at "/");
-    file:// and Hadoop's file:/ forms are converted too; s3:// and other URIs pass unchanged.
-    """
-    if location.startswith("file://"):
-        path = location.removeprefix("file://")
-    elif location.startswith("file:/"):
-        path = location.removeprefix("file:")
-    elif "://" in location:
-        return location
-    else:
-        path = location
-    absolute = Path(path).expanduser().resolve()
-    return f"local://{absolute.as_posix()}"
-
-
-def metastore_uri(settings: Settings) -> str:
-    """Where the Delta catalog keeps its table registrations: <warehouse>/_trino_metastore."""
-    return trino_uri(f"{settings.warehouse.rstrip('/')}/{METASTORE_FOLDER}")
 
 
 class TrinoServer(Service):
@@ -88,7 +66,7 @@ class TrinoServer(Service):
         return "\n".join(lines)
 
     def placeholders(self) -> dict[str, str]:
-        from lakehouse.services import trino_security
+        from local_services import trino_security
 
         return {
             "TRINO_PORT": str(self.settings.trino_port),
@@ -129,10 +107,10 @@ class TrinoServer(Service):
 
     # Service ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from lakehouse.services import trino_security
+        from local_services import trino_security
 
         self.require_free_ports((self.settings.trino_port, self.settings.trino_http_port), "trino_port")
-        jvm.ensure("trino")
+        jvm.ensure("trino", self.settings)
         if not (self.server_dir / "lib").is_dir():
             raise ServiceError(self.name, f"no Trino server in {self.server_dir}; re-run `make setup`")
         restore_hard_links(self.server_dir, server_tarball(self.settings))

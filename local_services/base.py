@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lakehouse.errors import ConfigurationError, ServiceError
-from lakehouse.settings import Settings, get_settings
+from lakehouse.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ class Service(ABC):
 
     name: str
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.home = self.settings.services_dir / self.name
         self.pid_file = self.home / "pid"
         self.log_file = self.home / "logs" / f"{self.name}.log"

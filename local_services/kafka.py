@@ -1,6 +1,6 @@
 """The local Kafka broker: one KRaft server (broker and controller in one JVM) on loopback.
 
-It runs on Java 17 from the jars of `org.apache.kafka:kafka_2.13` that `jvm.ensure("kafka")`
+It runs on Java 17 from the jars of `org.apache.kafka:kafka_2.13` that `jvm.ensure("kafka", self.settings)`
 fetches. Its folder, <work_dir>/services/kafka/, holds:
 
     config/server.properties, config/log4j.properties   rendered from infra/kafka/ at each start
@@ -8,7 +8,8 @@ fetches. Its folder, <work_dir>/services/kafka/, holds:
     cluster.id                                            the cluster id the storage was formatted with
     logs/kafka.log, pid                                   (managed by Service)
 
-Topics are never created on the fly (auto.create.topics.enable=false): call `create_topic`.
+Topics are never created on the fly (auto.create.topics.enable=false): `speed.topics.create_topic`
+creates them (against this broker or any other).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import subprocess
 import time
 import uuid
 
-from lakehouse import jvm
+from local_services import jvm
 from lakehouse.errors import ServiceError
-from lakehouse.services.base import Service, fill_placeholders, read_properties
-from lakehouse.settings import PROJECT_ROOT, Settings, get_settings
+from local_services.base import Service, fill_placeholders, read_properties
+from lakehouse.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 # Seconds a metadata request may take before the broker counts as not answering.
 PROBE_TIMEOUT = 3.0
-# Seconds to wait for a created (deleted) topic to appear in (vanish from) the broker's metadata.
-TOPIC_TIMEOUT = 30.0
-
 
 
 class KafkaBroker(Service):
@@ -59,7 +57,7 @@ class KafkaBroker(Service):
         self.require_free_ports(
             (self.settings.kafka_port, self.settings.kafka_controller_port), "kafka_port / kafka_controller_port"
         )
-        jvm.ensure("kafka")
+        jvm.ensure("kafka", self.settings)
         self.render_config()
         self.format_storage()
 
@@ -162,7 +160,7 @@ class KafkaBroker(Service):
 
     # Internals ----------------------------------------------------------------------------------
     def _java_options(self) -> list[str]:
-        jars = jvm.component_dir("kafka")
+        jars = jvm.component_dir("kafka", self.settings)
         return [
             f"-Dlog4j.configuration={self.log4j_properties.as_uri()}",
             # Kafka logs through SLF4J to reload4j (log4j.properties). log4j-core is on the class
@@ -174,60 +172,9 @@ class KafkaBroker(Service):
 
 
 # Helpers ----------------------------------------------------------------------------------------
-def bootstrap_servers(settings: Settings | None = None) -> str:
+def bootstrap_servers(settings: Settings) -> str:
     """The `bootstrap.servers` value for clients of the local broker."""
-    return (settings or get_settings()).kafka_bootstrap
-
-
-def create_topic(name: str, partitions: int = 1, *, settings: Settings | None = None) -> bool:
-    """Create a topic with one replica; True if created, False if it already existed.
-
-    Returns once the broker serves metadata with a leader for every partition, so a producer can
-    write right away. An existing topic is left as it is (even with another partition count).
-    """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
-
-    if partitions < 1:
-        raise ValueError(f"partitions must be at least 1, not {partitions}")
-    settings = settings or get_settings()
-    admin = _admin(settings)
-    future = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1)],
-        request_timeout=TOPIC_TIMEOUT,
-    )[name]
-    created = True
-    try:
-        future.result()
-    except KafkaException as error:
-        kafka_error = error.args[0] if error.args else None
-        if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-            created = False
-        else:
-            raise ServiceError("kafka", f"could not create topic {name!r}: {error}") from error
-    _wait_for_topic(admin, name, present=True)
-    if created:
-        log.info("created Kafka topic %s (%d partitions)", name, partitions)
-    return created
-
-
-def delete_topic(name: str, *, settings: Settings | None = None) -> bool:
-    """Delete a topic; True if deleted, False if it did not exist."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    settings = settings or get_settings()
-    admin = _admin(settings)
-    future = admin.delete_topics([name], request_timeout=TOPIC_TIMEOUT)[name]
-    try:
-        future.result()
-    except KafkaException as error:
-        kafka_error = error.args[0] if error.args else None
-        if isinstance(kafka_error, KafkaError) and kafka_error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            return False
-        raise ServiceError("kafka", f"could not delete topic {name!r}: {error}") from error
-    _wait_for_topic(admin, name, present=False)
-    log.info("deleted Kafka topic %s", name)
-    return True
+    return settings.kafka_bootstrap
 
 
 def new_cluster_id() -> str:
@@ -250,28 +197,3 @@ def _admin(settings: Settings):
             "log_level": 0,
         }
     )
-
-
-def _wait_for_topic(admin, name: str, *, present: bool) -> None:
-    from confluent_kafka import KafkaException
-
-    deadline = time.monotonic() + TOPIC_TIMEOUT
-    while True:
-        try:
-            topic = admin.list_topics(topic=name, timeout=PROBE_TIMEOUT).topics.get(name)
-        except KafkaException:
-            topic = None
-        if present:
-            if (
-                topic is not None
-                and topic.error is None
-                and topic.partitions
-                and all(p.leader >= 0 and p.error is None for p in topic.partitions.values())
-            ):
-                return
-        elif topic is None or topic.error is not None:
-            return
-        if time.monotonic() > deadline:
-            state = "appear" if present else "disappear"
-            raise ServiceError("kafka", f"topic {name!r} did not {state} within {TOPIC_TIMEOUT:.0f}s")
-        time.sleep(0.1)

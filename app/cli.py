@@ -472,6 +472,7 @@ def eval_nab(
         report = benchmark.nab_benchmark(
             folder, settings=settings, workspace=settings.work_dir / "eval" / "nab", system=system,
             candidates=tuple(detector) if detector else benchmark.CANDIDATES, only=series, progress=status.update,
+            spark=wiring.spark_session(settings) if system else None,
         )
     rows = {f"{name} (walk-forward)": summary for name, summary in report.detectors.items()}
     if report.system is not None:

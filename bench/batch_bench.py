@@ -52,7 +52,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     from batch.features import compute as compute_features
     from batch.ingest import read_raw
     from batch.job import run_batch
-    from batch.spark import spark_session
+    from app.wiring import spark_session
     from batch.train import train
     from batch.validation import validate
     from lakehouse.settings import get_settings

@@ -29,12 +29,17 @@ from quality import reference_data_dir
 
 
 def nab_figures(folder: Path, system: bool) -> tuple[list[dict], dict]:
+    from app.wiring import spark_session
     from lakehouse.settings import get_settings
     from quality import benchmark, nab
 
     best, best_name = benchmark.BEST_PUBLISHED
     with tempfile.TemporaryDirectory(prefix="lakehouse-nab-") as workspace:
-        result = benchmark.nab_benchmark(folder, settings=get_settings(), workspace=Path(workspace), system=system, progress=print)
+        settings = get_settings()
+        result = benchmark.nab_benchmark(
+            folder, settings=settings, workspace=Path(workspace), system=system, progress=print,
+            spark=spark_session(settings) if system else None,
+        )
     rows = {f"{name}, walk-forward": summary for name, summary in result.detectors.items()}
     if result.system is not None:
         rows["declared, through Spark batch + Beam speed"] = result.system

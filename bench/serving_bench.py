@@ -53,7 +53,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
     import schemas
     from batch.job import run_batch
-    from batch.spark import spark_session
+    from app.wiring import spark_session, speed_hooks
     from local_services.flink import FlinkJobServer
     from local_services.kafka import KafkaBroker
     from speed.topics import create_topic
@@ -86,7 +86,8 @@ def run(argv: list[str] | None = None) -> list[dict]:
         topic = f"bench-serving-{uuid.uuid4().hex[:8]}"
         create_topic(topic, partitions=2, settings=base)
         job = speed_pipeline.follow(
-            ["--dataset", DATASET, "--kafka_topic", topic, "--landing", "off", "--runner", "FlinkRunner"], settings=pipeline_settings
+            ["--dataset", DATASET, "--kafka_topic", topic, "--landing", "off", "--runner", "FlinkRunner"], settings=pipeline_settings,
+            hooks=speed_hooks(pipeline_settings),
         )
         try:
             live = generator.generate(generator.GeneratorConfig(sensors=arguments.sensors, days=1.0, seed=4))

@@ -57,7 +57,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     arguments = parser.parse_args(argv)
 
     from batch.job import run_batch
-    from batch.spark import spark_session
+    from app.wiring import spark_session, speed_hooks
     from lakehouse import registry
     from lakehouse.features import compute_features
     from local_services.kafka import KafkaBroker
@@ -122,7 +122,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
             started = time.perf_counter()
             on_flink = speed_pipeline.run(
                 ["--dataset", DATASET, "--input", str(replay), "--max_batch_size", str(arguments.batch_size), "--runner", "FlinkRunner"],
-                settings=settings,
+                settings=settings, hooks=speed_hooks(settings),
             )
             flink_rate = on_flink.scored / (time.perf_counter() - started)
         finally:
@@ -177,6 +177,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 def _follow_on_flink(settings, dataset, stream: pd.DataFrame, arguments, folder: Path) -> list[dict]:
     """Arrival-to-commit latency of one Flink job following a topic fed at a steady rate."""
+    from app.wiring import speed_hooks
     from local_services.flink import FlinkJobServer
     from speed.topics import create_topic
     from speed import metrics
@@ -196,7 +197,7 @@ def _follow_on_flink(settings, dataset, stream: pd.DataFrame, arguments, folder:
     try:
         job = speed_pipeline.follow(
             ["--dataset", DATASET, "--kafka_topic", topic, "--landing", "off", "--runner", "FlinkRunner"],
-            settings=settings,
+            settings=settings, hooks=speed_hooks(settings),
         )
         try:
             time.sleep(10)  # job start-up, not latency

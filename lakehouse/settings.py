@@ -53,13 +53,20 @@ class Settings(BaseSettings):
     spark_driver_memory: str = "4g"
     trino_host: str = "127.0.0.1"
     trino_port: int = Field(default=constants.DEFAULT_TRINO_PORT, ge=1, le=65534)
-    # HTTPS with a password (lakehouse/services/trino_security.py); plain HTTP on trino_port + 1
-    # serves only the health probe. The admin registers tables and creates views; the analyst
-    # reads. Passwords only from the environment; unset, they are generated once.
+    # HTTPS with a password; plain HTTP on trino_port + 1 serves only the local server's health
+    # probe. The admin registers tables and creates views; the analyst reads. Passwords from the
+    # environment; unset, they are read from trino_password_file (under the local profile, the
+    # file the local Trino generated on its first start: local_services/trino_security.py).
     trino_user: str = "lakehouse"
     trino_password: str = ""
     trino_analyst_user: str = "analyst"
     trino_analyst_password: str = ""
+    # The CA that signed Trino's certificate. Empty: the local Trino's CA under the local profile,
+    # the system's trust store otherwise.
+    trino_ca_file: str = ""
+    # JSON {user: password} read when a password is not in the environment. Empty: the local
+    # Trino's generated file under the local profile, none otherwise.
+    trino_password_file: str = ""
     trino_heap: str = "2G"
     kafka_port: int = Field(default=constants.DEFAULT_KAFKA_PORT, ge=1, le=65535)
     kafka_controller_port: int = Field(

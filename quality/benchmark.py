@@ -55,6 +55,7 @@ def nab_benchmark(
     system: bool = True,
     only: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    spark=None,
 ) -> NabReport:
     """Offline walk-forward NAB scores per candidate; with `system`, the declared detector's NAB
     score measured through the real batch and speed layers (settings' warehouse is replaced by
@@ -79,11 +80,11 @@ def nab_benchmark(
             report.seconds["offline_declared_daily"] = round(time.perf_counter() - started, 1)
             report.detectors[DAILY_LABEL] = evaluation.summary()
     if system:
-        if settings is None or workspace is None:
-            raise ValueError("the system run needs settings and a workspace")
+        if settings is None or workspace is None or spark is None:
+            raise ValueError("the system run needs settings, a workspace and a Spark session")
         run_settings = settings.model_copy(update={"warehouse": str(workspace / "warehouse")})
         started = time.perf_counter()
-        run = nab_run.run(corpus, run_settings, workspace, progress=progress)
+        run = nab_run.run(corpus, run_settings, workspace, spark=spark, progress=progress)
         report.seconds["system"] = round(time.perf_counter() - started, 1)
         if run.look_ahead_rows:
             raise AssertionError(f"NAB system run: {run.look_ahead_rows} rows scored by a model that had seen them")

@@ -86,12 +86,12 @@ def run(
     *,
     fractions: tuple[float, ...] = RETRAIN_FRACTIONS,
     detector: dict | None = None,
-    spark=None,
+    spark,
     progress: Callable[[str], None] | None = None,
 ) -> SystemRun:
-    """Run the whole corpus through batch and speed layers; return the online scores."""
+    """Run the whole corpus through batch and speed layers; return the online scores. `spark` is
+    the session the batch runs use (the caller builds it: app.wiring.spark_session locally)."""
     from batch.job import run_batch
-    from batch.spark import spark_session
     from lakehouse.warehouse import reset_dataset
     from speed.pipeline import run as run_speed
 
@@ -99,7 +99,6 @@ def run(
     reset_dataset(settings, DATASET)
     inputs = workspace / "inputs"
     shutil.rmtree(inputs, ignore_errors=True)
-    spark = spark or spark_session(settings)
     overrides = {"min_train_rows": MIN_TRAIN_ROWS, **(detector or {})}
     cuts = {series.entity: cut_points(series.rows, fractions) for series in corpus}
     stages = max(len(points) for points in cuts.values())

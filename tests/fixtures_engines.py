@@ -16,11 +16,18 @@ from lakehouse.settings import Settings, get_settings
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """One local Spark session with Delta for the whole test run (starting one costs ~10 s)."""
-    from batch.spark import spark_session
+    from app.wiring import spark_session
 
     session = spark_session(get_settings(), app_name="lakehouse-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """The test run's settings (conftest.py points them at the test's folders and ports); the
+    layers take settings as an argument, as the composition root gives them."""
+    return get_settings()
 
 
 @pytest.fixture

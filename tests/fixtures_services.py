@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from lakehouse.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 
@@ -33,21 +35,21 @@ def _for_the_session(service) -> Iterator:
 def trino_server():
     from local_services.trino import TrinoServer
 
-    yield from _for_the_session(TrinoServer())
+    yield from _for_the_session(TrinoServer(get_settings()))
 
 
 @pytest.fixture(scope="session")
 def kafka_broker():
     from local_services.kafka import KafkaBroker
 
-    yield from _for_the_session(KafkaBroker())
+    yield from _for_the_session(KafkaBroker(get_settings()))
 
 
 @pytest.fixture(scope="session")
 def s3_server():
     from local_services.s3 import S3Server
 
-    yield from _for_the_session(S3Server())
+    yield from _for_the_session(S3Server(get_settings()))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +57,7 @@ def flink_job_server():
     """The Beam Flink job server with an embedded Flink."""
     from local_services.flink import FlinkJobServer
 
-    yield from _for_the_session(FlinkJobServer())
+    yield from _for_the_session(FlinkJobServer(get_settings()))
 
 
 @pytest.fixture(scope="session")
@@ -64,4 +66,4 @@ def demo(trino_server, kafka_broker, spark) -> dict:
     end-to-end tests check it and the notebooks run on it."""
     from app import demo as demo_module
 
-    return demo_module.run(fresh=True, sensors=4, days=6.0)
+    return demo_module.run(get_settings(), fresh=True, sensors=4, days=6.0)

@@ -56,7 +56,7 @@ def test_every_kafka_message_is_scored_or_a_dead_letter(demo):
 
 
 def test_the_merged_view_answers_every_valid_event_once_from_both_layers(demo):
-    merged = trino_client.query('SELECT event_id, event_time, layer, watermark FROM delta.sensor_events.merged')
+    merged = trino_client.query('SELECT event_id, event_time, layer, watermark FROM delta.sensor_events.merged', settings=get_settings())
     assert merged.event_id.is_unique
     assert set(merged.event_id) == _valid_event_ids(demo["files"])
     layers = merged.layer.value_counts()
@@ -65,7 +65,7 @@ def test_the_merged_view_answers_every_valid_event_once_from_both_layers(demo):
 
 def test_the_merged_view_switches_layers_at_the_watermark(demo):
     watermark = pd.Timestamp(demo["batch"][-1].watermark)
-    merged = trino_client.query('SELECT event_time, layer, watermark FROM delta.sensor_events.merged')
+    merged = trino_client.query('SELECT event_time, layer, watermark FROM delta.sensor_events.merged', settings=get_settings())
     assert (merged.watermark == watermark).all()
     batch = merged[merged.layer == "batch"]
     speed = merged[merged.layer == "speed"]
@@ -84,19 +84,19 @@ def test_planted_spikes_raise_alerts_and_alerts_are_fewer_than_alarms(demo):
     """sensor_events declares alert_quiet_events 12: each planted spike (isolated) is an alert,
     and the alerts view holds only flagged events, at most as many as the anomalies view."""
     ids = ", ".join(f"'{event_id}'" for event_id in demo["spikes"])
-    alerted = trino_client.query(f"SELECT event_id FROM sensor_events.alerts WHERE event_id IN ({ids})", role="analyst")
+    alerted = trino_client.query(f"SELECT event_id FROM sensor_events.alerts WHERE event_id IN ({ids})", role="analyst", settings=get_settings())
     assert set(alerted.event_id) == set(demo["spikes"])
     counts = trino_client.query("SELECT (SELECT count(*) FROM sensor_events.alerts) AS alerts, "
                                 "(SELECT count(*) FROM sensor_events.anomalies) AS anomalies, "
-                                "(SELECT count(*) FROM sensor_events.alerts a JOIN sensor_events.anomalies f ON a.event_id = f.event_id) AS flagged")
+                                "(SELECT count(*) FROM sensor_events.alerts a JOIN sensor_events.anomalies f ON a.event_id = f.event_id) AS flagged", settings=get_settings())
     assert 0 < counts.alerts[0] == counts.flagged[0] <= counts.anomalies[0]
     # `lakehouse alerts --hours N`: all of them when N spans the data, the newest hours' otherwise.
     from serving import views
 
-    assert len(views.recent_alerts("sensor_events", 24 * 30, role="analyst")) == counts.alerts[0]
+    assert len(views.recent_alerts("sensor_events", 24 * 30, role="analyst", settings=get_settings())) == counts.alerts[0]
     newest = trino_client.query("SELECT count(*) AS n FROM sensor_events.alerts "
-                                "WHERE event_time > (SELECT max(event_time) FROM sensor_events.merged) - INTERVAL '6' HOUR")
-    recent = views.recent_alerts("sensor_events", 6)
+                                "WHERE event_time > (SELECT max(event_time) FROM sensor_events.merged) - INTERVAL '6' HOUR", settings=get_settings())
+    recent = views.recent_alerts("sensor_events", 6, settings=get_settings())
     assert len(recent) == newest.n[0] and recent.event_time.is_monotonic_decreasing
 
 
@@ -107,7 +107,7 @@ def test_an_event_reads_back_the_same_through_trino(demo):
     through_trino = trino_client.query(
         "SELECT event_id, entity_id, event_time, temperature, pressure, vibration, status "
         "FROM delta.sensor_events.silver WHERE event_id = ?",
-        [event.event_id],
+        [event.event_id], settings=get_settings()
     ).iloc[0]
     for column in ("event_id", "entity_id", "status", "temperature", "pressure", "vibration"):
         assert through_trino[column] == event[column]
@@ -125,7 +125,7 @@ def test_trino_sees_silver_with_the_types_the_declaration_derives(demo):
     from schemas import load
     from schemas.engines import trino_columns
 
-    described = trino_client.query("DESCRIBE delta.sensor_events.silver")
+    described = trino_client.query("DESCRIBE delta.sensor_events.silver", settings=get_settings())
     seen = dict(zip(described.Column, described.Type))
     for column, trino_type in trino_columns(load("sensor_events")).items():
         assert seen[column] == trino_type, column
@@ -135,30 +135,30 @@ def test_convenience_views_add_up_to_the_merged_view(demo):
     from serving import views
 
     merged = trino_client.query("SELECT entity_id, count(*) AS events, count_if(is_anomaly) AS anomalies "
-                                "FROM sensor_events.merged GROUP BY 1 ORDER BY 1")
-    summary = trino_client.query("SELECT * FROM sensor_events.entity_summary ORDER BY entity_id", role="analyst")
+                                "FROM sensor_events.merged GROUP BY 1 ORDER BY 1", settings=get_settings())
+    summary = trino_client.query("SELECT * FROM sensor_events.entity_summary ORDER BY entity_id", role="analyst", settings=get_settings())
     assert summary.entity_id.tolist() == merged.entity_id.tolist()
     assert summary.events.tolist() == merged.events.tolist() and summary.anomalies.tolist() == merged.anomalies.tolist()
     assert (summary.batch_events + summary.speed_events).tolist() == merged.events.tolist()
-    anomalies = trino_client.query("SELECT entity_id, count(*) AS n FROM sensor_events.anomalies GROUP BY 1 ORDER BY 1")
+    anomalies = trino_client.query("SELECT entity_id, count(*) AS n FROM sensor_events.anomalies GROUP BY 1 ORDER BY 1", settings=get_settings())
     assert dict(zip(anomalies.entity_id, anomalies.n)) == {e: n for e, n in zip(merged.entity_id, merged.anomalies) if n}
-    hourly = trino_client.query("SELECT sum(events) AS events, sum(anomalies) AS anomalies FROM sensor_events.anomalies_hourly")
+    hourly = trino_client.query("SELECT sum(events) AS events, sum(anomalies) AS anomalies FROM sensor_events.anomalies_hourly", settings=get_settings())
     assert hourly.events[0] == merged.events.sum() and hourly.anomalies[0] == merged.anomalies.sum()
     # The last N hours: everything when N spans the data, the newest hours' share otherwise.
-    everything = views.recent_anomalies("sensor_events", 24 * 30)
+    everything = views.recent_anomalies("sensor_events", 24 * 30, settings=get_settings())
     assert everything.anomalies.sum() == merged.anomalies.sum()
     newest = trino_client.query("SELECT count_if(is_anomaly) AS n FROM sensor_events.merged "
                                 "WHERE date_trunc('hour', event_time) > (SELECT max(date_trunc('hour', event_time)) "
-                                "FROM sensor_events.merged) - INTERVAL '6' HOUR")
-    assert views.recent_anomalies("sensor_events", 6).anomalies.sum() == newest.n[0]
+                                "FROM sensor_events.merged) - INTERVAL '6' HOUR", settings=get_settings())
+    assert views.recent_anomalies("sensor_events", 6, settings=get_settings()).anomalies.sum() == newest.n[0]
 
 
 def test_data_quality_views_follow_the_run_log_and_the_quarantine(demo):
-    runs = trino_client.query("SELECT * FROM lakehouse.dq_runs WHERE dataset = 'sensor_events' ORDER BY started_at", role="analyst")
+    runs = trino_client.query("SELECT * FROM lakehouse.dq_runs WHERE dataset = 'sensor_events' ORDER BY started_at", role="analyst", settings=get_settings())
     assert runs.run_id.tolist()[-2:] == [record.run_id for record in demo["batch"]]
     assert runs.counts_add_up.all()
     rules = trino_client.query("SELECT layer, rule, sum(records) AS records FROM lakehouse.dq_rule_failures "
-                               "WHERE dataset = 'sensor_events' GROUP BY 1, 2", role="analyst")
+                               "WHERE dataset = 'sensor_events' GROUP BY 1, 2", role="analyst", settings=get_settings())
     quarantine = demo["quarantine"]  # the demo's own count over the quarantine table
     assert dict(zip(zip(rules.layer, rules.rule), rules.records)) == dict(zip(zip(quarantine.layer, quarantine.rule), quarantine.records))
     assert set(rules.layer) == {"batch", "speed"}
@@ -167,7 +167,7 @@ def test_data_quality_views_follow_the_run_log_and_the_quarantine(demo):
 def test_the_analyst_reads_the_views_and_may_write_nothing(demo):
     from lakehouse.errors import QueryError, ServiceError
 
-    assert len(trino_client.query("SELECT * FROM sensor_events.merged LIMIT 5", role="analyst")) == 5
+    assert len(trino_client.query("SELECT * FROM sensor_events.merged LIMIT 5", role="analyst", settings=get_settings())) == 5
     refused = [
         "INSERT INTO sensor_events.hot_scores (event_id) VALUES ('forged')",
         "DELETE FROM sensor_events.batch_scores",
@@ -178,9 +178,9 @@ def test_the_analyst_reads_the_views_and_may_write_nothing(demo):
     ]
     for sql in refused:
         with pytest.raises(QueryError, match="Access Denied"):
-            trino_client.execute(sql, role="analyst")
+            trino_client.execute(sql, role="analyst", settings=get_settings())
     # Nothing changed, and the admin still writes views.
-    assert len(trino_client.query("SELECT 1 FROM sensor_events.merged LIMIT 1")) == 1
+    assert len(trino_client.query("SELECT 1 FROM sensor_events.merged LIMIT 1", settings=get_settings())) == 1
 
     # A wrong password is refused, named as such.
     wrong = get_settings().model_copy(update={"trino_analyst_password": "not-the-password"})

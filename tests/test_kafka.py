@@ -54,7 +54,7 @@ def test_produce_and_consume_exactly(kafka_broker: KafkaBroker) -> None:
 
     topic = _topic("roundtrip")
     partitions = 3
-    assert create_topic(topic, partitions) is True
+    assert create_topic(topic, partitions, settings=kafka_broker.settings) is True
     try:
         sent = [
             (f"sensor-{index % 7}", {"seq": index, "reading": index * 0.5, "label": f"m{index}"})
@@ -144,22 +144,22 @@ def test_produce_and_consume_exactly(kafka_broker: KafkaBroker) -> None:
             assert [m.offset() for m in in_partition] == list(range(len(in_partition)))
             assert sent_order == sorted(sent_order)
     finally:
-        delete_topic(topic)
+        delete_topic(topic, settings=kafka_broker.settings)
 
 
 def test_create_topic_is_idempotent(kafka_broker: KafkaBroker) -> None:
     topic = _topic("idempotent")
-    assert create_topic(topic, 2) is True
-    assert create_topic(topic, 2) is False
+    assert create_topic(topic, 2, settings=kafka_broker.settings) is True
+    assert create_topic(topic, 2, settings=kafka_broker.settings) is False
     # An existing topic is kept as it is, whatever partition count is asked for.
-    assert create_topic(topic) is False
-    assert delete_topic(topic) is True
-    assert delete_topic(topic) is False
+    assert create_topic(topic, settings=kafka_broker.settings) is False
+    assert delete_topic(topic, settings=kafka_broker.settings) is True
+    assert delete_topic(topic, settings=kafka_broker.settings) is False
 
 
-def test_create_topic_rejects_zero_partitions() -> None:
+def test_create_topic_rejects_zero_partitions(settings) -> None:
     with pytest.raises(ValueError):
-        create_topic(_topic("zero"), 0)
+        create_topic(_topic("zero"), 0, settings=settings)
 
 
 def test_cluster_id_format() -> None:

@@ -22,6 +22,7 @@ from batch import run_log
 from lakehouse import constants
 from lakehouse.alerts import first_of_episodes
 from lakehouse.settings import get_settings
+from app.wiring import serving_refresh
 from serving import trino_client, views
 from speed import tables
 
@@ -184,14 +185,14 @@ def test_alerts_are_first_alarms_of_episodes_across_the_boundary_and_after_a_lat
 
 
 def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, tmp_path):
-    """The batch job and the speed pipeline call refresh_if_serving after writing: new tables and
+    """The batch job and the speed pipeline get app.wiring.serving_refresh as their after-write hook: new tables and
     views appear without `lakehouse serve refresh`, and a Trino of another warehouse is left alone."""
     trino_client.execute(f"DROP VIEW IF EXISTS {DATASET}.merged", settings=settings)
     _speed(settings, _events(0, 3))
-    views.refresh_if_serving(DATASET, settings)
+    serving_refresh(settings)(DATASET)
     answer = trino_client.query(f"SELECT count(*) AS n FROM {DATASET}.merged", settings=settings)
     assert answer.n[0] == 3
     # Another warehouse: the running Trino serves this one, so nothing is registered there.
     elsewhere = settings.model_copy(update={"warehouse": str(tmp_path / "other")})
-    views.refresh_if_serving(DATASET, elsewhere)
+    serving_refresh(elsewhere)(DATASET)
     assert not (tmp_path / "other" / "_trino_metastore").exists()

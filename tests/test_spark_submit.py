@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from lakehouse.settings import get_settings
 from local_services import jvm
 
 from fixtures_engines import make_sensor_inputs
@@ -30,7 +31,7 @@ def test_spark_submit_runs_the_batch_job(tmp_path):
     result = subprocess.run(
         [
             str(spark_submit), "--master", "local[2]",
-            "--jars", ",".join(str(jar) for jar in jvm.delta_jars()),
+            "--jars", ",".join(str(jar) for jar in jvm.delta_jars(get_settings())),
             "batch/job.py", "--dataset", "sensor_events", "--input", str(tmp_path / "history" / "*.jsonl"),
         ],
         cwd=Path(__file__).resolve().parents[1], env=environment, capture_output=True, text=True, timeout=600,

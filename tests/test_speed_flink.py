@@ -17,6 +17,7 @@ from batch.job import run_batch
 from lakehouse import constants
 from speed import pipeline as speed_pipeline
 
+from app.wiring import speed_hooks
 from fixtures_engines import make_sensor_inputs
 
 pytestmark = [pytest.mark.beam, pytest.mark.spark, pytest.mark.flink]
@@ -35,7 +36,7 @@ def test_flink_runner_matches_the_local_runner(flink_job_server, spark, tmp_path
     expected = DeltaTable(hot_uri).to_pandas().set_index("event_id").sort_index()
     shutil.rmtree(hot_uri)
 
-    on_flink = speed_pipeline.run([*arguments, "--runner", "FlinkRunner"], settings=settings)
+    on_flink = speed_pipeline.run([*arguments, "--runner", "FlinkRunner"], settings=settings, hooks=speed_hooks(settings))
     found = DeltaTable(hot_uri).to_pandas().set_index("event_id").sort_index()
 
     assert on_flink.scored == local.scored and on_flink.dead_letters == local.dead_letters

@@ -42,9 +42,12 @@ def _free_port() -> int:
 
 
 def _follow(warehouse: str, topic: str, group: str, metrics_port: int, log_path) -> subprocess.Popen:
+    # The pipeline's own entry point, as a deployment runs it: it starts no job server, so it is
+    # pointed at the session's (a Flink cluster's job server would be named the same way).
     arguments = [
         sys.executable, "-m", "speed.pipeline", "--dataset", "sensor_events", "--kafka_topic", topic,
         "--kafka_group", group, "--follow", "--runner", "FlinkRunner", "--max_batch_size", "200",
+        "--job_endpoint", get_settings().flink_job_endpoint,
         "--state_ttl_seconds", str(TTL_SECONDS), "--metrics_port", str(metrics_port),
     ]
     environment = {**os.environ, "LAKEHOUSE_WAREHOUSE": warehouse}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import shutil
 import socket
 
+from lakehouse.settings import PROJECT_ROOT
 from local_services import jvm
 from local_services.base import Service, fill_placeholders
-from lakehouse.settings import PROJECT_ROOT
 
 TEMPLATE = PROJECT_ROOT / "infra" / "flink" / "flink-conf.yaml"
 MAIN_CLASS = "org.apache.beam.runners.flink.FlinkJobServerDriver"

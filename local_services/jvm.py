@@ -7,6 +7,7 @@ reuses the cache and an interrupted fetch is redone.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -36,8 +37,6 @@ def is_fetched(component: Component, settings: Settings) -> bool:
 
 def _pom_fingerprint() -> str:
     # Re-fetch when the pinned versions change.
-    import hashlib
-
     return hashlib.sha256(POM.read_bytes()).hexdigest()
 
 

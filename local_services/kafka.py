@@ -21,10 +21,12 @@ import subprocess
 import time
 import uuid
 
-from local_services import jvm
+from confluent_kafka.admin import AdminClient
+
 from lakehouse.errors import ServiceError
-from local_services.base import Service, fill_placeholders, read_properties
 from lakehouse.settings import PROJECT_ROOT, Settings
+from local_services import jvm
+from local_services.base import Service, fill_placeholders, read_properties
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +189,6 @@ def new_cluster_id() -> str:
 
 
 def _admin(settings: Settings):
-    from confluent_kafka.admin import AdminClient
-
     return AdminClient(
         {
             "bootstrap.servers": settings.kafka_bootstrap,

@@ -15,9 +15,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from lakehouse.settings import PROJECT_ROOT, Settings
 from local_services import jvm
 from local_services.base import Service, fill_placeholders
-from lakehouse.settings import PROJECT_ROOT, Settings
 
 TEMPLATE = PROJECT_ROOT / "infra" / "s3" / "s3proxy.properties"
 

@@ -19,12 +19,13 @@ import urllib.request
 from pathlib import Path
 
 from lakehouse import storage
+from lakehouse.errors import ConfigurationError, ServiceError
+from lakehouse.settings import PROJECT_ROOT, Settings
 from lakehouse.storage import METASTORE_FOLDER, metastore_uri, trino_uri
 from local_services import jvm
-from lakehouse.errors import ConfigurationError, ServiceError
+from local_services import trino_security
 from local_services.base import Service, ServiceStatus, fill_placeholders, read_properties
 from local_services.trino_artifacts import restore_hard_links, server_tarball
-from lakehouse.settings import PROJECT_ROOT, Settings
 
 CONFIG_TEMPLATES = PROJECT_ROOT / "infra" / "trino" / "etc"
 MAIN_CLASS = "io.trino.server.TrinoServer"
@@ -66,8 +67,6 @@ class TrinoServer(Service):
         return "\n".join(lines)
 
     def placeholders(self) -> dict[str, str]:
-        from local_services import trino_security
-
         return {
             "TRINO_PORT": str(self.settings.trino_port),
             "TRINO_HTTP_PORT": str(self.settings.trino_http_port),
@@ -107,8 +106,6 @@ class TrinoServer(Service):
 
     # Service ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        from local_services import trino_security
-
         self.require_free_ports((self.settings.trino_port, self.settings.trino_http_port), "trino_port")
         jvm.ensure("trino", self.settings)
         if not (self.server_dir / "lib").is_dir():

@@ -17,9 +17,9 @@ import tarfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
-from local_services import jvm
 from lakehouse.errors import SetupError
 from lakehouse.settings import Settings
+from local_services import jvm
 
 log = logging.getLogger(__name__)
 _POM_NAMESPACE = {"pom": "http://maven.apache.org/POM/4.0.0"}

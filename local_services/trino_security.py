@@ -23,6 +23,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 from lakehouse.settings import Settings
 
 _PBKDF2_ITERATIONS = 10_000
@@ -98,8 +103,6 @@ def write_password_file(settings: Settings, path: Path) -> None:
 
 def ensure_certificates(settings: Settings) -> None:
     """A CA and a server certificate for the loopback names, (re)generated when absent or expiring."""
-    from cryptography import x509
-
     ca_path, server_path = ca_file(settings), server_pem(settings)
     if ca_path.exists() and server_path.exists():
         certificate = x509.load_pem_x509_certificate(server_path.read_bytes().split(b"-----END PRIVATE KEY-----")[-1].strip())
@@ -111,11 +114,6 @@ def ensure_certificates(settings: Settings) -> None:
 
 
 def _generate_certificates() -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
     now = dt.datetime.now(dt.timezone.utc)
 
     def name(common: str) -> x509.Name:

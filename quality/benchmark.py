@@ -13,9 +13,9 @@ from typing import Callable
 
 import numpy as np
 
-import schemas
 from lakehouse.settings import Settings
 from quality import nab, nab_run, walk_forward
+import schemas
 from schemas.declaration import DetectorSpec
 
 # Detectors compared offline on the declared features; "declared" is schemas/metrics.yaml's.

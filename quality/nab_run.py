@@ -28,13 +28,17 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-import schemas
+from batch.job import run_batch
 from lakehouse import constants, storage
 from lakehouse.errors import LakehouseError
 from lakehouse.settings import Settings
+from lakehouse.warehouse import reset_dataset
 from quality import labels
 from quality.scores import with_models
 from quality.walk_forward import RETRAIN_FRACTIONS, NabSeries, cut_points
+import schemas
+from speed.pipeline import run as run_speed
+from speed.produce import messages
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,6 @@ def _write_csv(series: NabSeries, start: int, end: int, path: Path) -> None:
 
 def _write_replay(csv_path: Path, path: Path) -> list[str]:
     """The CSV rows as the JSON messages the speed layer reads; returns their event ids."""
-    from speed.produce import messages
-
     dataset = schemas.load(DATASET)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = []
@@ -91,10 +93,6 @@ def run(
 ) -> SystemRun:
     """Run the whole corpus through batch and speed layers; return the online scores. `spark` is
     the session the batch runs use (the caller builds it: app.wiring.spark_session locally)."""
-    from batch.job import run_batch
-    from lakehouse.warehouse import reset_dataset
-    from speed.pipeline import run as run_speed
-
     dataset = schemas.load(DATASET)
     reset_dataset(settings, DATASET)
     inputs = workspace / "inputs"

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-import schemas
 from lakehouse.alerts import first_of_episodes
 from lakehouse.settings import Settings
 from quality import labels, nab, scores as stored
 from quality.walk_forward import Evaluation, evaluate
+import schemas
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 
-import schemas
 from lakehouse import constants, registry, storage
 from lakehouse.errors import ConfigurationError, LakehouseError
 from lakehouse.settings import Settings
+import schemas
+from serving import trino_client
 
 # Where `lakehouse eval run` reads scores: the merged view through Trino (what users query), or
 # one layer's Delta table directly.
@@ -38,8 +39,6 @@ def read(dataset_name: str, source: str, settings: Settings) -> pd.DataFrame:
         raise ConfigurationError(f"scores source {source!r}: choose one of {', '.join(SOURCES)}")
     columns = f"{dataset.entity} AS entity_id, {dataset.event_time} AS event_time, score, is_anomaly, model_version"
     if source == "merged":
-        from serving import trino_client
-
         frame = trino_client.query(f"SELECT {columns}, layer FROM {constants.CATALOG}.{dataset.name}.{constants.MERGED_VIEW}", settings=settings)
     else:
         table = constants.HOT_SCORES if source == "hot" else constants.BATCH_SCORES

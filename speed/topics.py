@@ -6,6 +6,9 @@ from __future__ import annotations
 import logging
 import time
 
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
 from lakehouse.errors import ServiceError
 from lakehouse.settings import Settings
 
@@ -17,8 +20,6 @@ PROBE_TIMEOUT = 3.0
 
 
 def admin_client(settings: Settings):
-    from confluent_kafka.admin import AdminClient
-
     return AdminClient(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -35,9 +36,6 @@ def create_topic(name: str, partitions: int = 1, *, settings: Settings) -> bool:
     Returns once the broker serves metadata with a leader for every partition, so a producer can
     write right away. An existing topic is left as it is (even with another partition count).
     """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import NewTopic
-
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
     admin = admin_client(settings)
@@ -62,8 +60,6 @@ def create_topic(name: str, partitions: int = 1, *, settings: Settings) -> bool:
 
 def delete_topic(name: str, *, settings: Settings) -> bool:
     """Delete a topic; True if deleted, False if it did not exist."""
-    from confluent_kafka import KafkaError, KafkaException
-
     admin = admin_client(settings)
     future = admin.delete_topics([name], request_timeout=TOPIC_TIMEOUT)[name]
     try:
@@ -79,8 +75,6 @@ def delete_topic(name: str, *, settings: Settings) -> bool:
 
 
 def _wait_for_topic(admin, name: str, *, present: bool) -> None:
-    from confluent_kafka import KafkaException
-
     deadline = time.monotonic() + TOPIC_TIMEOUT
     while True:
         try:

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # Trino's generated file under the local profile, none otherwise.
     trino_password_file: str = ""
     trino_heap: str = "2G"
+    # Kafka clients (the speed pipeline's default, `speed produce`, topic administration) reach
+    # this broker list; empty means the local broker on kafka_port. A cluster: "b1:9092,b2:9092".
+    kafka_bootstrap_servers: str = ""
     kafka_port: int = Field(default=constants.DEFAULT_KAFKA_PORT, ge=1, le=65535)
     kafka_controller_port: int = Field(
         default=constants.DEFAULT_KAFKA_CONTROLLER_PORT, ge=1, le=65535
@@ -193,7 +196,7 @@ class Settings(BaseSettings):
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"127.0.0.1:{self.kafka_port}"
+        return self.kafka_bootstrap_servers or f"127.0.0.1:{self.kafka_port}"
 
 
 @lru_cache(maxsize=1)

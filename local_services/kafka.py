@@ -53,7 +53,7 @@ class KafkaBroker(Service):
     # Service ------------------------------------------------------------------------------------
     @property
     def address(self) -> str:
-        return self.settings.kafka_bootstrap
+        return bootstrap_servers(self.settings)
 
     def prepare(self) -> None:
         self.require_free_ports(
@@ -175,8 +175,9 @@ class KafkaBroker(Service):
 
 # Helpers ----------------------------------------------------------------------------------------
 def bootstrap_servers(settings: Settings) -> str:
-    """The `bootstrap.servers` value for clients of the local broker."""
-    return settings.kafka_bootstrap
+    """The `bootstrap.servers` value for clients of the local broker (whatever kafka_bootstrap_servers
+    names for the other clients)."""
+    return f"127.0.0.1:{settings.kafka_port}"
 
 
 def new_cluster_id() -> str:
@@ -191,7 +192,7 @@ def new_cluster_id() -> str:
 def _admin(settings: Settings):
     return AdminClient(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": bootstrap_servers(settings),
             "socket.timeout.ms": int(PROBE_TIMEOUT * 1000),
             # librdkafka would print every refused connection to stderr.
             "log_level": 0,

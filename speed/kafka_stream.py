@@ -40,7 +40,7 @@ from apache_beam.utils.timestamp import Duration
 from lakehouse.errors import ServiceError
 from speed import kafka_source, metrics
 from speed.kafka_source import PartitionRange, retrying_coordinator
-from speed.transforms import ACK_DEAD, ACK_HOT, ACK_LANDING
+from speed.sinks import ACK_DEAD, ACK_HOT, ACK_LANDING
 
 log = logging.getLogger(__name__)
 

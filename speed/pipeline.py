@@ -8,36 +8,38 @@ the consumer group's offsets committed after the hot table has every row (speed/
 or, with --follow, without end: on a streaming runner (Flink, Dataflow) by an unbounded reader
 whose offsets are committed behind the sinks (speed/kafka_stream.py); on the in-process runner,
 which cannot run an unbounded source through a shuffle, by one bounded range after the other.
+
+This module runs the pipeline (once, in micro-batches or unbounded); its graph is wired in
+speed/graph.py and its flags are declared in speed/options.py.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    StandardOptions,
+)
 
 import schemas
-from lakehouse import storage
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
-from speed import kafka_stream, metrics, tables, topics
-from speed.kafka_source import ReadKafkaRange, commit_offsets, plan_ranges
-from speed.transforms import (
-    DEAD_LETTER,
-    LANDING,
-    VALID,
-    PublishAlerts,
-    ScoreEvents,
-    UpsertHotScores,
-    WriteDeadLetters,
-    WriteLanding,
-)
+from speed import metrics, tables, topics
+from speed.graph import build
+from speed.kafka_source import commit_offsets, plan_ranges
+from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -62,50 +64,6 @@ class Hooks:
 NO_HOOKS = Hooks()
 
 
-class SpeedOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        # Not `required`: Beam parses every registered options class for any pipeline, so a
-        # required flag here would break unrelated pipelines; run() checks them instead.
-        parser.add_argument("--dataset", help="dataset declared in schemas/")
-        parser.add_argument("--input", help="JSON-lines file or glob to replay")
-        parser.add_argument("--kafka_topic", help="read this Kafka topic instead of --input")
-        parser.add_argument("--kafka_bootstrap_servers", help="default: the local broker of `lakehouse up`")
-        parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
-        parser.add_argument(
-            # `--follow`, or `--follow=true|false` as a Flex Template passes parameters.
-            "--follow", nargs="?", const=True, default=False, type=_flag,
-            help="keep reading the Kafka topic until stopped (Ctrl-C or SIGTERM cancels the job)",
-        )
-        parser.add_argument(
-            "--poll_seconds", type=float, default=1.0,
-            help="with --follow on the in-process runner: pause between micro-batches that found nothing",
-        )
-        parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
-        parser.add_argument(
-            "--commit_seconds", type=float, default=0.2,
-            help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",
-        )
-        parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
-        parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
-        parser.add_argument(
-            "--landing", choices=("auto", "on", "off"), default="auto",
-            help="land valid events in the dataset's landing table for the batch layer (auto: when reading Kafka)",
-        )
-        parser.add_argument(
-            "--state_ttl_seconds", type=float, default=86400.0,
-            help="drop an entity's feature state after this long without events (0 keeps it forever)",
-        )
-        parser.add_argument("--metrics_port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
-        parser.add_argument("--metrics_file", help="write Prometheus metrics to this file when the run ends")
-
-
-def _flag(text: str) -> bool:
-    if text.lower() not in ("true", "false"):
-        raise ValueError(f"expected true or false, got {text!r}")
-    return text.lower() == "true"
-
-
 @dataclass(frozen=True)
 class SpeedResult:
     scored: int
@@ -115,118 +73,6 @@ class SpeedResult:
     unknown_entity: int
 
 
-def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, kafka_ranges=None, *, unbounded=False) -> None:
-    """Wire the pipeline: read (file replay, Kafka range or followed topic) -> ScoreEvents -> sinks.
-
-    `unbounded`: follow the topic from `kafka_ranges`' starts, and commit offsets behind the sinks.
-    """
-    dataset = schemas.load(options.dataset)
-    bootstrap = _bootstrap(options, settings)
-    gaps = None
-    if unbounded:
-        followed = pipeline | "FollowKafka" >> kafka_stream.FollowKafka(bootstrap, _group(options), kafka_ranges)
-        source, gaps = followed[kafka_stream.MESSAGES], followed[kafka_stream.GAPS]
-    elif options.kafka_topic:
-        source = pipeline | "ReadKafka" >> ReadKafkaRange(bootstrap, _group(options), kafka_ranges)
-    else:
-        source = pipeline | "ReadReplay" >> ReadReplay(options.input)
-    outputs = source | "ScoreEvents" >> ScoreEvents(
-        dataset,
-        settings,
-        max_batch_size=options.max_batch_size,
-        reload_seconds=options.model_reload_seconds,
-        state_ttl_seconds=options.state_ttl_seconds,
-    )
-    streaming = pipeline.options.view_as(StandardOptions).streaming
-    acks = [
-        outputs[VALID]
-        | "BatchForCommit" >> _CommitBatches(options, streaming)
-        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings)),
-        outputs[DEAD_LETTER]
-        | "BatchDeadLetters" >> _CommitBatches(options, streaming)
-        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings)),
-    ]
-    if _lands(options):
-        acks.append(
-            outputs[LANDING]
-            | "BatchForLanding" >> _CommitBatches(options, streaming)
-            | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
-        )
-    if options.alerts_topic:
-        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, bootstrap, options.alerts_topic))
-    if unbounded:
-        (
-            (*acks, gaps)
-            | "AllAcks" >> beam.Flatten()
-            | "CommitOffsets" >> kafka_stream.CommitOffsets(bootstrap, _group(options), kafka_ranges, _lands(options))
-        )
-
-
-class _CommitBatches(beam.PTransform):
-    """Rows -> lists of rows, one Delta commit each.
-
-    Streaming: every batch of a table goes through one key, so one worker commits to each table.
-    Parallel MERGEs into one unpartitioned table conflict nearly always (each may match rows in
-    the files the other adds) and retry with back-off, which costs more latency than one writer.
-    A batch closes at `--max_batch_size` rows or `--commit_seconds` after its first row.
-    Bounded runs batch per bundle, in parallel: their runners give one worker per stage here.
-    """
-
-    def __init__(self, options: SpeedOptions, streaming: bool) -> None:
-        super().__init__()
-        self.max_batch_size = options.max_batch_size
-        self.commit_seconds = options.commit_seconds
-        self.streaming = streaming
-
-    def expand(self, rows):
-        if not self.streaming:
-            return rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
-        return (
-            rows
-            | "OneWriter" >> beam.Map(lambda row: (0, row)).with_output_types(tuple[int, dict])
-            | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
-            | "Rows" >> beam.Map(lambda keyed: list(keyed[1]))
-        )
-
-
-class ReadReplay(beam.PTransform):
-    """(source, line, read time) of JSON-lines files, each file read start to end by one worker.
-
-    Not Beam's ReadFromText: runners split its reads and process the pieces in any order (Flink
-    does), so an entity's events would arrive hundreds of events out of order, beyond what the
-    per-entity state can put back in place. A replay keeps each file's order, as a Kafka
-    partition does.
-    """
-
-    def __init__(self, pattern: str) -> None:
-        super().__init__()
-        self.pattern = pattern
-
-    def expand(self, pipeline):
-        files = storage.list_input_files(self.pattern)
-        if not files:
-            raise ConfigurationError(f"--input {self.pattern!r} matches no file")
-        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines)
-
-
-def _read_lines(path: str):
-    import io
-
-    with storage.open_input_file(path) as stream:
-        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
-            line = line.rstrip("\n")
-            if line.strip():
-                yield path, line, time.time()
-
-
-def _lands(options: SpeedOptions) -> bool:
-    return options.landing == "on" or (options.landing == "auto" and bool(options.kafka_topic))
-
-
-def _bootstrap(options: SpeedOptions, settings: Settings) -> str:
-    return options.kafka_bootstrap_servers or settings.kafka_bootstrap
-
-
 def _use_flink_job_server(options: PipelineOptions, hooks: Hooks) -> None:
     """FlinkRunner without a cluster: submit to the job server the composition root starts.
 
@@ -234,8 +80,6 @@ def _use_flink_job_server(options: PipelineOptions, hooks: Hooks) -> None:
     machine's Maven mirror lacks (see local_services/flink.py). With --flink_master naming a
     real cluster, or --job_endpoint, the options are left to Beam.
     """
-    from apache_beam.options.pipeline_options import FlinkRunnerOptions, PortableOptions
-
     portable = options.view_as(PortableOptions)
     if portable.job_endpoint or options.view_as(FlinkRunnerOptions).flink_master not in (None, "[auto]", "[local]"):
         return
@@ -257,13 +101,7 @@ def _record_lag(ranges) -> None:
         metrics.KAFKA_LAG.labels(item.topic, str(item.partition)).set(max(0, item.end - item.start))
 
 
-def _group(options: SpeedOptions) -> str:
-    return options.kafka_group or f"lakehouse-speed-{options.dataset}"
-
-
 def _counter(result, name: str) -> int:
-    from apache_beam.metrics.metric import MetricsFilter
-
     counters = result.metrics().query(MetricsFilter().with_namespace("speed").with_name(name))["counters"]
     return int(sum(counter.committed or counter.attempted or 0 for counter in counters))
 
@@ -345,7 +183,7 @@ def _prepare(options: SpeedOptions, settings: Settings) -> None:
     # Created here, once, so that parallel workers never race to create a table.
     tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))
     tables.ensure_table(tables.quarantine_uri(settings), tables.QUARANTINE_SCHEMA)
-    if _lands(options):
+    if landing_enabled(options):
         tables.ensure_table(tables.landing_uri(settings, dataset), tables.landing_schema(dataset))
     if options.alerts_topic:
         topics.create_topic(options.alerts_topic, settings=settings)
@@ -354,7 +192,7 @@ def _prepare(options: SpeedOptions, settings: Settings) -> None:
 
 
 def _plan(options: SpeedOptions, settings: Settings):
-    ranges = plan_ranges(_bootstrap(options, settings), options.kafka_topic, _group(options))
+    ranges = plan_ranges(kafka_bootstrap(options, settings), options.kafka_topic, consumer_group(options))
     log.info("reading %s: %s", options.kafka_topic, [(r.partition, r.start, r.end) for r in ranges])
     _record_lag(ranges)
     return ranges
@@ -369,8 +207,8 @@ def _run_once(options: PipelineOptions, settings: Settings) -> SpeedResult:
     result.wait_until_finish()
     if kafka_ranges:
         # Only now is every row of the range in the hot table: a crash before this re-reads it.
-        commit_offsets(_bootstrap(speed_options, settings), _group(speed_options), kafka_ranges)
-        _record_lag(plan_ranges(_bootstrap(speed_options, settings), speed_options.kafka_topic, _group(speed_options)))
+        commit_offsets(kafka_bootstrap(speed_options, settings), consumer_group(speed_options), kafka_ranges)
+        _record_lag(plan_ranges(kafka_bootstrap(speed_options, settings), speed_options.kafka_topic, consumer_group(speed_options)))
     return _counts(result)
 
 
@@ -445,7 +283,5 @@ def _counts(result) -> SpeedResult:
 
 
 if __name__ == "__main__":
-    import sys
-
     logging.basicConfig(level=logging.INFO)
     print(run(sys.argv[1:]))

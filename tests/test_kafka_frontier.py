@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from speed.kafka_stream import ACK_GAP, advance, parse_source, source_of
-from speed.transforms import ACK_DEAD, ACK_HOT, ACK_LANDING
+from speed.sinks import ACK_DEAD, ACK_HOT, ACK_LANDING
 
 
 def test_the_frontier_moves_only_over_records_every_sink_holds():

@@ -15,7 +15,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
 
-from speed.pipeline import SpeedOptions, build
+from speed.graph import build
+from speed.options import SpeedOptions
 
 INFRA = Path(__file__).resolve().parents[1] / "infra" / "dataflow"
 

@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import schemas
 from lakehouse.features import compute_features
 from speed.pipeline import LOCAL_RUNNER
-from speed.transforms import ComputeFeatures
+from speed.stateful_features import ComputeFeatures
 
 pytestmark = pytest.mark.beam
 

@@ -1,0 +1,16 @@
+"""Fields carried beside an event through the speed pipeline, from its reading to its sinks.
+
+Set by one step and read by later ones (speed/validate.py, speed/stateful_features.py,
+speed/scoring.py, speed/sinks.py); none is written to a table under these names.
+"""
+
+# Seconds since the epoch when an event reached the pipeline (Kafka timestamp or replay read);
+# carried beside the record for latency metrics, never written to a table.
+ARRIVED_AT = "_arrived_at"
+# Version of an event's features: nanoseconds since the epoch when they were computed, kept
+# strictly increasing per entity through state (and so across state expiry). An event emitted
+# again after a late event carries a higher one, and the hot table keeps the highest: parallel
+# writers (two on Flink here) may commit an event's revisions in any order.
+REVISION = "_revision"
+# Where a record was read ("kafka://topic/partition@offset" or a replay file), carried to the sinks.
+SOURCE = "_source"

@@ -1,0 +1,134 @@
+"""The speed pipeline's graph: read (file replay, Kafka range or followed topic) -> validate ->
+features -> score -> sinks, every step labelled. Running it is speed/pipeline.py's.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
+
+import schemas
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+from speed import kafka_stream
+from speed.alerts import PublishAlerts
+from speed.kafka_source import ReadKafkaRange
+from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing_enabled
+from speed.replay_source import ReadReplay
+from speed.scoring import ScoreBatch
+from speed.sinks import UpsertHotScores, WriteDeadLetters, WriteLanding
+from speed.stateful_features import ComputeFeatures
+from speed.validate import DEAD_LETTER, ParseAndValidate
+
+VALID = "valid"
+LANDING = "landing"
+
+
+def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, kafka_ranges=None, *, unbounded=False) -> None:
+    """Wire the pipeline: read (file replay, Kafka range or followed topic) -> ScoreEvents -> sinks.
+
+    `unbounded`: follow the topic from `kafka_ranges`' starts, and commit offsets behind the sinks.
+    """
+    dataset = schemas.load(options.dataset)
+    bootstrap = kafka_bootstrap(options, settings)
+    gaps = None
+    if unbounded:
+        followed = pipeline | "FollowKafka" >> kafka_stream.FollowKafka(bootstrap, consumer_group(options), kafka_ranges)
+        source, gaps = followed[kafka_stream.MESSAGES], followed[kafka_stream.GAPS]
+    elif options.kafka_topic:
+        source = pipeline | "ReadKafka" >> ReadKafkaRange(bootstrap, consumer_group(options), kafka_ranges)
+    else:
+        source = pipeline | "ReadReplay" >> ReadReplay(options.input)
+    outputs = source | "ScoreEvents" >> ScoreEvents(
+        dataset,
+        settings,
+        max_batch_size=options.max_batch_size,
+        reload_seconds=options.model_reload_seconds,
+        state_ttl_seconds=options.state_ttl_seconds,
+    )
+    streaming = pipeline.options.view_as(StandardOptions).streaming
+    acks = [
+        outputs[VALID]
+        | "BatchForCommit" >> _CommitBatches(options, streaming)
+        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings)),
+        outputs[DEAD_LETTER]
+        | "BatchDeadLetters" >> _CommitBatches(options, streaming)
+        | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings)),
+    ]
+    if landing_enabled(options):
+        acks.append(
+            outputs[LANDING]
+            | "BatchForLanding" >> _CommitBatches(options, streaming)
+            | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
+        )
+    if options.alerts_topic:
+        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, bootstrap, options.alerts_topic))
+    if unbounded:
+        (
+            (*acks, gaps)
+            | "AllAcks" >> beam.Flatten()
+            | "CommitOffsets" >> kafka_stream.CommitOffsets(bootstrap, consumer_group(options), kafka_ranges, landing_enabled(options))
+        )
+
+
+class _CommitBatches(beam.PTransform):
+    """Rows -> lists of rows, one Delta commit each.
+
+    Streaming: every batch of a table goes through one key, so one worker commits to each table.
+    Parallel MERGEs into one unpartitioned table conflict nearly always (each may match rows in
+    the files the other adds) and retry with back-off, which costs more latency than one writer.
+    A batch closes at `--max_batch_size` rows or `--commit_seconds` after its first row.
+    Bounded runs batch per bundle, in parallel: their runners give one worker per stage here.
+    """
+
+    def __init__(self, options: SpeedOptions, streaming: bool) -> None:
+        super().__init__()
+        self.max_batch_size = options.max_batch_size
+        self.commit_seconds = options.commit_seconds
+        self.streaming = streaming
+
+    def expand(self, rows):
+        if not self.streaming:
+            return rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
+        return (
+            rows
+            | "OneWriter" >> beam.Map(lambda row: (0, row)).with_output_types(tuple[int, dict])
+            | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
+            | "Rows" >> beam.Map(lambda keyed: list(keyed[1]))
+        )
+
+
+class ScoreEvents(beam.PTransform):
+    """(source, JSON text) -> scored rows (main output) and dead letters (tag `dead_letter`)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        settings: Settings,
+        *,
+        max_batch_size: int = 1000,
+        reload_seconds: float = 30.0,
+        state_ttl_seconds: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.settings = settings
+        self.max_batch_size = max_batch_size
+        self.reload_seconds = reload_seconds
+        self.state_ttl_seconds = state_ttl_seconds
+
+    def expand(self, lines):
+        dataset = self.dataset
+        parsed = lines | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
+        featured = (
+            parsed[VALID]
+            | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record)).with_output_types(tuple[str, dict])
+            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds))
+        )
+        scored = (
+            featured
+            | "BatchForScoring" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
+            | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(DEAD_LETTER, main=VALID)
+        )
+        dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
+        return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

@@ -1,0 +1,64 @@
+"""The speed pipeline's options: its own flags beside Beam's, and what they imply."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from lakehouse.settings import Settings
+
+
+class SpeedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        # Not `required`: Beam parses every registered options class for any pipeline, so a
+        # required flag here would break unrelated pipelines; run() (speed/pipeline.py) checks them
+        # instead.
+        parser.add_argument("--dataset", help="dataset declared in schemas/")
+        parser.add_argument("--input", help="JSON-lines file or glob to replay")
+        parser.add_argument("--kafka_topic", help="read this Kafka topic instead of --input")
+        parser.add_argument("--kafka_bootstrap_servers", help="default: the local broker of `lakehouse up`")
+        parser.add_argument("--kafka_group", help="consumer group whose offsets are committed (default lakehouse-speed-<dataset>)")
+        parser.add_argument(
+            # `--follow`, or `--follow=true|false` as a Flex Template passes parameters.
+            "--follow", nargs="?", const=True, default=False, type=_flag,
+            help="keep reading the Kafka topic until stopped (Ctrl-C or SIGTERM cancels the job)",
+        )
+        parser.add_argument(
+            "--poll_seconds", type=float, default=1.0,
+            help="with --follow on the in-process runner: pause between micro-batches that found nothing",
+        )
+        parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
+        parser.add_argument(
+            "--commit_seconds", type=float, default=0.2,
+            help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",
+        )
+        parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
+        parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
+        parser.add_argument(
+            "--landing", choices=("auto", "on", "off"), default="auto",
+            help="land valid events in the dataset's landing table for the batch layer (auto: when reading Kafka)",
+        )
+        parser.add_argument(
+            "--state_ttl_seconds", type=float, default=86400.0,
+            help="drop an entity's feature state after this long without events (0 keeps it forever)",
+        )
+        parser.add_argument("--metrics_port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:PORT")
+        parser.add_argument("--metrics_file", help="write Prometheus metrics to this file when the run ends")
+
+
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
+def landing_enabled(options: SpeedOptions) -> bool:
+    return options.landing == "on" or (options.landing == "auto" and bool(options.kafka_topic))
+
+
+def kafka_bootstrap(options: SpeedOptions, settings: Settings) -> str:
+    return options.kafka_bootstrap_servers or settings.kafka_bootstrap
+
+
+def consumer_group(options: SpeedOptions) -> str:
+    return options.kafka_group or f"lakehouse-speed-{options.dataset}"

@@ -1,0 +1,133 @@
+"""The speed layer's Delta sinks: scored events upserted into the hot table, valid events landed
+for the batch layer, dead letters added to the quarantine table; each acknowledges what it
+committed."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Iterable
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+from speed import metrics, tables
+from speed.carried_fields import ARRIVED_AT, SOURCE
+
+# What each sink yields per input record it has committed, as (source, kind): a continuous Kafka
+# run commits a partition's offset only once every record before it reached its sinks
+# (speed/kafka_stream.py).
+ACK_HOT, ACK_LANDING, ACK_DEAD = "hot", "landing", "dead"
+
+
+class _CompactsPeriodically:
+    """Mixin for sinks: compacts the sink's table every `COMPACT_EVERY` commits of this worker."""
+
+    COMPACT_EVERY = 50
+
+    def _committed_one(self, uri: str) -> None:
+        self.commits_since_compaction = getattr(self, "commits_since_compaction", 0) + 1
+        if self.commits_since_compaction >= self.COMPACT_EVERY:
+            self.commits_since_compaction = 0
+            tables.compact(uri)
+
+
+class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
+    """Upserts a batch of scored events into the hot Delta table by event id (one commit per batch)."""
+
+    def __init__(self, dataset: Dataset, settings: Settings) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.committed = Metrics.counter("speed", "hot_rows_committed")
+        self.latency = Metrics.distribution("speed", "commit_latency_ms")
+
+    def setup(self) -> None:
+        self.uri = tables.hot_table_uri(self.settings, self.dataset)
+        self.schema = tables.hot_schema(self.dataset)
+        name = self.dataset.name
+        self.prometheus = (
+            metrics.HOT_ROWS.labels(name),
+            metrics.COMMIT_DURATION.labels(name),
+            metrics.COMMIT_LATENCY.labels(name),
+            metrics.EVENT_TIME_LAG.labels(name),
+        )
+
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
+        # A batch may hold an event twice (a replay, a revision): the highest revision wins, here
+        # and against the table.
+        latest: dict[str, dict] = {}
+        for row in batch:
+            key = row[self.dataset.event_id]
+            if key not in latest or row["revision"] >= latest[key]["revision"]:
+                latest[key] = row
+        started = time.perf_counter()
+        tables.upsert_by_key(
+            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id, newest="revision"
+        )
+        duration = time.perf_counter() - started
+        self._committed_one(self.uri)
+        self.latency.update(int(duration * 1000))
+        self.committed.inc(len(latest))
+        rows, commit, arrival_latency, event_time_lag = self.prometheus
+        rows.inc(len(latest))
+        commit.observe(duration)
+        committed_at = time.time()
+        for row in latest.values():
+            if row.get(ARRIVED_AT) is not None:
+                latency = max(0.0, committed_at - row[ARRIVED_AT])
+                arrival_latency.observe(latency)
+                metrics.LATENCY_SAMPLES.append(latency)
+            event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
+        yield from _acks(batch, ACK_HOT)
+
+
+class WriteLanding(_CompactsPeriodically, beam.DoFn):
+    """Lands valid events, as validated, in the dataset's landing table for the batch layer.
+
+    Insert-only by event id, so a replay lands nothing twice; the batch layer reads the table with
+    `lakehouse batch run --input landing` and MERGEs it into silver like any other input.
+    """
+
+    def __init__(self, dataset: Dataset, settings: Settings) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.landed = Metrics.counter("speed", "landed")
+
+    def setup(self) -> None:
+        self.uri = tables.landing_uri(self.settings, self.dataset)
+        self.schema = tables.landing_schema(self.dataset)
+
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
+        landed_at = datetime.now(timezone.utc)
+        unique = {row[self.dataset.event_id]: {**row, tables.LANDED_AT: landed_at} for row in batch}
+        tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
+        self._committed_one(self.uri)
+        self.landed.inc(len(unique))
+        yield from _acks(batch, ACK_LANDING)
+
+
+class WriteDeadLetters(beam.DoFn):
+    """Adds dead letters to the shared quarantine table, once per (dataset, record hash)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def setup(self) -> None:
+        self.uri = tables.quarantine_uri(self.settings)
+
+    def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
+        unique = {(row["dataset"], row["record_hash"]): row for row in batch}
+        tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=tables.QUARANTINE_SCHEMA), ["dataset", "record_hash"])
+        yield from _acks(batch, ACK_DEAD, source="source")
+
+
+def _acks(batch: list[dict], kind: str, source: str = SOURCE) -> Iterable[tuple[str, str]]:
+    # Every record of the batch, not only the kept version: each was read at its own offset.
+    # Rows emitted again after a late event have no source; their original was acknowledged.
+    # `source`: the field naming where a row was read (dead letters keep it as a table column).
+    for row in batch:
+        if row.get(source):
+            yield row[source], kind

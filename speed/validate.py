@@ -1,0 +1,91 @@
+"""Parse and validate: a record's JSON text becomes a typed record, or a dead letter with its reasons.
+
+Validation is the very function the batch layer uses (schemas/rules.py), so the two layers reject
+the same records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from lakehouse import constants
+from schemas.declaration import Dataset
+from schemas.rules import RecordValidator
+from speed import metrics
+from speed.carried_fields import ARRIVED_AT, SOURCE
+
+DEAD_LETTER = "dead_letter"
+
+
+def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
+    """A rejected record in the shared quarantine layout, with its original text untouched."""
+    return {
+        "dataset": dataset.name,
+        "event_id": event_id,
+        "record_hash": hashlib.sha256(f"{raw}\u0000{source}".encode()).hexdigest(),
+        "raw": raw,
+        "failed_rules": rules,
+        "errors": errors,
+        "source": source,
+        "layer": constants.LAYER_SPEED,
+        "run_id": None,
+        "quarantined_at": datetime.now(timezone.utc),
+    }
+
+
+class ParseAndValidate(beam.DoFn):
+    """(source, JSON text[, arrival]) -> typed record on the main output, or a dead letter with its reasons."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.valid = Metrics.counter("speed", "valid")
+        self.rejected = Metrics.counter("speed", "dead_letters")
+
+    def setup(self) -> None:
+        self.validator = RecordValidator(self.dataset)
+        self.prometheus_valid = metrics.EVENTS.labels(self.dataset.name, "valid")
+        self.prometheus_rejected = metrics.EVENTS.labels(self.dataset.name, "dead_letter")
+
+    def process(self, element: tuple) -> Iterable[Any]:
+        source, text = element[0], element[1]
+        arrived_at = element[2] if len(element) > 2 else time.time()
+        for output in self._validate(source, text):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                self.prometheus_rejected.inc()
+            else:
+                self.prometheus_valid.inc()
+                output[ARRIVED_AT] = arrived_at
+                output[SOURCE] = source
+            yield output
+
+    def _validate(self, source: str, text: str) -> Iterable[Any]:
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as error:
+            self.rejected.inc()
+            message = f"record at {source}: malformed JSON ({error.msg} at column {error.colno})"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.json"], [message]))
+            return
+        if not isinstance(record, dict):
+            self.rejected.inc()
+            message = f"record at {source}: expected a JSON object, got {type(record).__name__}"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.object"], [message]))
+            return
+        typed, failures = self.validator.validate(record, source_file=source)
+        if failures:
+            self.rejected.inc()
+            event_id = self.validator.texts(record, source).get(self.dataset.event_id)
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                dead_letter(self.dataset, text, source, event_id, [f.rule for f in failures], [f.message for f in failures]),
+            )
+            return
+        self.valid.inc()
+        yield typed

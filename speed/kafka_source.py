@@ -19,6 +19,7 @@ from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from lakehouse.errors import ServiceError
 
@@ -38,8 +39,6 @@ class PartitionRange:
 
 def group_consumer(bootstrap: str, group: str, overrides: dict | None = None):
     """A consumer of the group that never commits by itself; `overrides` are librdkafka settings."""
-    from confluent_kafka import Consumer
-
     settings = {
         "bootstrap.servers": bootstrap,
         "group.id": group,
@@ -57,8 +56,6 @@ def retrying_coordinator(action, what: str, attempts: int = 30):
     A new broker creates its internal offsets topic on the first group request and answers
     NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS for a few seconds meanwhile.
     """
-
-    from confluent_kafka import KafkaError, KafkaException
 
     not_ready = {
         KafkaError.NOT_COORDINATOR,
@@ -81,8 +78,6 @@ def retrying_coordinator(action, what: str, attempts: int = 30):
 
 def plan_ranges(bootstrap: str, topic: str, group: str, timeout: float = 10.0) -> list[PartitionRange]:
     """What is there to read now: per partition, committed offset (or low watermark) to high watermark."""
-    from confluent_kafka import KafkaException, TopicPartition
-
     consumer = group_consumer(bootstrap, group)
     try:
         metadata = consumer.list_topics(topic, timeout=timeout)
@@ -111,8 +106,6 @@ def plan_ranges(bootstrap: str, topic: str, group: str, timeout: float = 10.0) -
 
 def commit_offsets(bootstrap: str, group: str, ranges: list[PartitionRange]) -> None:
     """Record that everything up to each range's end has been processed."""
-    from confluent_kafka import TopicPartition
-
     consumer = group_consumer(bootstrap, group)
     try:
         offsets = [TopicPartition(item.topic, item.partition, item.end) for item in ranges if item.end > item.start]
@@ -130,8 +123,6 @@ class _ReadPartitionRange(beam.DoFn):
         self.messages = Metrics.counter("speed", "kafka_messages")
 
     def process(self, item: PartitionRange) -> Iterable[tuple[str, str, float]]:
-        from confluent_kafka import KafkaError, TopicPartition
-
         if item.end <= item.start:
             return
         consumer = group_consumer(self.bootstrap, self.group)

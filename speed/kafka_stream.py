@@ -36,6 +36,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
+from confluent_kafka import KafkaError, TopicPartition
 
 from lakehouse.errors import ServiceError
 from speed import kafka_source, metrics
@@ -96,8 +97,6 @@ class _FollowPartition(beam.DoFn):
             consumer.close()
 
     def _consumer_at(self, item: PartitionRange, offset: int):
-        from confluent_kafka import TopicPartition
-
         key = (item.topic, item.partition)
         consumer, position = self.consumers.get(key, (None, None))
         if consumer is None:
@@ -118,8 +117,6 @@ class _FollowPartition(beam.DoFn):
         tracker=beam.DoFn.RestrictionParam(_PartitionRestrictions()),
         watermark=beam.DoFn.WatermarkEstimatorParam(WalltimeWatermarkEstimator.default_provider()),
     ) -> Iterable:
-        from confluent_kafka import KafkaError
-
         position = tracker.current_restriction().start
         consumer = self._consumer_at(item, position)
         batch = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)
@@ -153,8 +150,6 @@ class _FollowPartition(beam.DoFn):
 
 
 def _topic_partition(item: PartitionRange):
-    from confluent_kafka import TopicPartition
-
     return TopicPartition(item.topic, item.partition)
 
 
@@ -217,8 +212,6 @@ class _CommitFrontier(beam.DoFn):
             self.consumer.close()
 
     def process(self, element: tuple[str, list[tuple[int, str]]], frontier=beam.DoFn.StateParam(FRONTIER)) -> None:
-        from confluent_kafka import TopicPartition
-
         partition_key, acks = element
         state = frontier.read()
         next_offset, pending = state if state is not None else (self.starts[partition_key], {})

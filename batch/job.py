@@ -27,7 +27,7 @@ from batch.score import score
 from batch.spark import spark_session
 from batch.train import train
 from batch.validation import split, validate
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.errors import ConfigurationError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
 from schemas.declaration import Dataset, DetectorSpec
@@ -119,14 +119,14 @@ def run_batch(
     else:
         paths = resolve_inputs(inputs)
     record = run_log.RunRecord(
-        run_id=run_id, dataset=dataset.name, status=run_log.STATUS_FAILED,
+        run_id=run_id, dataset=dataset.name, status=system_tables.STATUS_FAILED,
         started_at=datetime.now(timezone.utc), finished_at=datetime.now(timezone.utc), inputs=paths,
     )
     spark = spark or spark_session(settings)
     log.info("run %s: dataset %s, %d input file(s)", run_id, dataset.name, len(paths))
     try:
         _run_steps(spark, dataset, paths, input_format, settings, record, progress)
-        record.status = run_log.STATUS_SUCCEEDED
+        record.status = system_tables.STATUS_SUCCEEDED
     except Exception as error:
         record.error = f"{type(error).__name__}: {error}"
         raise RunError(run_id, record.error) from error

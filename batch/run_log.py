@@ -14,37 +14,8 @@ import pandas as pd
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
-
-STATUS_SUCCEEDED = "succeeded"
-STATUS_FAILED = "failed"
-
-SCHEMA = pa.schema(
-    [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("inputs", pa.string()),
-        pa.field("input_rows", pa.int64()),
-        pa.field("valid_rows", pa.int64()),
-        pa.field("quarantined_rows", pa.int64()),
-        pa.field("duplicate_rows", pa.int64()),
-        pa.field("silver_rows", pa.int64()),
-        pa.field("scored_rows", pa.int64()),
-        pa.field("anomalies", pa.int64()),
-        pa.field("model_version", pa.int64()),
-        pa.field("expired_hot_rows", pa.int64()),
-        pa.field("watermark", pa.timestamp("us", tz="UTC")),
-        pa.field("timings", pa.string()),
-        pa.field("error", pa.string()),
-        # JSON: the Great Expectations result of the run and the per-rule record counts.
-        pa.field("report", pa.string()),
-    ]
-)
-
 
 @dataclass
 class RunRecord:
@@ -85,7 +56,7 @@ def append(settings: Settings, record: RunRecord) -> None:
     uri = table_uri(settings)
     # schema_mode="merge": a run log written by an older version gains the new columns.
     write_deltalake(
-        uri, pa.Table.from_pylist([row], schema=SCHEMA), mode="append", schema_mode="merge",
+        uri, pa.Table.from_pylist([row], schema=system_tables.BATCH_RUNS_SCHEMA), mode="append", schema_mode="merge",
         storage_options=storage.storage_options(uri),
     )
 
@@ -93,7 +64,7 @@ def append(settings: Settings, record: RunRecord) -> None:
 def runs(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
     uri = table_uri(settings)
     if not storage.table_exists(uri):
-        return SCHEMA.empty_table().to_pandas()
+        return system_tables.BATCH_RUNS_SCHEMA.empty_table().to_pandas()
     frame = storage.open_table(uri).to_pandas()
     if dataset:
         frame = frame[frame["dataset"] == dataset]
@@ -116,7 +87,7 @@ def report(settings: Settings, run_id: str) -> dict:
 
 def current_watermark(settings: Settings, dataset: str) -> pd.Timestamp | None:
     frame = runs(settings, dataset)
-    frame = frame[frame["status"] == STATUS_SUCCEEDED]
+    frame = frame[frame["status"] == system_tables.STATUS_SUCCEEDED]
     if frame.empty or frame["watermark"].isna().all():
         return None
     return frame["watermark"].max()

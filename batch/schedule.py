@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 from batch import run_log
 from batch.job import LANDING_INPUT, resolve_inputs, run_batch
+from lakehouse import system_tables
 from lakehouse.errors import ConfigurationError, LakehouseError
 from lakehouse.settings import Settings
 
@@ -58,7 +59,7 @@ def unprocessed(settings: Settings, dataset: str, inputs: list[str]) -> list[str
         return inputs  # the landing table grows in place; MERGE makes every pass idempotent
     runs = run_log.runs(settings, dataset)
     done = set()
-    for row in runs[runs["status"] == run_log.STATUS_SUCCEEDED].itertuples():
+    for row in runs[runs["status"] == system_tables.STATUS_SUCCEEDED].itertuples():
         done.update(json.loads(row.inputs or "[]"))
     try:
         files = resolve_inputs(inputs)

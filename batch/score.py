@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakehouse import registry, storage
+from batch.tables import spark_schema
+from lakehouse import registry, storage, system_tables
 from lakehouse.detectors import FittedModel
 from lakehouse.errors import ModelNotFoundError
 from lakehouse.features import feature_names
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
-from batch.train import DATASET_ENTITY
 
 def _score_schema(dataset: Dataset) -> T.StructType:
-    return T.StructType(
-    [
-        T.StructField(dataset.event_id, T.StringType(), False),
-        T.StructField("score", T.DoubleType()),
-        T.StructField("is_anomaly", T.BooleanType()),
-        T.StructField("model_version", T.LongType()),
-    ]
-    )
+    """What scoring adds to each event id, in the batch view's types."""
+    declared = system_tables.batch_scores_schema(dataset)
+    return spark_schema(pa.schema([declared.field(dataset.event_id), *system_tables.SCORE_FIELDS]))
 
 
 def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[int, bytes]]) -> pd.DataFrame:
     entity_id = str(frame[dataset.entity].iloc[0])
-    entry = models.get(entity_id) or models.get(DATASET_ENTITY)
+    entry = system_tables.model_for(models, entity_id)
     result = pd.DataFrame({dataset.event_id: frame[dataset.event_id].to_numpy()})
     if entry is None:
         # An entity without a model (too little history) is kept in the view, unscored.
@@ -49,7 +45,7 @@ def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Se
         latest = registry.latest_versions(settings, dataset.name)
     except ModelNotFoundError:
         # No entity has had enough history for a model yet: the view is written, unscored.
-        latest = registry.SCHEMA.empty_table().to_pandas()
+        latest = system_tables.MODELS_SCHEMA.empty_table().to_pandas()
     # Artifacts are small (kilobytes to a few MB per entity); ship them to the tasks in the closure.
     models = {
         row.entity_id: (int(row.version), storage.read_bytes(row.artifact_uri))

@@ -5,18 +5,31 @@ from __future__ import annotations
 import logging
 import time
 
+import pyarrow as pa
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from batch.ingest import SOURCE_FILE
 from batch.validation import ERRORS, FAILED_RULES, RAW
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
 log = logging.getLogger(__name__)
 _EXPIRY_ATTEMPTS = 5
+
+
+def spark_schema(schema: pa.Schema) -> T.StructType:
+    """The Spark schema of a table declared in Arrow (lakehouse/system_tables.py)."""
+    return from_arrow_schema(schema)
+
+
+def conform(frame: DataFrame, schema: pa.Schema) -> DataFrame:
+    """The frame's columns in the declared table's order and types (a column it lacks is an error)."""
+    return frame.select(*[F.col(field.name).cast(field.dataType) for field in spark_schema(schema)])
 
 
 def _last_commit(spark: SparkSession, uri: str) -> tuple[int, dict[str, str]]:
@@ -60,11 +73,14 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
 
 
 def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataFrame:
-    """Rejected records in the shared quarantine layout (the same columns the speed layer writes)."""
-    return rejected.select(
+    """Rejected records as quarantine rows (system_tables.QUARANTINE_SCHEMA, which the speed layer writes too)."""
+    rows = rejected.select(
         F.lit(dataset.name).alias("dataset"),
         F.col(dataset.event_id).cast("string").alias("event_id"),
-        F.sha2(F.concat_ws("\u0000", F.col(RAW), F.coalesce(F.col(SOURCE_FILE), F.lit(""))), 256).alias("record_hash"),
+        # system_tables.record_hash, computed by Spark.
+        F.sha2(
+            F.concat_ws(system_tables.RECORD_HASH_SEPARATOR, F.col(RAW), F.coalesce(F.col(SOURCE_FILE), F.lit(""))), 256
+        ).alias("record_hash"),
         F.col(RAW).alias("raw"),
         F.col(FAILED_RULES).alias("failed_rules"),
         F.col(ERRORS).alias("errors"),
@@ -73,12 +89,13 @@ def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataF
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("quarantined_at"),
     )
+    return conform(rows, system_tables.QUARANTINE_SCHEMA)
 
 
 def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -> int:
     """Add rejected records not quarantined before (same dataset, same record from the same source)."""
     uri = settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)
-    rows = rows.dropDuplicates(["dataset", "record_hash"])
+    rows = rows.dropDuplicates(list(system_tables.QUARANTINE_KEY))
     if not storage.table_exists(uri):
         rows.limit(0).write.format("delta").save(uri)
     merge = (
@@ -86,7 +103,7 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
         .alias("quarantine")
         .merge(
             rows.alias("incoming"),
-            "quarantine.dataset = incoming.dataset AND quarantine.record_hash = incoming.record_hash",
+            " AND ".join(f"quarantine.{key} = incoming.{key}" for key in system_tables.QUARANTINE_KEY),
         )
         .whenNotMatchedInsertAll()
     )
@@ -96,7 +113,9 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
 def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> None:
     """Replace the batch view: it is recomputed from all of silver on every run (Lambda's batch view)."""
     uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
-    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
+    rows = conform(rows, system_tables.batch_scores_schema(dataset))
+    partition = system_tables.EVENT_DATE.name
+    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(partition).save(uri)
 
 
 def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:

@@ -10,14 +10,12 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from lakehouse import detectors, registry
+from lakehouse import detectors, registry, system_tables
 from lakehouse.features import feature_names
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
 log = logging.getLogger(__name__)
-
-DATASET_ENTITY = "*"  # registry entity_id of a model trained on every entity of a dataset
 
 _RESULT_SCHEMA = T.StructType(
     [
@@ -72,7 +70,7 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
     else:
         # One model for the whole dataset: the feature rows fit in the driver for the data sizes
         # this mode is meant for (a dataset of few, similar entities).
-        results = _fit_frame(dataset, features.toPandas(), DATASET_ENTITY)
+        results = _fit_frame(dataset, features.toPandas(), system_tables.DATASET_WIDE_ENTITY)
     version = registry.next_version(settings, dataset.name)
     created_at = registry.now_utc()
     rows, skipped = [], []

@@ -14,31 +14,10 @@ import pandas as pd
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.detectors import FittedModel
 from lakehouse.errors import ModelNotFoundError
 from lakehouse.settings import Settings
-
-SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string(), nullable=False),
-        pa.field("entity_id", pa.string(), nullable=False),
-        pa.field("version", pa.int64(), nullable=False),
-        pa.field("detector", pa.string(), nullable=False),
-        pa.field("params", pa.string()),
-        pa.field("contamination", pa.float64()),
-        pa.field("threshold", pa.float64()),
-        pa.field("feature_names", pa.string()),
-        pa.field("train_start", pa.timestamp("us", tz="UTC")),
-        pa.field("train_end", pa.timestamp("us", tz="UTC")),
-        pa.field("train_rows", pa.int64()),
-        pa.field("metrics", pa.string()),
-        pa.field("artifact_uri", pa.string(), nullable=False),
-        pa.field("run_id", pa.string()),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class RegisteredModel:
@@ -59,7 +38,7 @@ def artifact_uri(settings: Settings, dataset: str, version: int, entity_id: str)
 def list_models(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
     uri = table_uri(settings)
     if not storage.table_exists(uri):
-        return SCHEMA.empty_table().to_pandas()
+        return system_tables.MODELS_SCHEMA.empty_table().to_pandas()
     frame = storage.open_table(uri).to_pandas()
     if dataset is not None:
         frame = frame[frame["dataset"] == dataset]
@@ -79,7 +58,7 @@ def register(settings: Settings, rows: list[dict]) -> None:
         row["params"] = json.dumps(row.get("params") or {}, sort_keys=True)
         row["metrics"] = json.dumps(row.get("metrics") or {}, sort_keys=True)
         row["feature_names"] = json.dumps(row.get("feature_names") or [])
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=system_tables.MODELS_SCHEMA)
     uri = table_uri(settings)
     write_deltalake(uri, table, mode="append", storage_options=storage.storage_options(uri))
 

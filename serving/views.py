@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 import schemas
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from serving import trino_client
@@ -32,12 +32,11 @@ def _create_view(schema: str, name: str, body: str) -> str:
 
 def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_runs: bool = True) -> str:
     """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist."""
-    columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields, "score", "is_anomaly", "model_version"]
-    selected = ", ".join(f'side."{name}"' for name in columns)
+    selected = ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset))
     runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
     boundary = (
         f"SELECT max(watermark) AS watermark FROM {runs} "
-        f"WHERE dataset = '{dataset.name}' AND status = 'succeeded'"
+        f"WHERE dataset = '{dataset.name}' AND status = '{system_tables.STATUS_SUCCEEDED}'"
         if has_runs
         # No batch run has ever finished: no watermark, the speed layer answers everything.
         else "SELECT CAST(NULL AS timestamp(3) with time zone) AS watermark"

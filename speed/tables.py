@@ -10,47 +10,23 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
-from lakehouse import constants, storage
+from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
+from schemas.engines import arrow_schema
 
 log = logging.getLogger(__name__)
 
-_UTC = pa.timestamp("us", tz="UTC")
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        pa.field("dataset", pa.string()),
-        pa.field("event_id", pa.string()),
-        pa.field("record_hash", pa.string()),
-        pa.field("raw", pa.string()),
-        pa.field("failed_rules", pa.list_(pa.string())),
-        pa.field("errors", pa.list_(pa.string())),
-        pa.field("source", pa.string()),
-        pa.field("layer", pa.string()),
-        pa.field("run_id", pa.string()),
-        pa.field("quarantined_at", _UTC),
-    ]
-)
+# The shared quarantine's layout (lakehouse/system_tables.py), under the name the sinks use.
+QUARANTINE_SCHEMA = system_tables.QUARANTINE_SCHEMA
 # Parallel workers of one pipeline (Flink runs two here) and a batch run's expiry commit to the
 # same table; optimistic concurrency retries with jittered back-off.
 _COMMIT_ATTEMPTS = 10
 
 
 def hot_schema(dataset: Dataset) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field(dataset.event_id, pa.string()),
-            pa.field(dataset.entity, pa.string()),
-            pa.field(dataset.event_time, _UTC),
-            *[pa.field(name, pa.float64()) for name in dataset.features.fields],
-            pa.field("score", pa.float64()),
-            pa.field("is_anomaly", pa.bool_()),
-            pa.field("model_version", pa.int64()),
-            pa.field("scored_at", _UTC),
-            # Which computation of the event's features this is (see speed/transforms.REVISION).
-            pa.field("revision", pa.int64()),
-        ]
-    )
+    """The hot table's layout (lakehouse/system_tables.py)."""
+    return system_tables.hot_scores_schema(dataset)
 
 
 LANDED_AT = "landed_at"
@@ -58,12 +34,7 @@ LANDED_AT = "landed_at"
 
 def landing_schema(dataset: Dataset) -> pa.Schema:
     """The validated record as declared, plus when the speed layer landed it."""
-    from schemas.engines import arrow_schema
-
-    declared = arrow_schema(dataset)
-    # Declared timestamps are UTC instants; the hot table and silver store them with a zone.
-    fields = [pa.field(f.name, _UTC, nullable=f.nullable) if pa.types.is_timestamp(f.type) else f for f in declared]
-    return pa.schema([*fields, pa.field(LANDED_AT, _UTC)])
+    return pa.schema([*arrow_schema(dataset), pa.field(LANDED_AT, system_tables.TIMESTAMP)])
 
 
 def ensure_table(uri: str, schema: pa.Schema) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
+from deltalake import Schema as DeltaSchema
 from pyspark.sql import SparkSession
 
 from lakehouse import generate as generator
@@ -58,3 +62,14 @@ def make_sensor_inputs(folder: Path, *, sensors: int = 3, days: float = 3.0, see
     ]
     recent_file = generator.write_json_lines(recent.records, folder / "recent" / "replay.jsonl")
     return SensorInputs(events, history, recent, files, recent_file)
+
+
+def delta_schema(table: str | pa.Schema) -> dict:
+    """The Delta schema (as Delta's JSON) of a table at a URI, or the one an Arrow schema declares.
+
+    Tables Spark writes and tables delta-rs writes compare with a declaration in Delta's own
+    terms: column order, types, nullability (a list's element names, which differ between
+    engines, are not part of it).
+    """
+    schema = DeltaSchema.from_arrow(table) if isinstance(table, pa.Schema) else DeltaTable(table).schema()
+    return json.loads(schema.to_json())

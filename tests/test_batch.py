@@ -10,10 +10,11 @@ from deltalake import DeltaTable
 
 from batch import run_log
 from batch.job import run_batch
-from lakehouse import constants, registry
+import schemas
+from lakehouse import constants, registry, system_tables
 from lakehouse.errors import LakehouseError
 
-from fixtures_engines import make_sensor_inputs
+from fixtures_engines import delta_schema, make_sensor_inputs
 from lakehouse import generate as generator
 
 pytestmark = pytest.mark.spark
@@ -60,6 +61,29 @@ def test_quarantine_keeps_each_rejected_record_with_the_rule_it_broke(first_run)
         assert list(row.failed_rules) == [inputs.history.bad[original_id]]
         assert row.layer == "batch" and row.dataset == "sensor_events"
         assert inputs.history.bad[original_id] in row.errors[0]
+
+
+def test_the_tables_of_a_batch_run_are_the_declared_system_tables(first_run):
+    settings, _, _ = first_run
+    dataset = schemas.load("sensor_events")
+    declared = {
+        # Written by Spark.
+        settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE): system_tables.QUARANTINE_SCHEMA,
+        settings.table_uri(dataset.name, constants.BATCH_SCORES): system_tables.batch_scores_schema(dataset),
+        # Written by delta-rs.
+        run_log.table_uri(settings): system_tables.BATCH_RUNS_SCHEMA,
+        registry.table_uri(settings): system_tables.MODELS_SCHEMA,
+    }
+    for uri, schema in declared.items():
+        assert delta_schema(uri) == delta_schema(schema), uri
+
+
+def test_spark_hashes_quarantined_records_as_the_speed_layer_does(first_run):
+    settings, _, _ = first_run
+    quarantine = _table(settings, constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    assert len(quarantine) > 0
+    for row in quarantine.itertuples():
+        assert row.record_hash == system_tables.record_hash(row.raw, row.source)
 
 
 def test_a_model_per_entity_is_registered(first_run):

@@ -19,7 +19,7 @@ from deltalake import DeltaTable, write_deltalake
 
 import schemas
 from batch import run_log
-from lakehouse import constants
+from lakehouse import constants, system_tables
 from lakehouse.alerts import first_of_episodes
 from lakehouse.settings import get_settings
 from app.wiring import serving_refresh
@@ -56,12 +56,11 @@ def settings(trino_server):
     return settings
 
 
-def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str = run_log.STATUS_SUCCEEDED, alarms: frozenset = frozenset()) -> None:
+def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str = system_tables.STATUS_SUCCEEDED, alarms: frozenset = frozenset()) -> None:
     """A batch run's outputs: the batch view (replaced, as the job does) and its run-log record."""
-    if status == run_log.STATUS_SUCCEEDED:
+    if status == system_tables.STATUS_SUCCEEDED:
         rows = [{**event, "score": 0.1, "is_anomaly": event["event_id"] in alarms, "model_version": 1} for event in events]
-        schema = pa.schema([("event_id", pa.string()), ("entity_id", pa.string()), ("event_time", pa.timestamp("us", tz="UTC")),
-                            ("value", pa.float64()), ("score", pa.float64()), ("is_anomaly", pa.bool_()), ("model_version", pa.int64())])
+        schema = system_tables.batch_scores_schema(schemas.load(DATASET))
         write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     now = datetime.now(timezone.utc)
     run_log.append(settings, run_log.RunRecord(run_id=uuid.uuid4().hex, dataset=DATASET, status=status, started_at=now,
@@ -119,9 +118,18 @@ def test_a_new_batch_run_moves_the_boundary(settings):
 def test_a_failed_run_does_not_move_the_boundary(settings):
     _batch_run(settings, _events(0, 10), watermark=_at(9))
     _speed(settings, _events(10, 10))
-    _batch_run(settings, [], watermark=_at(19), status=run_log.STATUS_FAILED)
+    _batch_run(settings, [], watermark=_at(19), status=system_tables.STATUS_FAILED)
     merged = _merged(settings)
     assert [merged[f"cpu@{minute}"] for minute in range(10, 20)] == ["speed"] * 10
+
+
+def test_both_sides_serve_the_declared_columns(settings):
+    _batch_run(settings, _events(0, 5), watermark=_at(4))
+    _speed(settings, _events(5, 5))
+    views.refresh(DATASET, settings)
+    served = trino_client.query(f"SELECT * FROM {DATASET}.merged ORDER BY event_time", settings=settings)
+    assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "layer", "watermark"]
+    assert list(served.layer) == ["batch"] * 5 + ["speed"] * 5
 
 
 def test_a_late_event_at_or_before_the_watermark_waits_for_the_next_batch_run(settings):

@@ -21,7 +21,7 @@ import botocore.exceptions
 import pytest
 
 from batch import run_log
-from lakehouse import registry, storage
+from lakehouse import registry, storage, system_tables
 from lakehouse.constants import HOT_SCORES, SILVER
 from local_services.s3 import client_environment
 from lakehouse.settings import Settings, get_settings
@@ -75,7 +75,7 @@ def test_batch_then_speed_on_an_s3_warehouse(s3_lakehouse, tmp_path):
     _lakehouse("batch", "run", "--dataset", "sensor_events", "--input", source)
 
     record = run_log.runs(settings, "sensor_events").iloc[-1]
-    assert record.status == run_log.STATUS_SUCCEEDED
+    assert record.status == system_tables.STATUS_SUCCEEDED
     # The prefix was listed to its two objects, and every record is accounted for.
     assert sorted(json.loads(record.inputs)) == sorted(f"{source}{path.name}" for path in inputs.history_files)
     assert record.input_rows == len(inputs.history.records)

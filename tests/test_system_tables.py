@@ -1,0 +1,103 @@
+"""The system tables are declared once (lakehouse/system_tables.py): what delta-rs writes and what
+the serving views name is that declaration. The Spark-written tables are checked in test_batch.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+import schemas
+from batch import run_log
+from lakehouse import constants, registry, system_tables
+from serving import views
+from speed import tables
+
+from fixtures_engines import delta_schema
+
+NOW = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def test_the_speed_layer_writes_the_declared_quarantine_and_hot_table(warehouse):
+    dataset = schemas.load("metrics")
+    quarantine_uri = tables.quarantine_uri(warehouse)
+    tables.ensure_table(quarantine_uri, tables.QUARANTINE_SCHEMA)
+    dead_letter = system_tables.quarantine_row(
+        dataset.name, raw="{", source="kafka://topic/0@1", event_id=None, failed_rules=["record.json"],
+        errors=["malformed JSON"], layer=constants.LAYER_SPEED, run_id=None, quarantined_at=NOW,
+    )
+    tables.insert_new(
+        quarantine_uri, pa.Table.from_pylist([dead_letter], schema=tables.QUARANTINE_SCHEMA), list(system_tables.QUARANTINE_KEY)
+    )
+    assert delta_schema(quarantine_uri) == delta_schema(system_tables.QUARANTINE_SCHEMA)
+
+    hot_uri = tables.hot_table_uri(warehouse, dataset)
+    tables.ensure_table(hot_uri, tables.hot_schema(dataset))
+    record = {"event_id": "cpu@0", "entity_id": "cpu", "event_time": NOW, "value": 1.0, "_features": None}
+    row = system_tables.hot_row(dataset, record, score=0.5, is_anomaly=False, model_version=1, scored_at=NOW, revision=1)
+    tables.upsert_by_key(
+        hot_uri, pa.Table.from_pylist([row], schema=tables.hot_schema(dataset)), system_tables.scored_row_key(dataset), newest="revision"
+    )
+    assert delta_schema(hot_uri) == delta_schema(system_tables.hot_scores_schema(dataset))
+
+
+def test_rows_built_for_the_speed_layer_hold_exactly_the_declared_columns():
+    dataset = schemas.load("sensor_events")
+    record = {"event_id": "e", "entity_id": "sensor-000", "event_time": NOW, "temperature": 1.0, "pressure": 2.0,
+              "vibration": 3.0, "status": "ok"}
+    row = system_tables.hot_row(dataset, record, score=1, is_anomaly=1, model_version=2, scored_at=NOW, revision=3)
+    assert list(row) == system_tables.hot_scores_schema(dataset).names
+    assert (row["score"], row["is_anomaly"]) == (1.0, True)
+    dead_letter = system_tables.quarantine_row(
+        dataset.name, raw="x", source=None, event_id=None, failed_rules=[], errors=[],
+        layer=constants.LAYER_SPEED, run_id=None, quarantined_at=NOW,
+    )
+    assert list(dead_letter) == system_tables.QUARANTINE_SCHEMA.names
+
+
+def test_the_run_log_and_the_registry_are_written_as_declared(warehouse):
+    run_log.append(warehouse, run_log.RunRecord(
+        run_id="run-1", dataset="metrics", status=system_tables.STATUS_SUCCEEDED, started_at=NOW, finished_at=NOW, inputs=[],
+    ))
+    assert delta_schema(run_log.table_uri(warehouse)) == delta_schema(system_tables.BATCH_RUNS_SCHEMA)
+    registry.register(warehouse, [{
+        "dataset": "metrics", "entity_id": system_tables.DATASET_WIDE_ENTITY, "version": 1, "detector": "knn",
+        "artifact_uri": "memory://model.pkl",
+    }])
+    assert delta_schema(registry.table_uri(warehouse)) == delta_schema(system_tables.MODELS_SCHEMA)
+
+
+def test_the_run_record_has_a_field_for_every_run_log_column_in_order():
+    # RunRecord is the run log's row in Python; a column added to one must be added to the other.
+    assert [field.name for field in dataclasses.fields(run_log.RunRecord)] == system_tables.BATCH_RUNS_SCHEMA.names
+
+
+def test_both_scored_tables_share_the_served_columns():
+    dataset = schemas.load("sensor_events")
+    served = system_tables.served_columns(dataset)
+    assert served == ["event_id", "entity_id", "event_time", "temperature", "pressure", "vibration", "score", "is_anomaly", "model_version"]
+    for schema in (system_tables.batch_scores_schema(dataset), system_tables.hot_scores_schema(dataset)):
+        assert schema.names[: len(served)] == served
+        assert list(schema)[: len(served)] == system_tables.scored_fields(dataset)
+
+
+def test_an_entity_is_scored_by_its_own_model_else_the_dataset_wide_one():
+    own = {"cpu": "model of cpu"}
+    assert system_tables.model_for(own, "cpu") == "model of cpu"
+    assert system_tables.model_for(own, "disk") is None
+    both = {**own, system_tables.DATASET_WIDE_ENTITY: "dataset-wide model"}
+    assert system_tables.model_for(both, "cpu") == "model of cpu"
+    assert system_tables.model_for(both, "disk") == "dataset-wide model"
+
+
+def test_the_merged_view_serves_the_declared_columns_of_successful_runs():
+    dataset = schemas.load("metrics")
+    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True)
+    assert ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset)) in sql
+    assert f"status = '{system_tables.STATUS_SUCCEEDED}'" in sql
+
+
+def test_the_record_hash_joins_the_record_and_its_source():
+    assert system_tables.record_hash("{}", "a.jsonl") != system_tables.record_hash("{}", "b.jsonl")
+    assert system_tables.record_hash("{}", None) == system_tables.record_hash("{}", "")

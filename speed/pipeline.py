@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 import schemas
+from lakehouse import system_tables
 from lakehouse.errors import ConfigurationError
 from lakehouse.settings import Settings, get_settings
 from speed import metrics, tables, topics
@@ -181,8 +182,8 @@ def follow(argv: list[str], *, settings: Settings, hooks: Hooks = NO_HOOKS):
 def _prepare(options: SpeedOptions, settings: Settings) -> None:
     dataset = schemas.load(options.dataset)
     # Created here, once, so that parallel workers never race to create a table.
-    tables.ensure_table(tables.hot_table_uri(settings, dataset), tables.hot_schema(dataset))
-    tables.ensure_table(tables.quarantine_uri(settings), tables.QUARANTINE_SCHEMA)
+    tables.ensure_table(tables.hot_table_uri(settings, dataset), system_tables.hot_scores_schema(dataset))
+    tables.ensure_table(tables.quarantine_uri(settings), system_tables.QUARANTINE_SCHEMA)
     if landing_enabled(options):
         tables.ensure_table(tables.landing_uri(settings, dataset), tables.landing_schema(dataset))
     if options.alerts_topic:

@@ -13,7 +13,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from lakehouse import registry
+from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
@@ -68,7 +68,7 @@ class ScoreBatch(beam.DoFn):
             by_entity.setdefault(record[dataset.entity], []).append(record)
         scored_at = datetime.now(timezone.utc)
         for entity_id, records in by_entity.items():
-            entry = self.models.get(entity_id) or self.models.get("*")
+            entry = system_tables.model_for(self.models, entity_id)
             if entry is None:
                 for record in records:
                     self.unknown.inc(1)
@@ -90,19 +90,13 @@ class ScoreBatch(beam.DoFn):
                 if flag:
                     self.anomalies.inc()
                     self.prometheus_anomalies.inc()
-                row = record
                 yield {
-                    ARRIVED_AT: row.get(ARRIVED_AT),
-                    SOURCE: row.get(SOURCE),
-                    "revision": row.get(REVISION, 0),
-                    dataset.event_id: row[dataset.event_id],
-                    dataset.entity: row[dataset.entity],
-                    dataset.event_time: row[dataset.event_time],
-                    **{name: row[name] for name in dataset.features.fields},
-                    "score": float(score),
-                    "is_anomaly": bool(flag),
-                    "model_version": entry.version,
-                    "scored_at": scored_at,
+                    ARRIVED_AT: record.get(ARRIVED_AT),
+                    SOURCE: record.get(SOURCE),
+                    **system_tables.hot_row(
+                        dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
+                        scored_at=scored_at, revision=record.get(REVISION, 0),
+                    ),
                 }
 
 

@@ -12,10 +12,14 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
+from lakehouse import system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics, tables
 from speed.carried_fields import ARRIVED_AT, SOURCE
+
+# The hot table keeps the highest revision of each event (speed/carried_fields.py).
+REVISION_COLUMN = system_tables.REVISION.name
 
 # What each sink yields per input record it has committed, as (source, kind): a continuous Kafka
 # run commits a partition's offset only once every record before it reached its sinks
@@ -46,7 +50,8 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
 
     def setup(self) -> None:
         self.uri = tables.hot_table_uri(self.settings, self.dataset)
-        self.schema = tables.hot_schema(self.dataset)
+        self.schema = system_tables.hot_scores_schema(self.dataset)
+        self.key = system_tables.scored_row_key(self.dataset)
         name = self.dataset.name
         self.prometheus = (
             metrics.HOT_ROWS.labels(name),
@@ -60,12 +65,12 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
         # and against the table.
         latest: dict[str, dict] = {}
         for row in batch:
-            key = row[self.dataset.event_id]
-            if key not in latest or row["revision"] >= latest[key]["revision"]:
+            key = row[self.key]
+            if key not in latest or row[REVISION_COLUMN] >= latest[key][REVISION_COLUMN]:
                 latest[key] = row
         started = time.perf_counter()
         tables.upsert_by_key(
-            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.dataset.event_id, newest="revision"
+            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.key, newest=REVISION_COLUMN
         )
         duration = time.perf_counter() - started
         self._committed_one(self.uri)
@@ -119,8 +124,9 @@ class WriteDeadLetters(beam.DoFn):
         self.uri = tables.quarantine_uri(self.settings)
 
     def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
-        unique = {(row["dataset"], row["record_hash"]): row for row in batch}
-        tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=tables.QUARANTINE_SCHEMA), ["dataset", "record_hash"])
+        unique = {tuple(row[name] for name in system_tables.QUARANTINE_KEY): row for row in batch}
+        rows = pa.Table.from_pylist(list(unique.values()), schema=system_tables.QUARANTINE_SCHEMA)
+        tables.insert_new(self.uri, rows, list(system_tables.QUARANTINE_KEY))
         yield from _acks(batch, ACK_DEAD, source="source")
 
 

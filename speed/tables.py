@@ -17,16 +17,9 @@ from schemas.engines import arrow_schema
 
 log = logging.getLogger(__name__)
 
-# The shared quarantine's layout (lakehouse/system_tables.py), under the name the sinks use.
-QUARANTINE_SCHEMA = system_tables.QUARANTINE_SCHEMA
 # Parallel workers of one pipeline (Flink runs two here) and a batch run's expiry commit to the
 # same table; optimistic concurrency retries with jittered back-off.
 _COMMIT_ATTEMPTS = 10
-
-
-def hot_schema(dataset: Dataset) -> pa.Schema:
-    """The hot table's layout (lakehouse/system_tables.py)."""
-    return system_tables.hot_scores_schema(dataset)
 
 
 LANDED_AT = "landed_at"

@@ -6,7 +6,6 @@ the same records.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from lakehouse import constants
+from lakehouse import constants, system_tables
 from schemas.declaration import Dataset
 from schemas.rules import RecordValidator
 from speed import metrics
@@ -26,18 +25,10 @@ DEAD_LETTER = "dead_letter"
 
 def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, rules: list[str], errors: list[str]) -> dict:
     """A rejected record in the shared quarantine layout, with its original text untouched."""
-    return {
-        "dataset": dataset.name,
-        "event_id": event_id,
-        "record_hash": hashlib.sha256(f"{raw}\u0000{source}".encode()).hexdigest(),
-        "raw": raw,
-        "failed_rules": rules,
-        "errors": errors,
-        "source": source,
-        "layer": constants.LAYER_SPEED,
-        "run_id": None,
-        "quarantined_at": datetime.now(timezone.utc),
-    }
+    return system_tables.quarantine_row(
+        dataset.name, raw=raw, source=source, event_id=event_id, failed_rules=rules, errors=errors,
+        layer=constants.LAYER_SPEED, run_id=None, quarantined_at=datetime.now(timezone.utc),
+    )
 
 
 class ParseAndValidate(beam.DoFn):

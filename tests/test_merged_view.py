@@ -71,11 +71,11 @@ def _speed(settings, events: list[dict], alarms: frozenset = frozenset()) -> Non
     """Speed-layer upserts into the hot table (by event id, as the pipeline commits)."""
     dataset = schemas.load(DATASET)
     uri = tables.hot_table_uri(settings, dataset)
-    tables.ensure_table(uri, tables.hot_schema(dataset))
+    tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
     rows = [{**event, "score": 0.2, "is_anomaly": event["event_id"] in alarms, "model_version": 1, "scored_at": datetime.now(timezone.utc),
              "revision": 1} for event in events]
     if rows:
-        tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=tables.hot_schema(dataset)), "event_id", newest="revision")
+        tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=system_tables.hot_scores_schema(dataset)), "event_id", newest="revision")
 
 
 def _merged(settings) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
+from lakehouse import system_tables
 from lakehouse.features import compute_features
 from speed.pipeline import LOCAL_RUNNER
 from speed.stateful_features import ComputeFeatures
@@ -84,8 +85,8 @@ def test_an_event_resent_after_it_left_the_state_takes_its_history_from_the_tabl
            for event in events]
     # Written as the pipeline writes it (a MERGE, which stores strings as string_view).
     hot_uri = tables.hot_table_uri(warehouse, dataset)
-    tables.ensure_table(hot_uri, tables.hot_schema(dataset))
-    tables.upsert_by_key(hot_uri, pa.Table.from_pylist(hot, schema=tables.hot_schema(dataset)), "event_id")
+    tables.ensure_table(hot_uri, system_tables.hot_scores_schema(dataset))
+    tables.upsert_by_key(hot_uri, pa.Table.from_pylist(hot, schema=system_tables.hot_scores_schema(dataset)), "event_id")
     resent = [events[10], events[11]]
     output = tmp_path / "features"
     with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:

@@ -22,22 +22,22 @@ NOW = datetime(2024, 1, 1, tzinfo=timezone.utc)
 def test_the_speed_layer_writes_the_declared_quarantine_and_hot_table(warehouse):
     dataset = schemas.load("metrics")
     quarantine_uri = tables.quarantine_uri(warehouse)
-    tables.ensure_table(quarantine_uri, tables.QUARANTINE_SCHEMA)
+    tables.ensure_table(quarantine_uri, system_tables.QUARANTINE_SCHEMA)
     dead_letter = system_tables.quarantine_row(
         dataset.name, raw="{", source="kafka://topic/0@1", event_id=None, failed_rules=["record.json"],
         errors=["malformed JSON"], layer=constants.LAYER_SPEED, run_id=None, quarantined_at=NOW,
     )
     tables.insert_new(
-        quarantine_uri, pa.Table.from_pylist([dead_letter], schema=tables.QUARANTINE_SCHEMA), list(system_tables.QUARANTINE_KEY)
+        quarantine_uri, pa.Table.from_pylist([dead_letter], schema=system_tables.QUARANTINE_SCHEMA), list(system_tables.QUARANTINE_KEY)
     )
     assert delta_schema(quarantine_uri) == delta_schema(system_tables.QUARANTINE_SCHEMA)
 
     hot_uri = tables.hot_table_uri(warehouse, dataset)
-    tables.ensure_table(hot_uri, tables.hot_schema(dataset))
+    tables.ensure_table(hot_uri, system_tables.hot_scores_schema(dataset))
     record = {"event_id": "cpu@0", "entity_id": "cpu", "event_time": NOW, "value": 1.0, "_features": None}
     row = system_tables.hot_row(dataset, record, score=0.5, is_anomaly=False, model_version=1, scored_at=NOW, revision=1)
     tables.upsert_by_key(
-        hot_uri, pa.Table.from_pylist([row], schema=tables.hot_schema(dataset)), system_tables.scored_row_key(dataset), newest="revision"
+        hot_uri, pa.Table.from_pylist([row], schema=system_tables.hot_scores_schema(dataset)), system_tables.scored_row_key(dataset), newest="revision"
     )
     assert delta_schema(hot_uri) == delta_schema(system_tables.hot_scores_schema(dataset))
 

@@ -17,8 +17,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from scipy.io import loadmat
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import train_test_split
 
 from lakehouse import detectors
+from lakehouse.logs import frame_table, results
+from quality import reference_data_dir
 from schemas.declaration import DetectorSpec
 
 # PyOD's published benchmark (ODDS tables, mean ROC-AUC of 10 random 60/40 splits): IForest, HBOS.
@@ -50,8 +57,6 @@ def available(folder: Path) -> list[str]:
 
 
 def load(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    from scipy.io import loadmat
-
     data = loadmat(Path(folder) / f"{name}.mat")
     return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"]).ravel().astype(int)
 
@@ -63,9 +68,6 @@ def spec_for(name: str, scale: str = "standard") -> DetectorSpec:
 
 
 def _split_auc(spec: DetectorSpec, features: np.ndarray, labels: np.ndarray, random_state: int) -> float:
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
-
     train, test, _, test_labels = train_test_split(features, labels, test_size=0.4, random_state=random_state)
     model, _ = detectors.fit(spec, train, [f"x{index}" for index in range(features.shape[1])])
     scores, _ = model.score(test)
@@ -77,8 +79,6 @@ def evaluate(spec: DetectorSpec | str, features: np.ndarray, labels: np.ndarray,
     """Mean and standard deviation of the test ROC-AUC over random 60/40 splits (seeds seed .. seed
     + splits - 1). The splits run in `jobs` processes (default: every core); each is independent
     and seeded, so the result does not depend on `jobs`."""
-    from joblib import Parallel, delayed
-
     if isinstance(spec, str):
         spec = spec_for(spec)
     jobs = jobs or min(splits, os.cpu_count() or 1)
@@ -110,11 +110,6 @@ def run(folder: Path, detector_names: tuple[str, ...] = DETECTORS, splits: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    import pandas as pd
-
-    from lakehouse.logs import frame_table, results
-    from quality import reference_data_dir
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--splits", type=int, default=10)
     parser.add_argument("--scale", choices=("standard", "robust"), default="standard")

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for the executed copies")
     arguments = parser.parse_args(argv)
     settings = get_settings()
-    logs.configure(settings)
+    logs.configure(cache_dir=settings.cache_dir)
     paths = [NOTEBOOKS / name for name in arguments.names] or sorted(NOTEBOOKS.glob("*.ipynb"))
     out_dir = arguments.out or settings.work_dir / "notebooks"
     for path in paths:

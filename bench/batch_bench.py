@@ -130,6 +130,7 @@ def _gx_spark_engine(frame, dataset) -> None:
 
 if __name__ == "__main__":
     from lakehouse import logs
+    from lakehouse.settings import get_settings
 
-    logs.configure()
+    logs.configure(cache_dir=get_settings().cache_dir)
     run()

@@ -127,6 +127,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     from lakehouse import logs
+    from lakehouse.settings import get_settings
 
-    logs.configure()
+    logs.configure(cache_dir=get_settings().cache_dir)
     run()

@@ -108,4 +108,7 @@ def combine() -> Path:
 
 
 if __name__ == "__main__":
+    from lakehouse import logs
+
+    logs.configure(cache_dir=get_settings().cache_dir)
     combine()

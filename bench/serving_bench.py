@@ -187,4 +187,8 @@ def _freshness(settings, base, dataset, live, topic: str, count: int, folder: Pa
 
 
 if __name__ == "__main__":
+    from lakehouse import logs
+    from lakehouse.settings import get_settings
+
+    logs.configure(cache_dir=get_settings().cache_dir)
     run()

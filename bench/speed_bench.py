@@ -229,4 +229,8 @@ def _follow_on_flink(settings, dataset, stream: pd.DataFrame, arguments, folder:
 
 
 if __name__ == "__main__":
+    from lakehouse import logs
+    from lakehouse.settings import get_settings
+
+    logs.configure(cache_dir=get_settings().cache_dir)
     run()

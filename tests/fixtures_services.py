@@ -62,8 +62,18 @@ def flink_job_server():
 
 @pytest.fixture(scope="session")
 def demo(trino_server, kafka_broker, spark) -> dict:
-    """The whole Lambda cycle (`lakehouse demo`, smaller) in the session's warehouse, once: the
-    end-to-end tests check it and the notebooks run on it."""
-    from app import demo as demo_module
+    """The whole Lambda cycle in the session's warehouse, once, run by the `lakehouse demo` command
+    itself (smaller: 4 sensors): the end-to-end tests check it and the notebooks run on it.
 
-    return demo_module.run(get_settings(), fresh=True, sensors=4, days=6.0)
+    The command runs in this process (on the session's Spark); it returns the demo's summary to
+    an in-process caller, and what it printed is kept under "output"."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    result = CliRunner().invoke(
+        app, ["demo", "--sensors", "4", "--days", "6"], prog_name="lakehouse", standalone_mode=False, terminal_width=200
+    )
+    if result.exception is not None:
+        raise result.exception
+    return {**result.return_value, "output": result.output}

@@ -214,10 +214,13 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     parser.add_argument("--detector", default=None, help="override the declared detector (knn, lof, iforest, hbos, ensemble)")
     parser.add_argument("--contamination", type=float, default=None, help="override the declared contamination")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lakehouse import logs
+
+    settings = get_settings()
+    logs.configure(cache_dir=settings.cache_dir)
     overrides = {key: value for key, value in (("name", arguments.detector), ("contamination", arguments.contamination)) if value is not None}
     record = run_batch(
-        arguments.dataset, arguments.input, settings=get_settings(), run_id=arguments.run_id, detector=overrides or None
+        arguments.dataset, arguments.input, settings=settings, run_id=arguments.run_id, detector=overrides or None
     )
     log.info(
         "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s; model v%s; watermark %s",

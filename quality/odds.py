@@ -23,7 +23,7 @@ from scipy.io import loadmat
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from lakehouse import detectors
+from lakehouse import detectors, logs
 from lakehouse.logs import frame_table, results
 from quality import reference_data_dir
 from schemas.declaration import DetectorSpec
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detector", action="append", choices=DETECTORS, help="repeatable; default: all")
     parser.add_argument("--jobs", type=int, default=None, help="processes for the splits (default: every core)")
     arguments = parser.parse_args(argv)
+    logs.configure()
     reason = missing_reason(arguments.data)
     if reason:
         raise SystemExit(f"ODDS benchmark skipped: {reason}")

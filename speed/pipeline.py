@@ -284,5 +284,7 @@ def _counts(result) -> SpeedResult:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
+    from lakehouse import logs
+
+    logs.configure(cache_dir=get_settings().cache_dir)
     print(run(sys.argv[1:]))

@@ -14,6 +14,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Callable, Iterator
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -21,14 +22,14 @@ from pyspark.sql import functions as F
 import schemas
 from batch import features as batch_features
 from batch import expectations, run_log, tables
-from batch.file_schema import check_files
-from batch.ingest import SOURCE_FILE, read_raw
+from batch import source
+from batch.ingest import SOURCE_FILE, read_files, read_raw
 from batch.score import score
 from batch.spark import spark_session
 from batch.train import train
-from batch.validation import split, validate
+from batch.validation import parsed, split, validate
 from lakehouse import constants, storage, system_tables
-from lakehouse.errors import ConfigurationError, LakehouseError, RunError
+from lakehouse.errors import ConfigurationError, CountMismatchError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
 from schemas.declaration import Dataset, DetectorSpec
 
@@ -59,10 +60,11 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return resolved
 
 
-def _one_per_event_id(valid: DataFrame, dataset: Dataset) -> DataFrame:
-    # Deterministic pick among repeats of an event id: earliest source file, then event time.
+def _ranked_by_event_id(valid: DataFrame, dataset: Dataset) -> DataFrame:
+    """`_repeat` = 1 for the record of an event id that is kept, 2... for its repeats in the run.
+    Deterministic pick: earliest source file, then event time."""
     order = Window.partitionBy(dataset.event_id).orderBy(SOURCE_FILE, dataset.event_time)
-    return valid.withColumn("_repeat", F.row_number().over(order)).where("_repeat = 1").drop("_repeat")
+    return valid.withColumn("_repeat", F.row_number().over(order))
 
 
 @contextmanager
@@ -85,6 +87,7 @@ def run_batch(
     progress: Progress | None = None,
     detector: dict | None = None,
     after_write: AfterWrite | None = None,
+    input_format: str | None = None,
 ) -> run_log.RunRecord:
     """One batch run over the given input files; returns (and logs to batch_runs) its record.
 
@@ -93,6 +96,9 @@ def run_batch(
     `after_write(dataset)` runs after a successful run: the composition root passes the serving
     refresh (new tables registered, views following the new batch view); the batch layer itself
     knows nothing of serving.
+    Each file is read as what it is (batch/source.py); `input_format` ("csv", "json", "parquet")
+    forces one for every file. The run fails, and moves no watermark, unless every record counted
+    in the files is valid, quarantined or a duplicate.
     """
     dataset = schemas.load(dataset_name)
     if detector:
@@ -107,7 +113,8 @@ def run_batch(
             raise ConfigurationError(f"detector override {detector}: {error}") from error
         dataset = dataset.model_copy(update={"detector": spec})
     run_id = run_id or new_run_id()
-    input_format = dataset.format
+    if input_format is not None and input_format not in source.FORMATS:
+        raise ConfigurationError(f"format {input_format!r}: expected one of {', '.join(source.FORMATS)} (or none: each file's own)")
     if inputs == [LANDING_INPUT]:
         # The speed layer's landing table (valid events it read from Kafka), as a Delta snapshot.
         uri = settings.table_uri(dataset.name, constants.LANDING)
@@ -126,6 +133,7 @@ def run_batch(
     log.info("run %s: dataset %s, %d input file(s)", run_id, dataset.name, len(paths))
     try:
         _run_steps(spark, dataset, paths, input_format, settings, record, progress)
+        check_counts(record)
         record.status = system_tables.STATUS_SUCCEEDED
     except Exception as error:
         record.error = f"{type(error).__name__}: {error}"
@@ -133,8 +141,6 @@ def run_batch(
     finally:
         record.finished_at = datetime.now(timezone.utc)
         run_log.append(settings, record)
-    if not record.counts_add_up:
-        raise RunError(run_id, f"counts do not add up: {record}")
     if after_write is not None:
         after_write(dataset.name)
     return record
@@ -144,33 +150,51 @@ def _run_steps(
     spark: SparkSession,
     dataset: Dataset,
     paths: list[str],
-    input_format: str,
+    input_format: str | None,
     settings: Settings,
     record: run_log.RunRecord,
     progress: Progress | None,
 ) -> None:
     timings = record.timings
     with _timed(timings, "ingest", progress):
-        if input_format != "delta":
-            check_files(dataset, paths, input_format)
-        raw = read_raw(spark, dataset, paths, input_format=input_format).persist()
-        record.input_rows = raw.count()
+        if input_format == "delta":
+            raw = read_raw(spark, dataset, paths, input_format="delta").persist()
+            files = None
+        else:
+            files = [source.scan(dataset, path, input_format) for path in paths]
+            _quarantine_files(spark, dataset, [scan for scan in files if scan.quarantined], settings, record)
+            raw = read_files(spark, dataset, [scan for scan in files if not scan.quarantined]).persist()
+        read_by_file = {row[SOURCE_FILE]: int(row["count"]) for row in raw.groupBy(SOURCE_FILE).count().collect()}
+        if files is None:
+            record.input_rows = sum(read_by_file.values())  # a Delta snapshot: its rows are its records
+        else:
+            record.input_rows = sum(scan.records for scan in files if not scan.quarantined)
+            record.report["files"] = _file_counts(files, read_by_file)
     with _timed(timings, "validate", progress):
         validated = validate(raw, dataset).persist()
-        suite = expectations.run_suite(validated, dataset)
+        suite = expectations.run_suite(parsed(validated), dataset)
         rule_counts = expectations.cross_check(suite, validated)
-        record.report = {"great_expectations": suite.to_json(), "failed_rules": rule_counts}
+        record.report.update({"great_expectations": suite.to_json(), "failed_rules": rule_counts})
         valid, rejected = split(validated, dataset)
         record.quarantined_rows = rejected.count()
         tables.merge_quarantine(spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings)
     with _timed(timings, "silver", progress):
         valid = valid.persist()
-        valid_in_input = valid.count()
-        record.valid_rows = tables.merge_silver(spark, _one_per_event_id(valid, dataset), dataset, settings, record.run_id)
-        record.duplicate_rows = valid_in_input - record.valid_rows
+        ranked = _ranked_by_event_id(valid, dataset).persist()
+        first = ranked.where("_repeat = 1").drop("_repeat")
+        # Duplicates are counted where they are dropped: repeats of an event id within the run,
+        # and events silver already holds (the MERGE inserts only the others).
+        repeats = ranked.where("_repeat > 1").count()
+        already_in_silver = tables.count_in_silver(spark, first, dataset, settings)
+        record.duplicate_rows = repeats + already_in_silver
+        record.valid_rows = tables.merge_silver(spark, first, dataset, settings, record.run_id)
+        ranked.unpersist()
     validated.unpersist()
     raw.unpersist()
     valid.unpersist()
+    # The accounting is checked before anything is served from this run's silver: a run whose
+    # counts disagree with the source writes no batch view and moves no watermark.
+    check_counts(record)
 
     silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))
     features = batch_features.compute(silver, dataset).persist()
@@ -195,6 +219,47 @@ def _run_steps(
         record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, watermark)
 
 
+def check_counts(record: run_log.RunRecord) -> None:
+    """Fail unless every record counted in the source is valid, quarantined or a duplicate, and
+    every file's records were read as counted."""
+    mismatched = [item for item in record.report.get("files", []) if item["rule"] is None and item["read"] != item["records"]]
+    if mismatched:
+        details = "; ".join(f"{item['path']}: {item['records']} in the file, {item['read']} read" for item in mismatched)
+        raise CountMismatchError(f"records read differ from the files' own counts: {details}")
+    if not record.counts_add_up:
+        raise CountMismatchError(
+            f"counts do not add up: input {record.input_rows} (counted in the source) != valid {record.valid_rows} "
+            f"+ quarantined {record.quarantined_rows} + duplicates {record.duplicate_rows}",
+        )
+
+
+def _file_counts(files: list[source.FileScan], read_by_file: dict[str, int]) -> list[dict]:
+    """Per file: its format, its records counted from its bytes, the records read, or why it was quarantined whole."""
+    read = {unquote(name): count for name, count in read_by_file.items()}
+    return [{**scan.to_json(), "read": None if scan.quarantined else read.get(unquote(scan.source), 0)} for scan in files]
+
+
+def _quarantine_files(
+    spark: SparkSession, dataset: Dataset, files: list[source.FileScan], settings: Settings, record: run_log.RunRecord
+) -> None:
+    """One quarantine row per file that cannot be read as its format; the run's other files proceed."""
+    record.files_quarantined = len(files)
+    if not files:
+        return
+    for scan in files:
+        log.warning("run %s: file quarantined whole (%s): %s", record.run_id, scan.rule, scan.reason)
+    now = datetime.now(timezone.utc)
+    rows = [
+        system_tables.quarantine_row(
+            dataset.name, raw=scan.raw or scan.path, source=scan.source, event_id=None, failed_rules=[scan.rule],
+            errors=[scan.reason], layer=constants.LAYER_BATCH, run_id=record.run_id, quarantined_at=now,
+        )
+        for scan in files
+    ]
+    frame = spark.createDataFrame(rows, tables.spark_schema(system_tables.QUARANTINE_SCHEMA))
+    tables.merge_quarantine(spark, frame, settings)
+
+
 def _training_window(features: DataFrame, dataset: Dataset) -> DataFrame:
     """The feature rows the detectors learn from: the newest `training_days` of each entity."""
     days = dataset.detector.training_days
@@ -213,6 +278,7 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     parser.add_argument("--run-id", default=None)
     parser.add_argument("--detector", default=None, help="override the declared detector (knn, lof, iforest, hbos, ensemble)")
     parser.add_argument("--contamination", type=float, default=None, help="override the declared contamination")
+    parser.add_argument("--format", choices=source.FORMATS, default=None, help="read every file as this format (default: each file as what it is)")
     arguments = parser.parse_args(argv)
     from lakehouse import logs
 
@@ -220,7 +286,8 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
     logs.configure(cache_dir=settings.cache_dir)
     overrides = {key: value for key, value in (("name", arguments.detector), ("contamination", arguments.contamination)) if value is not None}
     record = run_batch(
-        arguments.dataset, arguments.input, settings=settings, run_id=arguments.run_id, detector=overrides or None
+        arguments.dataset, arguments.input, settings=settings, run_id=arguments.run_id, detector=overrides or None,
+        input_format=arguments.format,
     )
     log.info(
         "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s; model v%s; watermark %s",

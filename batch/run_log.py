@@ -7,7 +7,7 @@ serving layer's merged view reads it from here. Small single-row commits go thro
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 
 import pandas as pd
@@ -38,6 +38,19 @@ class RunRecord:
     timings: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     report: dict = field(default_factory=dict)
+    # Files quarantined whole (empty, undecodable, a declared column missing): their records are
+    # not in input_rows; the report's "files" lists every file with its own counts.
+    files_quarantined: int = 0
+
+    def to_json(self) -> dict:
+        """The run record as `lakehouse batch run --json` prints it."""
+        return {
+            "run_id": self.run_id, "dataset": self.dataset, "status": self.status, "input": self.input_rows,
+            "valid": self.valid_rows, "quarantined": self.quarantined_rows, "duplicates": self.duplicate_rows,
+            "files_quarantined": self.files_quarantined, "files": self.report.get("files", []),
+            "model_version": self.model_version, "watermark": self.watermark.isoformat() if self.watermark else None,
+            "error": self.error,
+        }
 
     @property
     def counts_add_up(self) -> bool:
@@ -83,6 +96,32 @@ def report(settings: Settings, run_id: str) -> dict:
     for name in ("inputs", "timings", "report"):
         row[name] = json.loads(row[name]) if isinstance(row.get(name), str) and row[name] else {}
     return row
+
+
+def stored_record(settings: Settings, run_id: str) -> RunRecord:
+    """A run's record as the run log stored it (for a run that raised, e.g. to print it)."""
+    row = report(settings, run_id)
+    names = {item.name for item in fields(RunRecord)}
+    values = {name: (None if _missing(value) else value) for name, value in row.items() if name in names}
+    for name in ("started_at", "finished_at", "watermark"):
+        if values.get(name) is not None:
+            values[name] = pd.Timestamp(values[name]).to_pydatetime()
+    values["inputs"] = values.get("inputs") or []
+    values["timings"] = values.get("timings") or {}
+    values["report"] = values.get("report") or {}
+    values["files_quarantined"] = int(values.get("files_quarantined") or 0)
+    for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows",
+                 "anomalies", "model_version", "expired_hot_rows"):
+        if values.get(name) is not None:
+            values[name] = int(values[name])
+    return RunRecord(**values)
+
+
+def _missing(value) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def current_watermark(settings: Settings, dataset: str) -> pd.Timestamp | None:

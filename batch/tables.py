@@ -72,6 +72,15 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
     return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
 
 
+def count_in_silver(spark: SparkSession, events: DataFrame, dataset: Dataset, settings: Settings) -> int:
+    """How many of the events (one row per event id) silver already holds: the MERGE skips them."""
+    uri = settings.table_uri(dataset.name, constants.SILVER)
+    if not storage.table_exists(uri):
+        return 0
+    silver = spark.read.format("delta").load(uri).select(dataset.event_id)
+    return events.join(silver, on=dataset.event_id, how="left_semi").count()
+
+
 def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataFrame:
     """Rejected records as quarantine rows (system_tables.QUARANTINE_SCHEMA, which the speed layer writes too)."""
     rows = rejected.select(

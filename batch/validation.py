@@ -10,28 +10,35 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from batch.ingest import SOURCE_FILE
+from batch.source import LINE, LINE_NUMBER, PARSE_ERROR, PARSE_RULE, SOURCE_FILE
 from schemas.declaration import Constraint, CustomCheck, Dataset, FieldSpec
 from schemas.engines import spark_type
-from schemas.rules import TYPE_PATTERNS, Rule, _field_rules, anchored
+from schemas.rules import TRIMMED, TYPE_PATTERNS, Rule, _field_rules, anchored
 
 FAILED_RULES = "_failed_rules"
 ERRORS = "_errors"
 RAW = "_raw"
 
 
+def _normalised(field: FieldSpec, column: str) -> Column:
+    """schemas.rules.normalised: typed values trimmed of spaces and tabs, blank is missing."""
+    text = F.col(column)
+    if field.type != "string":
+        text = F.expr(f"trim(BOTH '{TRIMMED}' FROM `{column}`)")
+    return F.when(text == "", None).otherwise(text)
+
+
 def with_text_fields(frame: DataFrame, dataset: Dataset) -> DataFrame:
-    """Rename input columns to field names, blank to null, and add derived fields (still text)."""
-    columns = [
-        F.when(F.col(field.input_name) == "", None).otherwise(F.col(field.input_name)).alias(field.name)
-        for field in dataset.input_fields
-    ]
-    carried = [
-        F.when(F.col(field.name) == "", None).otherwise(F.col(field.name)).alias(f"_carried_{field.name}")
-        for field in dataset.derived_fields
-    ]
+    """Rename input columns to field names, normalise the text, and add derived fields (still text).
+
+    `_raw` is the line as it arrived where the reader kept it (CSV, JSON lines), else the record's
+    columns as JSON (Parquet, Delta).
+    """
+    columns = [_normalised(field, field.input_name).alias(field.name) for field in dataset.input_fields]
+    carried = [_normalised(field, field.name).alias(f"_carried_{field.name}") for field in dataset.derived_fields]
     read = [field.input_name for field in dataset.input_fields] + [field.name for field in dataset.derived_fields]
-    frame = frame.select(*columns, *carried, SOURCE_FILE, F.to_json(F.struct(*read)).alias(RAW))
+    raw = F.coalesce(F.col(LINE), F.to_json(F.struct(*read)))
+    frame = frame.select(*columns, *carried, SOURCE_FILE, LINE_NUMBER, PARSE_RULE, PARSE_ERROR, raw.alias(RAW))
     for field in dataset.derived_fields:
         frame = frame.withColumn(field.name, F.coalesce(F.col(f"_carried_{field.name}"), _derive(field)))
         frame = frame.drop(f"_carried_{field.name}")
@@ -142,8 +149,13 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
                 ),
             )
         )
-    frame = frame.withColumn(FAILED_RULES, F.array_compact(F.array(*failures)) if failures else F.array())
-    frame = frame.withColumn(ERRORS, F.array_compact(F.array(*messages)) if messages else F.array())
+    # A record-level failure (not one object, a wrong field count) is the record's only rule: its
+    # fields were never read, so no field rule applies.
+    not_a_record = F.col(PARSE_RULE).isNotNull()
+    field_failures = F.array_compact(F.array(*failures)) if failures else F.array().cast("array<string>")
+    field_messages = F.array_compact(F.array(*messages)) if messages else F.array().cast("array<string>")
+    frame = frame.withColumn(FAILED_RULES, F.when(not_a_record, F.array(F.col(PARSE_RULE))).otherwise(field_failures))
+    frame = frame.withColumn(ERRORS, F.when(not_a_record, F.array(F.col(PARSE_ERROR))).otherwise(field_messages))
     # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`.
     for name, typed in typed_columns.items():
         frame = frame.withColumn(f"_typed_{name}", typed)
@@ -170,6 +182,11 @@ def _check_violation(check: CustomCheck, typed_columns: dict[str, Column]) -> Co
     # typed_columns[name] is null exactly when the field is missing or of the wrong type.
     when, then = typed_columns[check.when.field], typed_columns[check.then.field]
     return when.isNotNull() & then.isNotNull() & constraint_column(check.when, when) & ~constraint_column(check.then, then)
+
+
+def parsed(validated: DataFrame) -> DataFrame:
+    """The records whose fields were read (no record-level rule broken): what Great Expectations checks."""
+    return validated.where(F.col(PARSE_RULE).isNull())
 
 
 def split(validated: DataFrame, dataset: Dataset) -> tuple[DataFrame, DataFrame]:

@@ -50,5 +50,10 @@ class RunError(LakehouseError):
         self.run_id = run_id
 
 
+class CountMismatchError(LakehouseError):
+    """The records counted in a run's source and the records it accounted for (valid, quarantined,
+    duplicates) disagree: something was lost or invented on the way."""
+
+
 class ModelNotFoundError(LakehouseError):
     """No registered model exists for a dataset (train with `lakehouse batch run` first)."""

@@ -111,8 +111,11 @@ BATCH_RUNS_SCHEMA = pa.schema(
         pa.field("watermark", TIMESTAMP),
         pa.field("timings", pa.string()),
         pa.field("error", pa.string()),
-        # JSON: the Great Expectations result of the run and the per-rule record counts.
+        # JSON: the Great Expectations result of the run, the per-rule record counts and, per
+        # input file, its format, its records counted from its bytes and the records read.
         pa.field("report", pa.string()),
+        # Input files quarantined whole (not readable as their format); added after the first build.
+        pa.field("files_quarantined", pa.int64()),
     ]
 )
 BATCH_RUNS_KEY = ("run_id",)

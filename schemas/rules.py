@@ -4,8 +4,13 @@ The batch layer turns the same `Rule` list into Spark column expressions (batch/
 Both engines see the input as text first and apply identical regular expressions for types, so
 they reject the same records for the same reasons (tests/test_parity.py proves it).
 
-Text normalisation shared by both engines: an empty string is a missing value; nothing else is
-trimmed or rewritten.
+Text normalisation shared by both engines: spaces and tabs around the value of a typed field
+(double, long, boolean, timestamp) are trimmed, and an empty string is a missing value; string
+fields are kept as written.
+
+Record-level rules come before the field rules: a JSON line that is not valid JSON
+(`record.json`) or not one object (`record.object`), or a CSV row whose field count differs from
+its header's (`record.field_count`), is one rejected record with that rule alone.
 """
 
 from __future__ import annotations
@@ -33,6 +38,31 @@ TYPE_PATTERNS: dict[str, str | None] = {
         r"(?:Z|[+-][0-9]{2}:[0-9]{2})?"
     ),
 }
+
+
+# Around typed values, as Spark's trim(BOTH ' \t' ...) in batch/validation.py.
+TRIMMED = " \t"
+
+# Record-level rules: the text is not one record of the declared shape.
+RECORD_JSON = "record.json"
+RECORD_OBJECT = "record.object"
+RECORD_FIELD_COUNT = "record.field_count"
+RECORD_RULES = (RECORD_JSON, RECORD_OBJECT, RECORD_FIELD_COUNT)
+
+
+def parse_json_record(text: str, where: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """One JSON line as (record, None, None), or (None, record rule, message) when it is not one object.
+
+    Both layers decode lines with this (NaN and Infinity are accepted as JSON numbers, as Python
+    does, and then fail their field's type rule as non-finite).
+    """
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, RECORD_JSON, f"record at {where}: malformed JSON ({error.msg} at column {error.colno})"
+    if not isinstance(record, dict):
+        return None, RECORD_OBJECT, f"record at {where}: expected a JSON object, got {type(record).__name__}"
+    return record, None, None
 
 
 def anchored(pattern: str) -> str:
@@ -119,9 +149,11 @@ class RecordValidator:
 
     def texts(self, record: dict[str, Any], source_file: str | None = None) -> dict[str, str | None]:
         """The record's declared fields as text, derived fields filled in where the record lacks them."""
-        texts = {field.name: as_text(record.get(field.input_name)) for field in self.dataset.input_fields}
+        texts = {
+            field.name: normalised(field, as_text(record.get(field.input_name))) for field in self.dataset.input_fields
+        }
         for field in self.dataset.derived_fields:
-            texts[field.name] = as_text(record.get(field.name)) or derive_text(field, texts, source_file)
+            texts[field.name] = normalised(field, as_text(record.get(field.name))) or derive_text(field, texts, source_file)
         return texts
 
     def validate(
@@ -233,6 +265,13 @@ def as_text(value: Any) -> str | None:
         return json.dumps(value, separators=(",", ":"))
     text = str(value)
     return text if text != "" else None
+
+
+def normalised(field: FieldSpec, text: str | None) -> str | None:
+    """A field's text as the rules see it: typed values trimmed of spaces and tabs, blank is missing."""
+    if text is not None and field.type != "string":
+        text = text.strip(TRIMMED)
+    return text if text else None
 
 
 def derive_text(field: FieldSpec, texts: dict[str, str | None], source_file: str | None) -> str | None:

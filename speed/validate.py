@@ -6,7 +6,6 @@ the same records.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -16,7 +15,7 @@ from apache_beam.metrics import Metrics
 
 from lakehouse import constants, system_tables
 from schemas.declaration import Dataset
-from schemas.rules import RecordValidator
+from schemas.rules import RecordValidator, parse_json_record
 from speed import metrics
 from speed.carried_fields import ARRIVED_AT, SOURCE
 
@@ -57,17 +56,10 @@ class ParseAndValidate(beam.DoFn):
             yield output
 
     def _validate(self, source: str, text: str) -> Iterable[Any]:
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
+        record, rule, message = parse_json_record(text, source)
+        if record is None:
             self.rejected.inc()
-            message = f"record at {source}: malformed JSON ({error.msg} at column {error.colno})"
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.json"], [message]))
-            return
-        if not isinstance(record, dict):
-            self.rejected.inc()
-            message = f"record at {source}: expected a JSON object, got {type(record).__name__}"
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, ["record.object"], [message]))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, [rule], [message]))
             return
         typed, failures = self.validator.validate(record, source_file=source)
         if failures:

@@ -186,13 +186,21 @@ def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(fi
         cross_check(wrong, validated)
 
 
-def test_a_csv_without_a_declared_column_names_file_column_and_types(warehouse, spark, tmp_path):
-    from lakehouse.errors import RunError
-
+def test_a_csv_without_a_declared_column_is_quarantined_whole_and_the_other_files_proceed(warehouse, spark, tmp_path):
+    # #15: a bad file no longer stops the run; its quarantine row names file, column and types.
     bad = tmp_path / "cpu.csv"
     bad.write_text("time,value\n2014-04-01 00:00:00,1.0\n")
-    with pytest.raises(RunError, match=r"cpu.csv: column 'timestamp' expected timestamp column in the CSV header, found no such column; header is \['time', 'value'\]"):
-        run_batch("metrics", [str(bad)], settings=warehouse, spark=spark)
+    good = tmp_path / "memory.csv"
+    good.write_text("timestamp,value\n" + "".join(f"2014-04-01 {minute // 60:02d}:{minute % 60:02d}:00,{minute % 7}\n" for minute in range(300)))
+    record = run_batch("metrics", [str(bad), str(good)], settings=warehouse, spark=spark)
+    assert record.status == "succeeded" and record.files_quarantined == 1
+    assert (record.input_rows, record.valid_rows) == (300, 300)
+    quarantine = _table(warehouse, constants.SYSTEM_SCHEMA, constants.QUARANTINE)
+    row = quarantine[quarantine.source.str.endswith("cpu.csv")].iloc[0]
+    assert list(row.failed_rules) == ["file.missing_column"]
+    assert "cpu.csv: column 'timestamp' expected timestamp column in the CSV header, found no such column; header is ['time', 'value']" in row.errors[0]
+    files = {item["path"]: item for item in run_log.report(warehouse, record.run_id)["report"]["files"]}
+    assert files[str(bad)]["rule"] == "file.missing_column" and files[str(good)]["records"] == files[str(good)]["read"] == 300
 
 
 def test_a_parquet_column_of_the_wrong_type_names_file_column_and_types(tmp_path):
@@ -314,12 +322,13 @@ def test_csv_columns_are_read_by_header_name_not_position(spark, warehouse, tmp_
     assert (row["timestamp"], row["value"]) == ("2024-01-01 00:00:00", "1.5")
 
 
-def test_csv_files_of_one_run_must_share_their_header(tmp_path):
-    from batch.file_schema import check_files
+@pytest.mark.spark
+def test_csv_files_of_one_run_are_each_read_by_their_own_header(spark, tmp_path):
+    # Each file is parsed on its own (#15), so files whose columns differ in order can share a run.
+    from batch.ingest import read_raw
     import schemas
-    from lakehouse.errors import SchemaMismatchError
 
     (tmp_path / "a.csv").write_text("timestamp,value\n2024-01-01 00:00:00,1\n")
-    (tmp_path / "b.csv").write_text("value,timestamp\n1,2024-01-01 00:00:00\n")
-    with pytest.raises(SchemaMismatchError, match="b.csv.*columns of .*a.csv"):
-        check_files(schemas.load("metrics"), [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")], "csv")
+    (tmp_path / "b.csv").write_text("value,timestamp\n2,2024-01-01 00:05:00\n")
+    rows = read_raw(spark, schemas.load("metrics"), [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]).collect()
+    assert sorted((row["timestamp"], row["value"]) for row in rows) == [("2024-01-01 00:00:00", "1"), ("2024-01-01 00:05:00", "2")]

@@ -120,3 +120,51 @@ def test_spark_and_the_record_validator_type_values_alike(spark, tmp_path):
             if field.type == "timestamp":
                 actual = actual.replace(tzinfo=expected.tzinfo)  # Spark gives naive UTC (session zone)
             assert actual == expected, (field.name, actual, expected)
+
+
+# Lines that are not one JSON object, or barely are (#15): each is one record in both layers,
+# rejected with the same record-level rule, or read as an object like any other.
+LINES = [
+    "[1, 2]",
+    "[]",
+    "3",
+    '"sensor-001"',
+    "null",
+    "true",
+    '{"event_id": "00",',  # a truncated last line
+    "{}",
+    "\ufeff" + json.dumps({**BASE, "event_id": "f" * 32}),  # a byte-order mark inside a line is not one at file start
+    json.dumps({**BASE, "event_id": "e" * 32, "temperature": " 61.5 ", "pressure": "\t5.1"}),  # trimmed: valid
+    json.dumps({**BASE, "event_id": "d" * 32, "status": " ok"}),  # a string field is kept as written
+    '{"event_id": "' + "c" * 32 + '", "entity_id": "sensor-001", "event_time": "2024-01-01T00:05:00Z", '
+    '"temperature": NaN, "pressure": Infinity, "vibration": -Infinity, "status": "ok"}',
+    json.dumps({**BASE, "event_id": "b" * 32, "temperature": 10**400}),  # a huge integer
+]
+
+
+def _speed_rules(dataset, text: str) -> list[str]:
+    """The speed layer's verdict on one line: [] when valid, else its dead letter's rules."""
+    import apache_beam as beam
+
+    from speed.validate import ParseAndValidate
+
+    step = ParseAndValidate(dataset)
+    step.setup()
+    [output] = list(step._validate("topic/0", text))
+    return list(output.value["failed_rules"]) if isinstance(output, beam.pvalue.TaggedOutput) else []
+
+
+def test_lines_that_are_not_one_object_are_one_record_with_the_same_rule_in_both_layers(spark, tmp_path):
+    dataset = schemas.load("sensor_events")
+    path = tmp_path / "lines.jsonl"
+    path.write_text("\n".join(LINES) + "\n", encoding="utf-8")
+    rows = validate(read_raw(spark, dataset, [str(path)]), dataset).select("_line_number", "_raw", FAILED_RULES).collect()
+    batch = {row["_line_number"]: list(row[FAILED_RULES]) for row in rows}
+    assert sorted(batch) == list(range(1, len(LINES) + 1))  # one record per line, none lost or split
+    speed = {number: _speed_rules(dataset, line) for number, line in enumerate(LINES, start=1)}
+    assert batch == speed
+    assert speed[1] == speed[2] == speed[3] == speed[5] == ["record.object"]
+    assert speed[7] == ["record.json"]
+    assert speed[10] == []  # spaces and tabs around typed values are trimmed
+    assert speed[11] == ["status.allowed_values"]
+    assert {row["_line_number"]: row["_raw"] for row in rows}[1] == "[1, 2]"  # the line as it arrived

@@ -1,0 +1,126 @@
+"""A malformed-input corpus of our own (#15): each file's expected counts, in tests/corpus/manifest.json,
+asserted through `lakehouse batch run --json` (real Spark and Delta) and, for the JSON lines, through
+the speed layer's validator.
+
+One batch run per dataset reads every file of its corpus folder: the run's totals are the manifest's
+sums, each file's own counts are in the run record, and silver and the quarantine hold each file's
+valid and rejected records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from typer.testing import CliRunner
+
+from app.cli import app
+from lakehouse import constants
+from lakehouse.settings import get_settings
+
+CORPUS = Path(__file__).parent / "corpus"
+MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
+
+
+@contextmanager
+def _warehouse(path: Path):
+    previous = os.environ.get("LAKEHOUSE_WAREHOUSE")
+    os.environ["LAKEHOUSE_WAREHOUSE"] = str(path)
+    get_settings.cache_clear()
+    try:
+        yield get_settings()
+    finally:
+        if previous is None:
+            os.environ.pop("LAKEHOUSE_WAREHOUSE", None)
+        else:
+            os.environ["LAKEHOUSE_WAREHOUSE"] = previous
+        get_settings.cache_clear()
+
+
+def _run_json(warehouse: Path, dataset: str) -> tuple[int, dict]:
+    with _warehouse(warehouse):
+        result = CliRunner().invoke(app, ["batch", "run", "-d", dataset, "-i", str(CORPUS / dataset), "--json"], prog_name="lakehouse")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, result.output
+    return result.exit_code, json.loads(lines[-1])
+
+
+def _by_file(table_uri: str, dataset: str) -> dict[str, int]:
+    frame = DeltaTable(table_uri).to_pandas()
+    column = "source" if "source" in frame.columns else "source_file"
+    if "dataset" in frame.columns:
+        frame = frame[frame.dataset == dataset]
+    return {name.rsplit("/", 1)[-1]: count for name, count in frame.groupby(column).size().items()}
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("dataset", sorted(MANIFEST))
+def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
+    expected = MANIFEST[dataset]
+    exit_code, record = _run_json(tmp_path / "warehouse", dataset)
+    assert exit_code == 0 and record["status"] == "succeeded", record
+    totals = {name: sum(item[name] for item in expected.values()) for name in ("input", "valid", "quarantined", "duplicates")}
+    assert {name: record[name] for name in totals} == totals
+    assert record["files_quarantined"] == sum(1 for item in expected.values() if item["file_rule"])
+    files = {Path(item["path"]).name: item for item in record["files"]}
+    assert sorted(files) == sorted(expected)
+    for name, item in expected.items():
+        if item["file_rule"]:
+            assert files[name]["rule"] == item["file_rule"], (name, files[name])
+        else:
+            assert files[name]["rule"] is None and files[name]["records"] == files[name]["read"] == item["input"], (name, files[name])
+
+    with _warehouse(tmp_path / "warehouse") as settings:
+        silver = _by_file(settings.table_uri(dataset, constants.SILVER), dataset)
+        quarantine = _by_file(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE), dataset)
+    for name, item in expected.items():
+        assert silver.get(name, 0) == item["valid"], name
+        # A file quarantined whole is one quarantine row; otherwise one row per rejected record.
+        assert quarantine.get(name, 0) == (1 if item["file_rule"] else item["quarantined"]), name
+
+
+def test_the_json_corpus_through_the_speed_layers_validator():
+    import apache_beam as beam
+
+    import schemas
+    from speed.validate import ParseAndValidate
+
+    step = ParseAndValidate(schemas.load("sensor_events"))
+    step.setup()
+    for name, item in MANIFEST["sensor_events"].items():
+        path = CORPUS / "sensor_events" / name
+        if item["file_rule"] or not name.endswith(".jsonl"):
+            continue  # not a stream of messages: a Kafka record is one line of text
+        text = path.read_bytes().decode("utf-8-sig")
+        outputs = [output for line in text.splitlines() if line.strip() for output in step._validate(f"corpus/{name}", line)]
+        rejected = sum(isinstance(output, beam.pvalue.TaggedOutput) for output in outputs)
+        # The speed layer keeps repeats (the hot table upserts by event id): they count as valid here.
+        assert (len(outputs), len(outputs) - rejected, rejected) == (
+            item["input"], item["valid"] + item["duplicates"], item["quarantined"]
+        ), name
+
+
+def test_a_failed_run_prints_its_record_and_exits_non_zero(spark, tmp_path, monkeypatch):
+    import batch.job as job
+
+    def lost_a_record(record):
+        raise job.CountMismatchError("counts do not add up (planted)")
+
+    monkeypatch.setattr(job, "check_counts", lost_a_record)
+    exit_code, record = _run_json(tmp_path / "warehouse", "metrics")
+    assert exit_code != 0
+    assert record["status"] == "failed" and "planted" in record["error"] and record["watermark"] is None
+    with _warehouse(tmp_path / "warehouse") as settings:
+        from batch import run_log
+
+        assert run_log.current_watermark(settings, "metrics") is None
+        assert not Path(settings.table_uri("metrics", constants.BATCH_SCORES)).exists()
+
+
+test_a_failed_run_prints_its_record_and_exits_non_zero = pytest.mark.spark(test_a_failed_run_prints_its_record_and_exits_non_zero)

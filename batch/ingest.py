@@ -29,7 +29,7 @@ def read_raw(spark: SparkSession, dataset: Dataset, paths: list[str], *, input_f
     forces one; "delta" reads a Delta table (the speed layer's landing table).
     """
     if input_format == "delta":
-        return _read_typed(spark.read.format("delta").load(paths[0]), dataset)
+        return _read_typed(spark.read.format("delta").load(paths[0]), dataset, row_numbers=False)
     files = []
     for path in paths:
         with storage.open_input_file(path) as stream:
@@ -68,9 +68,11 @@ def read_files(spark: SparkSession, dataset: Dataset, files: list[source.FileSca
     return frame
 
 
-def _read_typed(frame: DataFrame, dataset: Dataset) -> DataFrame:
+def _read_typed(frame: DataFrame, dataset: Dataset, *, row_numbers: bool = True) -> DataFrame:
     # Typed columns are read as text and validated like any other input (a Delta source is the
-    # speed layer's landing table; its extra columns are left out).
+    # speed layer's landing table; its extra columns are left out). A Parquet record's line number
+    # is its row in the file (1-based), so its quarantine row names where it was, as a CSV line's
+    # does; the landing table's rows have no such place.
     columns = [
         (F.col(f"`{name}`").cast("string") if name in frame.columns else F.lit(None).cast("string")).alias(name)
         for name in source.record_columns(dataset)
@@ -79,7 +81,7 @@ def _read_typed(frame: DataFrame, dataset: Dataset) -> DataFrame:
         *columns,
         F.input_file_name().alias(SOURCE_FILE),
         F.lit(None).cast("string").alias(source.LINE),
-        F.lit(None).cast("long").alias(source.LINE_NUMBER),
+        (F.col("_metadata.row_index") + 1 if row_numbers else F.lit(None).cast("long")).alias(source.LINE_NUMBER),
         F.lit(None).cast("string").alias(source.PARSE_RULE),
         F.lit(None).cast("string").alias(source.PARSE_ERROR),
     )

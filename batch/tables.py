@@ -7,12 +7,13 @@ import time
 
 import pyarrow as pa
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from batch.ingest import SOURCE_FILE
+from batch.source import LINE_NUMBER
 from batch.validation import ERRORS, FAILED_RULES, RAW
 from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
@@ -81,19 +82,27 @@ def count_in_silver(spark: SparkSession, events: DataFrame, dataset: Dataset, se
     return events.join(silver, on=dataset.event_id, how="left_semi").count()
 
 
+def quarantine_source(source_file: Column, line_number: Column) -> Column:
+    """system_tables.record_source in Spark: `<file>:<line>` where the record's line (or Parquet row) is known."""
+    return F.when(line_number.isNull(), source_file).otherwise(F.concat(source_file, F.lit(":"), line_number.cast("string")))
+
+
 def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataFrame:
-    """Rejected records as quarantine rows (system_tables.QUARANTINE_SCHEMA, which the speed layer writes too)."""
+    """Rejected records as quarantine rows (system_tables.QUARANTINE_SCHEMA, which the speed layer writes too).
+
+    The source names the file and the line, so N identical bad lines of a file are N rows, and a
+    re-run of the same file finds the same keys (one row each, however often it runs).
+    """
+    source = quarantine_source(F.col(SOURCE_FILE), F.col(LINE_NUMBER))
     rows = rejected.select(
         F.lit(dataset.name).alias("dataset"),
         F.col(dataset.event_id).cast("string").alias("event_id"),
         # system_tables.record_hash, computed by Spark.
-        F.sha2(
-            F.concat_ws(system_tables.RECORD_HASH_SEPARATOR, F.col(RAW), F.coalesce(F.col(SOURCE_FILE), F.lit(""))), 256
-        ).alias("record_hash"),
+        F.sha2(F.concat_ws(system_tables.RECORD_HASH_SEPARATOR, F.col(RAW), F.coalesce(source, F.lit(""))), 256).alias("record_hash"),
         F.col(RAW).alias("raw"),
         F.col(FAILED_RULES).alias("failed_rules"),
         F.col(ERRORS).alias("errors"),
-        F.col(SOURCE_FILE).alias("source"),
+        source.alias("source"),
         F.lit(constants.LAYER_BATCH).alias("layer"),
         F.lit(run_id).alias("run_id"),
         F.current_timestamp().alias("quarantined_at"),

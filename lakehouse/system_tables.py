@@ -43,12 +43,20 @@ QUARANTINE_SCHEMA = pa.schema(
         pa.field("quarantined_at", TIMESTAMP),
     ]
 )
-# One row per record read from one source: a re-run or a replay quarantines nothing twice. The
+# One row per record read from one place: a re-run or a replay quarantines nothing twice, and N
+# identical bad lines of one file are N rows, since the place is the line (`record_source`). The
 # event id cannot be the key: a rejected record may have none, or share one with a valid record.
 QUARANTINE_KEY = ("dataset", "record_hash")
 # Between the raw text and its source in the hashed text. Spark (batch) computes the hash with
 # its own sha2 over the same text; a test checks the two agree.
 RECORD_HASH_SEPARATOR = "\u0000"
+
+
+def record_source(source: str, line: int | None) -> str:
+    """Where a record was read, as the quarantine's `source`: `<file>:<line>` (1-based; for a
+    Parquet file, its row) when the line is known, else the file (a file quarantined whole) or the
+    stream's own position (`kafka://topic/partition@offset`)."""
+    return source if line is None else f"{source}:{line}"
 
 
 def record_hash(raw: str, source: str | None) -> str:

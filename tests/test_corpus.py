@@ -51,12 +51,19 @@ def _run_json(warehouse: Path, dataset: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(lines[-1])
 
 
+def _file_and_line(source: str) -> tuple[str, int | None]:
+    """A quarantine row's source, `<file URI>:<line>` (or the file alone when quarantined whole)."""
+    name = source.rsplit("/", 1)[-1]
+    stem, _, line = name.rpartition(":")
+    return (stem, int(line)) if stem and line.isdigit() else (name, None)
+
+
 def _by_file(table_uri: str, dataset: str) -> dict[str, int]:
     frame = DeltaTable(table_uri).to_pandas()
     column = "source" if "source" in frame.columns else "source_file"
     if "dataset" in frame.columns:
         frame = frame[frame.dataset == dataset]
-    return {name.rsplit("/", 1)[-1]: count for name, count in frame.groupby(column).size().items()}
+    return frame[column].map(lambda source: _file_and_line(source)[0]).value_counts().to_dict()
 
 
 @pytest.mark.spark
@@ -83,6 +90,22 @@ def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
         assert silver.get(name, 0) == item["valid"], name
         # A file quarantined whole is one quarantine row; otherwise one row per rejected record.
         assert quarantine.get(name, 0) == (1 if item["file_rule"] else item["quarantined"]), name
+
+    # Each rejected record is the line as it arrived, at the line its source names.
+    with _warehouse(tmp_path / "warehouse") as settings:
+        rows = DeltaTable(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()
+    for row in rows.itertuples():
+        name, line = _file_and_line(row.source)
+        if line is not None and not name.endswith(".json"):  # parquet_named.json: a row, not a line
+            text = (CORPUS / dataset / name).read_bytes().decode("utf-8-sig").splitlines()
+            assert row.raw == text[line - 1], (name, line, row.raw)
+            assert row.failed_rules.size and len(row.errors) == len(row.failed_rules), row
+
+    # The same files again: nothing new in the quarantine (its key includes the line).
+    exit_code, again = _run_json(tmp_path / "warehouse", dataset)
+    assert exit_code == 0 and again["quarantined"] == record["quarantined"], again
+    with _warehouse(tmp_path / "warehouse") as settings:
+        assert len(DeltaTable(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()) == len(rows)
 
 
 def test_the_json_corpus_through_the_speed_layers_validator():

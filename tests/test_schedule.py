@@ -82,3 +82,21 @@ def test_the_airflow_dag_only_runs_commands_that_exist():
         path = words[:2] if words and words[0] in ("batch", "speed", "serve") else words[:1]
         result = CliRunner().invoke(app, [*path, "--help"], prog_name="lakehouse")
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_a_failed_runs_files_are_not_marked_done(warehouse, tmp_path):
+    # The scheduler reads the run log: only a succeeded run's inputs are done, so a run that failed
+    # (its count check, say) leaves its files for the next tick.
+    from batch import run_log
+    from batch.schedule import unprocessed
+
+    failed_file, done_file = tmp_path / "failed.jsonl", tmp_path / "done.jsonl"
+    for path in (failed_file, done_file):
+        path.write_text("{}\n")
+    now = datetime.now(timezone.utc)
+    for path, status in ((failed_file, "failed"), (done_file, "succeeded")):
+        run_log.append(warehouse, run_log.RunRecord(
+            run_id=f"run-{status}", dataset="sensor_events", status=status, started_at=now, finished_at=now, inputs=[str(path)],
+        ))
+    assert unprocessed(warehouse, "sensor_events", [str(tmp_path / "*.jsonl")]) == [str(failed_file)]
+

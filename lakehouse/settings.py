@@ -167,6 +167,15 @@ class Settings(BaseSettings):
     def trino_url(self) -> str:
         return f"https://{self.trino_host}:{self.trino_port}"
 
+    def trino_login(self, role: str) -> tuple[str, str]:
+        """The Trino user of a role and its password as configured ("" when not in the
+        environment): "admin" registers tables and creates views, "analyst" only reads."""
+        if role == "admin":
+            return self.trino_user, self.trino_password
+        if role == "analyst":
+            return self.trino_analyst_user, self.trino_analyst_password
+        raise ValueError(f"unknown Trino role {role!r}: admin or analyst")
+
     @property
     def trino_ca_path(self) -> Path | None:
         """The CA file to verify Trino against; None means the system's trust store."""

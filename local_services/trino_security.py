@@ -75,13 +75,8 @@ def _stored(settings: Settings) -> dict[str, str]:
 
 
 def credentials(settings: Settings, role: str = "admin") -> Credentials:
-    """The user and password of a role ("admin" or "analyst")."""
-    if role == "admin":
-        user, given = settings.trino_user, settings.trino_password
-    elif role == "analyst":
-        user, given = settings.trino_analyst_user, settings.trino_analyst_password
-    else:
-        raise ValueError(f"unknown Trino role {role!r}: admin or analyst")
+    """The user and password of a role ("admin" or "analyst"): as configured, else generated once."""
+    user, given = settings.trino_login(role)
     return Credentials(user, given or _stored(settings)[user])
 
 

@@ -49,12 +49,7 @@ def credentials(settings: Settings, role: str = "admin") -> Credentials:
     """The user and password of a role: "admin" registers tables and creates views, "analyst"
     only reads. The password comes from the environment (LAKEHOUSE_TRINO_PASSWORD,
     LAKEHOUSE_TRINO_ANALYST_PASSWORD), else from the settings' password file."""
-    if role == "admin":
-        user, given = settings.trino_user, settings.trino_password
-    elif role == "analyst":
-        user, given = settings.trino_analyst_user, settings.trino_analyst_password
-    else:
-        raise ValueError(f"unknown Trino role {role!r}: admin or analyst")
+    user, given = settings.trino_login(role)
     if given:
         return Credentials(user, given)
     path = settings.trino_password_path

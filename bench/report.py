@@ -49,7 +49,8 @@ def _short(parameters: dict) -> str:
     return ", ".join(f"{key}={value}" for key, value in parameters.items() if isinstance(value, (int, float, str, bool)))
 
 
-def write(suite: str, figures: list[dict], parameters: dict) -> None:
+def write(suite: str, figures: list[dict], parameters: dict, *, extra: dict | None = None) -> None:
+    """The suite's JSON: its figures, and `extra` top-level objects (the speed suite's `targets`)."""
     for figure in figures:
         # One meaning everywhere: the figure over its reference (rows/s over rows/s, ms over ms).
         if figure.get("reference_value"):
@@ -60,6 +61,7 @@ def write(suite: str, figures: list[dict], parameters: dict) -> None:
         "machine": _machine(),
         "parameters": parameters,
         "figures": figures,
+        **(extra or {}),
     }
     path = _folder() / f"{suite}.json"
     path.write_text(json.dumps(document, indent=2, default=str))

@@ -60,16 +60,27 @@ def compute_features(
 
     present = ~np.isnan(previous)
     filled = np.where(present, previous, 0.0)
-    seen = np.zeros((count, width))
-    total = np.zeros((count, width))
-    for position in range(window):  # fixed summation order: identical for any n
-        seen += present[:, :, position]
-        total += filled[:, :, position]
-    mean = np.divide(total, seen, out=values.copy(), where=seen > 0)
-    squares = np.zeros((count, width))
-    for position in range(window):
-        difference = np.where(present[:, :, position], filled[:, :, position] - mean, 0.0)
-        squares += difference * difference
+    # Fixed summation order, ((0.0 + t0) + t1) + ..., so the result is identical for any n. Few
+    # events (the speed layer's one at a time): one sequential np.add.accumulate per sum, since a
+    # loop of `window` tiny additions costs more in calls than in arithmetic. Many (the batch
+    # layer's whole history): the loop, which needs no further (n, k, window) temporaries.
+    if count * width * window < _ACCUMULATE_BELOW:
+        seen = _sum_in_order(present.astype(np.float64))
+        total = _sum_in_order(filled)
+        mean = np.divide(total, seen, out=values.copy(), where=seen > 0)
+        difference = np.where(present, filled - mean[:, :, np.newaxis], 0.0)
+        squares = _sum_in_order(difference * difference)
+    else:
+        seen = np.zeros((count, width))
+        total = np.zeros((count, width))
+        for position in range(window):
+            seen += present[:, :, position]
+            total += filled[:, :, position]
+        mean = np.divide(total, seen, out=values.copy(), where=seen > 0)
+        squares = np.zeros((count, width))
+        for position in range(window):
+            difference = np.where(present[:, :, position], filled[:, :, position] - mean, 0.0)
+            squares += difference * difference
     std = np.sqrt(np.divide(squares, seen, out=np.zeros((count, width)), where=seen > 0))
 
     last = previous[:, :, -1]
@@ -88,6 +99,17 @@ def compute_features(
     if dataset.features.time_of_day:
         columns += list(_time_of_day(event_times))
     return np.column_stack(columns)
+
+
+_ACCUMULATE_BELOW = 1 << 16  # terms (events x fields x window) up to which one accumulate call wins
+
+
+def _sum_in_order(terms: np.ndarray) -> np.ndarray:
+    """Sums of (n, k, window) terms over the window in the loop's order, ((0.0 + t0) + t1) + ...:
+    np.add.accumulate adds sequentially (np.sum's pairwise reduction would not), and the leading
+    zero makes the first addition 0.0 + t0, as the loop's does (it turns -0.0 into 0.0)."""
+    count, width, _ = terms.shape
+    return np.add.accumulate(np.concatenate([np.zeros((count, width, 1)), terms], axis=2), axis=2)[:, :, -1]
 
 
 def _time_of_day(event_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

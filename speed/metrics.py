@@ -40,6 +40,13 @@ COMMIT_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+SCORED_LATENCY = Histogram(
+    "lakehouse_speed_arrival_to_scored_seconds",
+    "Seconds from an event's arrival (Kafka timestamp or replay read) to its score, before any sink.",
+    ["dataset"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 EVENT_TIME_LAG = Histogram(
     "lakehouse_speed_event_time_to_commit_seconds",
     "Seconds from an event's own time to its hot-table commit.",
@@ -62,6 +69,8 @@ STATE_EXPIRED = Counter(
 
 # The newest arrival-to-commit latencies (seconds), exact, for benchmarks' percentiles; bounded.
 LATENCY_SAMPLES: deque[float] = deque(maxlen=500_000)
+# The same for arrival-to-scored (the scoring step, before the sinks).
+SCORED_LATENCY_SAMPLES: deque[float] = deque(maxlen=500_000)
 
 _server_started: set[int] = set()
 

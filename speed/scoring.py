@@ -43,6 +43,7 @@ class ScoreBatch(beam.DoFn):
 
     def setup(self) -> None:
         self.prometheus_anomalies = metrics.ANOMALIES.labels(self.dataset.name)
+        self.prometheus_scored_latency = metrics.SCORED_LATENCY.labels(self.dataset.name)
         self.models: dict[str, registry.RegisteredModel] = {}
         self.loaded_version: int | None = None
         self.checked_at = 0.0
@@ -85,6 +86,7 @@ class ScoreBatch(beam.DoFn):
                 continue
             matrix = np.vstack([record["_features"] for record in records])
             scores, flags = entry.model.score(matrix)
+            self._observe_scored(records)
             for record, score, flag in zip(records, scores, flags):
                 (self.rescored if record.get("_revised") else self.scored).inc()
                 if flag:
@@ -98,6 +100,17 @@ class ScoreBatch(beam.DoFn):
                         scored_at=scored_at, revision=record.get(REVISION, 0),
                     ),
                 }
+
+    def _observe_scored(self, records: list[dict]) -> None:
+        # Arrival to scored, before the sinks: the part of the latency the sinks' batching and
+        # commits do not add. Revisions after a late event carry no arrival time.
+        now = time.time()
+        for record in records:
+            arrived = record.get(ARRIVED_AT)
+            if arrived is not None:
+                latency = max(0.0, now - arrived)
+                self.prometheus_scored_latency.observe(latency)
+                metrics.SCORED_LATENCY_SAMPLES.append(latency)
 
 
 def _jsonable(value: Any) -> Any:

@@ -99,7 +99,7 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
         summary["batch"].append(record)
         console.print(
             f"[green]✓[/] {label}: input {record.input_rows} = valid {record.valid_rows} + quarantined "
-            f"{record.quarantined_rows} + duplicates {record.duplicate_rows}; model v{record.model_version}; "
+            f"{record.quarantined_rows} + duplicates {record.duplicate_rows} + conflicts {record.conflict_rows}; model v{record.model_version}; "
             f"watermark {record.watermark:%Y-%m-%d %H:%M}; expired hot rows {record.expired_hot_rows}"
         )
 

@@ -13,10 +13,12 @@ from lakehouse.logs import console, frame_table, results
 __all__ = ["console", "results", "print_frame", "print_run", "print_report", "print_status", "print_maintenance", "print_quality"]
 
 RUN_MEASURES = (
-    "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows", "anomalies",
-    "model_version", "expired_hot_rows", "watermark",
+    "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "conflict_rows", "silver_rows", "scored_rows",
+    "anomalies", "model_version", "expired_hot_rows", "watermark",
 )
-REPORT_MEASURES = ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "model_version", "watermark")
+REPORT_MEASURES = (
+    "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "conflict_rows", "anomalies", "model_version", "watermark",
+)
 
 
 def print_frame(frame, title: str | None) -> None:

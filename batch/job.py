@@ -22,7 +22,8 @@ from pyspark.sql import functions as F
 import schemas
 from batch import features as batch_features
 from batch import expectations, run_log, tables
-from batch import source
+from batch import duplicates, recovery, source
+from batch.crash_points import crash_point
 from batch.ingest import SOURCE_FILE, read_files, read_raw
 from batch.score import score
 from batch.spark import spark_session
@@ -60,21 +61,16 @@ def resolve_inputs(inputs: list[str]) -> list[str]:
     return resolved
 
 
-def _ranked_by_event_id(valid: DataFrame, dataset: Dataset) -> DataFrame:
-    """`_repeat` = 1 for the record of an event id that is kept, 2... for its repeats in the run.
-    Deterministic pick: earliest source file, then event time."""
-    order = Window.partitionBy(dataset.event_id).orderBy(SOURCE_FILE, dataset.event_time)
-    return valid.withColumn("_repeat", F.row_number().over(order))
-
-
 @contextmanager
 def _timed(timings: dict[str, float], step: str, progress: Progress | None) -> Iterator[None]:
     if progress:
         progress(step)
+    crash_point(f"{step}:start")
     started = time.perf_counter()
     yield
     timings[step] = time.perf_counter() - started
     log.info("step %s took %.1fs", step, timings[step])
+    crash_point(f"{step}:end")
 
 
 def run_batch(
@@ -98,7 +94,7 @@ def run_batch(
     knows nothing of serving.
     Each file is read as what it is (batch/source.py); `input_format` ("csv", "json", "parquet")
     forces one for every file. The run fails, and moves no watermark, unless every record counted
-    in the files is valid, quarantined or a duplicate.
+    in the files is valid, quarantined, a duplicate or a conflict.
     """
     dataset = schemas.load(dataset_name)
     if detector:
@@ -132,18 +128,41 @@ def run_batch(
     spark = spark or spark_session(settings)
     log.info("run %s: dataset %s, %d input file(s)", run_id, dataset.name, len(paths))
     try:
+        rolled = recovery.roll_back_unfinished(spark, dataset, settings, current=run_id)
+        if rolled.runs:
+            record.report["rolled_back"] = rolled.to_json()
         _run_steps(spark, dataset, paths, input_format, settings, record, progress)
         check_counts(record)
         record.status = system_tables.STATUS_SUCCEEDED
     except Exception as error:
         record.error = f"{type(error).__name__}: {error}"
+        _roll_back_own_writes(spark, dataset, settings, record)
         raise RunError(run_id, record.error) from error
     finally:
         record.finished_at = datetime.now(timezone.utc)
+        crash_point("run_log:append")
         run_log.append(settings, record)
+    crash_point("run_log:appended")
+    # Hot rows are expired only once the run is logged as succeeded, since the merged view serves
+    # the batch view up to the succeeded runs' watermark: expired earlier, a run killed between the
+    # two would hide those rows from the merged view until the next run.
+    with _timed(record.timings, "expire", progress):
+        record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, record.watermark)
+        run_log.set_expired_hot_rows(settings, record.run_id, record.expired_hot_rows)
     if after_write is not None:
         after_write(dataset.name)
     return record
+
+
+def _roll_back_own_writes(spark: SparkSession, dataset: Dataset, settings: Settings, record: run_log.RunRecord) -> None:
+    """A failed run undoes its silver and quarantine writes now (the next run would do it anyway)."""
+    try:
+        rolled = recovery.roll_back_unfinished(spark, dataset, settings, current=record.run_id)
+    except Exception as error:  # noqa: BLE001 - the run's own error is the one to report
+        log.warning("run %s failed and could not roll back its writes (the next run will): %s", record.run_id, error)
+        return
+    if rolled.runs:
+        record.report["rolled_back"] = rolled.to_json()
 
 
 def _run_steps(
@@ -180,21 +199,33 @@ def _run_steps(
         tables.merge_quarantine(spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings)
     with _timed(timings, "silver", progress):
         valid = valid.persist()
-        ranked = _ranked_by_event_id(valid, dataset).persist()
-        first = ranked.where("_repeat = 1").drop("_repeat")
-        # Duplicates are counted where they are dropped: repeats of an event id within the run,
-        # and events silver already holds (the MERGE inserts only the others).
-        repeats = ranked.where("_repeat > 1").count()
-        already_in_silver = tables.count_in_silver(spark, first, dataset, settings)
-        record.duplicate_rows = repeats + already_in_silver
-        record.valid_rows = tables.merge_silver(spark, first, dataset, settings, record.run_id)
-        ranked.unpersist()
+        # Duplicates and conflicts are counted where they are decided (batch/duplicates.py): exact
+        # repeats of the winning version are dropped, other versions kept in the quarantine (rule
+        # event_id.conflict). Losers are quarantined before silver changes, so a crash in between
+        # loses none of them and a re-run finds them under the same keys.
+        resolution = duplicates.resolve(valid, tables.read_silver(spark, dataset, settings), dataset)
+        judged = resolution.judged.persist()
+        counts = resolution.counts()
+        record.duplicate_rows, record.conflict_rows = counts[duplicates.DUPLICATE], counts[duplicates.CONFLICT]
+        writes, conflicts = resolution.writes, resolution.conflicts
+        losers = tables.quarantine_rows(conflicts, dataset, record.run_id)
+        if resolution.superseded is not None:
+            superseded = resolution.superseded.persist()
+            record.report["superseded_in_silver"] = superseded.count()
+            losers = losers.unionByName(tables.quarantine_rows(superseded, dataset, record.run_id))
+        tables.merge_quarantine(spark, losers, settings)
+        crash_point("silver:quarantined")
+        # The accounting is checked before silver changes: a run whose counts disagree with the
+        # source writes nothing into silver, no batch view, and moves no watermark.
+        record.valid_rows = counts[duplicates.WRITE]
+        check_counts(record)
+        written = tables.merge_silver(spark, writes, dataset, settings, record.run_id)
+        if written != record.valid_rows:
+            raise CountMismatchError(f"silver took {written} row(s) of the {record.valid_rows} the run wrote (Delta's own count)")
+        judged.unpersist()
     validated.unpersist()
     raw.unpersist()
     valid.unpersist()
-    # The accounting is checked before anything is served from this run's silver: a run whose
-    # counts disagree with the source writes no batch view and moves no watermark.
-    check_counts(record)
 
     silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))
     features = batch_features.compute(silver, dataset).persist()
@@ -215,13 +246,11 @@ def _run_steps(
         watermark = summary["watermark"]
         record.watermark = watermark.replace(tzinfo=timezone.utc) if watermark is not None else None
     features.unpersist()
-    with _timed(timings, "expire", progress):
-        record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, watermark)
 
 
 def check_counts(record: run_log.RunRecord) -> None:
-    """Fail unless every record counted in the source is valid, quarantined or a duplicate, and
-    every file's records were read as counted."""
+    """Fail unless every record counted in the source is valid, quarantined, a duplicate or a
+    conflict (batch/duplicates.py), and every file's records were read as counted."""
     mismatched = [item for item in record.report.get("files", []) if item["rule"] is None and item["read"] != item["records"]]
     if mismatched:
         details = "; ".join(f"{item['path']}: {item['records']} in the file, {item['read']} read" for item in mismatched)
@@ -229,7 +258,7 @@ def check_counts(record: run_log.RunRecord) -> None:
     if not record.counts_add_up:
         raise CountMismatchError(
             f"counts do not add up: input {record.input_rows} (counted in the source) != valid {record.valid_rows} "
-            f"+ quarantined {record.quarantined_rows} + duplicates {record.duplicate_rows}",
+            f"+ quarantined {record.quarantined_rows} + duplicates {record.duplicate_rows} + conflicts {record.conflict_rows}",
         )
 
 
@@ -290,8 +319,8 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
         input_format=arguments.format,
     )
     log.info(
-        "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s; model v%s; watermark %s",
-        record.run_id, record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows,
+        "run %s succeeded: input %s = valid %s + quarantined %s + duplicates %s + conflicts %s; model v%s; watermark %s",
+        record.run_id, record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows, record.conflict_rows,
         record.model_version, record.watermark,
     )
     return record

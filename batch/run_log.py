@@ -41,20 +41,27 @@ class RunRecord:
     # Files quarantined whole (empty, undecodable, a declared column missing): their records are
     # not in input_rows; the report's "files" lists every file with its own counts.
     files_quarantined: int = 0
+    # Records that lost to another version of their event id (batch/duplicates.py): kept in the
+    # quarantine under rule event_id.conflict, counted here and not in quarantined_rows.
+    conflict_rows: int | None = None
 
     def to_json(self) -> dict:
         """The run record as `lakehouse batch run --json` prints it."""
         return {
             "run_id": self.run_id, "dataset": self.dataset, "status": self.status, "input": self.input_rows,
             "valid": self.valid_rows, "quarantined": self.quarantined_rows, "duplicates": self.duplicate_rows,
-            "files_quarantined": self.files_quarantined, "files": self.report.get("files", []),
+            "conflicts": self.conflict_rows, "files_quarantined": self.files_quarantined, "files": self.report.get("files", []),
             "model_version": self.model_version, "watermark": self.watermark.isoformat() if self.watermark else None,
             "error": self.error,
+            # The writes of unfinished runs this run undid first (batch/recovery.py), if any.
+            "rolled_back": self.report.get("rolled_back"),
         }
 
     @property
     def counts_add_up(self) -> bool:
-        return self.input_rows == (self.valid_rows or 0) + (self.quarantined_rows or 0) + (self.duplicate_rows or 0)
+        """input = valid + quarantined + duplicates + conflicts (input counted from the files' bytes)."""
+        parts = (self.valid_rows, self.quarantined_rows, self.duplicate_rows, self.conflict_rows)
+        return self.input_rows == sum(part or 0 for part in parts)
 
 
 def table_uri(settings: Settings) -> str:
@@ -74,11 +81,25 @@ def append(settings: Settings, record: RunRecord) -> None:
     )
 
 
+def set_expired_hot_rows(settings: Settings, run_id: str, rows: int) -> None:
+    """Record, after the fact, how many hot rows a succeeded run expired (expiry follows the run's
+    own log row: batch/job.py)."""
+    if not rows:
+        return
+    quoted = run_id.replace("'", "''")
+    storage.open_table(table_uri(settings)).update(
+        predicate=f"run_id = '{quoted}'", updates={"expired_hot_rows": str(int(rows))},
+    )
+
+
 def runs(settings: Settings, dataset: str | None = None) -> pd.DataFrame:
     uri = table_uri(settings)
     if not storage.table_exists(uri):
         return system_tables.BATCH_RUNS_SCHEMA.empty_table().to_pandas()
     frame = storage.open_table(uri).to_pandas()
+    for name in system_tables.BATCH_RUNS_SCHEMA.names:
+        if name not in frame.columns:  # a run log written before the column was declared
+            frame[name] = None
     if dataset:
         frame = frame[frame["dataset"] == dataset]
     return frame.sort_values("started_at").reset_index(drop=True)
@@ -110,8 +131,8 @@ def stored_record(settings: Settings, run_id: str) -> RunRecord:
     values["timings"] = values.get("timings") or {}
     values["report"] = values.get("report") or {}
     values["files_quarantined"] = int(values.get("files_quarantined") or 0)
-    for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "silver_rows", "scored_rows",
-                 "anomalies", "model_version", "expired_hot_rows"):
+    for name in ("input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "conflict_rows", "silver_rows",
+                 "scored_rows", "anomalies", "model_version", "expired_hot_rows"):
         if values.get(name) is not None:
             values[name] = int(values[name])
     return RunRecord(**values)

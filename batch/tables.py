@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pyarrow as pa
 from delta.tables import DeltaTable
@@ -14,6 +16,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from batch.ingest import SOURCE_FILE
 from batch.source import LINE_NUMBER
+from batch.recovery import commit_metadata
 from batch.validation import ERRORS, FAILED_RULES, RAW
 from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
@@ -21,6 +24,7 @@ from schemas.declaration import Dataset
 
 log = logging.getLogger(__name__)
 _EXPIRY_ATTEMPTS = 5
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 def spark_schema(schema: pa.Schema) -> T.StructType:
@@ -38,8 +42,8 @@ def _last_commit(spark: SparkSession, uri: str) -> tuple[int, dict[str, str]]:
     return int(row["version"]), row["operationMetrics"] or {}
 
 
-def _committed_metric(spark: SparkSession, uri: str, metric: str, operation) -> int:
-    """Run a Delta operation and return one of its metrics; 0 when it committed nothing.
+def _committed_metric(spark: SparkSession, uri: str, metric: str, operation, also: tuple[str, ...] = ()) -> int:
+    """Run a Delta operation and return one of its metrics (plus those named in `also`); 0 when it committed nothing.
 
     Delta skips the commit of a MERGE or DELETE that changes nothing, so the newest commit's
     metrics would belong to an earlier operation: compare versions first.
@@ -47,17 +51,22 @@ def _committed_metric(spark: SparkSession, uri: str, metric: str, operation) -> 
     version_before, _ = _last_commit(spark, uri)
     operation()
     version_after, metrics = _last_commit(spark, uri)
-    return int(metrics.get(metric, 0)) if version_after != version_before else 0
+    if version_after == version_before:
+        return 0
+    return sum(int(metrics.get(name, 0)) for name in (metric, *also))
 
 
 def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> int:
-    """Insert valid events whose event id silver does not have yet; return how many were inserted.
+    """Write the run's winning versions (batch/duplicates.py) into silver: insert the event ids it
+    does not have, and under `duplicates: latest` replace the versions they win over; return how
+    many rows were inserted or updated.
 
-    The input must already hold one row per event id. A re-run of the same input inserts nothing.
+    The input must already hold one row per event id. A re-run of the same input writes nothing.
     """
     uri = settings.table_uri(dataset.name, constants.SILVER)
     rows = (
-        valid.withColumn("event_date", F.to_date(dataset.event_time))
+        valid.select(*[field.name for field in dataset.fields], SOURCE_FILE)
+        .withColumn("event_date", F.to_date(dataset.event_time))
         .withColumnRenamed(SOURCE_FILE, "source_file")
         .withColumn("run_id", F.lit(run_id))
         .withColumn("ingested_at", F.current_timestamp())
@@ -68,18 +77,29 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
         DeltaTable.forPath(spark, uri)
         .alias("silver")
         .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
-        .whenNotMatchedInsertAll()
     )
-    return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
+    if dataset.duplicates == "latest":
+        merge = merge.whenMatchedUpdateAll()
+    merge = merge.whenNotMatchedInsertAll()
+    # The commit names its run, so a run that does not succeed can be rolled back (batch/recovery.py).
+    with _commit_metadata(spark, commit_metadata(run_id)):
+        return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute, also=("numTargetRowsUpdated",))
 
 
-def count_in_silver(spark: SparkSession, events: DataFrame, dataset: Dataset, settings: Settings) -> int:
-    """How many of the events (one row per event id) silver already holds: the MERGE skips them."""
+@contextmanager
+def _commit_metadata(spark: SparkSession, text: str) -> Iterator[None]:
+    """Delta's commitInfo.userMetadata for the commits made inside the block."""
+    spark.conf.set(_USER_METADATA, text)
+    try:
+        yield
+    finally:
+        spark.conf.unset(_USER_METADATA)
+
+
+def read_silver(spark: SparkSession, dataset: Dataset, settings: Settings) -> DataFrame | None:
+    """Silver as it is, or None before the dataset's first run."""
     uri = settings.table_uri(dataset.name, constants.SILVER)
-    if not storage.table_exists(uri):
-        return 0
-    silver = spark.read.format("delta").load(uri).select(dataset.event_id)
-    return events.join(silver, on=dataset.event_id, how="left_semi").count()
+    return spark.read.format("delta").load(uri) if storage.table_exists(uri) else None
 
 
 def quarantine_source(source_file: Column, line_number: Column) -> Column:

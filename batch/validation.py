@@ -39,20 +39,34 @@ def with_text_fields(frame: DataFrame, dataset: Dataset) -> DataFrame:
     read = [field.input_name for field in dataset.input_fields] + [field.name for field in dataset.derived_fields]
     raw = F.coalesce(F.col(LINE), F.to_json(F.struct(*read)))
     frame = frame.select(*columns, *carried, SOURCE_FILE, LINE_NUMBER, PARSE_RULE, PARSE_ERROR, raw.alias(RAW))
+    timestamps = {field.name for field in dataset.fields if field.type == "timestamp"}
     for field in dataset.derived_fields:
-        frame = frame.withColumn(field.name, F.coalesce(F.col(f"_carried_{field.name}"), _derive(field)))
+        frame = frame.withColumn(field.name, F.coalesce(F.col(f"_carried_{field.name}"), _derive(field, timestamps)))
         frame = frame.drop(f"_carried_{field.name}")
     return frame
 
 
-def _derive(field: FieldSpec) -> Column:
+def _instant_id_text(column: str) -> Column:
+    """schemas.rules.instant_id_text: the instant in UTC (to the millisecond when it has one), or
+    the text as written when it is not a valid timestamp."""
+    text = F.col(column)
+    instant = F.date_trunc("millisecond", F.expr(f"try_cast(`{column}` AS TIMESTAMP)"))
+    millisecond = F.date_format(instant, "SSS")
+    written = F.concat(
+        F.date_format(instant, "yyyy-MM-dd HH:mm:ss"),
+        F.when(millisecond != "000", F.concat(F.lit("."), millisecond)).otherwise(F.lit("")),
+    )
+    return F.when(text.rlike(anchored(TYPE_PATTERNS["timestamp"])) & instant.isNotNull(), written).otherwise(text)
+
+
+def _derive(field: FieldSpec, timestamps: set[str]) -> Column:
     derivation = field.derive
     if derivation.file_stem:
         # Last path segment without its extension, as PurePosixPath(...).stem in the speed layer.
         name = F.element_at(F.split(F.col(SOURCE_FILE), "/"), -1)
         return F.when(F.col(SOURCE_FILE) == "", None).otherwise(F.regexp_replace(name, r"\.[^.]*$", ""))
     # concat_ws skips nulls, so a missing part must null the whole id explicitly.
-    parts = [F.col(name) for name in derivation.join]
+    parts = [_instant_id_text(name) if name in timestamps else F.col(name) for name in derivation.join]
     any_missing = F.greatest(*[part.isNull().cast("int") for part in parts]) == 1 if len(parts) > 1 else parts[0].isNull()
     return F.when(any_missing, None).otherwise(F.concat_ws(derivation.separator, *parts))
 
@@ -190,8 +204,8 @@ def parsed(validated: DataFrame) -> DataFrame:
 
 
 def split(validated: DataFrame, dataset: Dataset) -> tuple[DataFrame, DataFrame]:
-    """(valid records with the declared typed columns, rejected records with their reasons)."""
+    """(valid records with the declared typed columns and where each was read, rejected records with their reasons)."""
     is_valid = F.size(F.col(FAILED_RULES)) == 0
-    valid = validated.where(is_valid).select(*[field.name for field in dataset.fields], SOURCE_FILE)
+    valid = validated.where(is_valid).select(*[field.name for field in dataset.fields], SOURCE_FILE, LINE_NUMBER, RAW)
     rejected = validated.where(~is_valid)
     return valid, rejected

@@ -124,6 +124,10 @@ BATCH_RUNS_SCHEMA = pa.schema(
         pa.field("report", pa.string()),
         # Input files quarantined whole (not readable as their format); added after the first build.
         pa.field("files_quarantined", pa.int64()),
+        # Records that lost to another version of their event id (kept in the quarantine under
+        # rule event_id.conflict); input = valid + quarantined + duplicates + conflicts. Added
+        # after the first build.
+        pa.field("conflict_rows", pa.int64()),
     ]
 )
 BATCH_RUNS_KEY = ("run_id",)

@@ -215,6 +215,12 @@ class Dataset(_Strict):
     features: FeatureSpec
     detector: DetectorSpec = DetectorSpec()
     checks: list[CustomCheck] = Field(default_factory=list)
+    # Which version of an event id wins when two records carry it with different values (a
+    # conflict; exact repeats are duplicates): the first read (silver's, else the run's earliest
+    # file and line), or the latest (the run's last file and line, over silver's), so a corrected
+    # resend replaces what silver holds. The losing version is kept in the quarantine under rule
+    # `event_id.conflict` (batch/job.py).
+    duplicates: Literal["first", "latest"] = "first"
 
     @field_validator("name")
     @classmethod

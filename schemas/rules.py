@@ -136,6 +136,7 @@ class RecordValidator:
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        self._timestamps = frozenset(field.name for field in dataset.fields if field.type == "timestamp")
         self._type_patterns = {
             name: re.compile(anchored(pattern))
             for name, pattern in TYPE_PATTERNS.items()
@@ -153,7 +154,9 @@ class RecordValidator:
             field.name: normalised(field, as_text(record.get(field.input_name))) for field in self.dataset.input_fields
         }
         for field in self.dataset.derived_fields:
-            texts[field.name] = normalised(field, as_text(record.get(field.name))) or derive_text(field, texts, source_file)
+            texts[field.name] = normalised(field, as_text(record.get(field.name))) or derive_text(
+                field, texts, source_file, self._timestamps
+            )
         return texts
 
     def validate(
@@ -274,11 +277,31 @@ def normalised(field: FieldSpec, text: str | None) -> str | None:
     return text if text else None
 
 
-def derive_text(field: FieldSpec, texts: dict[str, str | None], source_file: str | None) -> str | None:
+# How an instant is written inside an id built from a timestamp field (derive.join): UTC, to the
+# millisecond when it has one, so `2024-01-01 00:00:00` and `2024-01-01T00:00:00Z` are one event.
+# batch/validation.py writes the same text with Spark's date_format.
+INSTANT_ID_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def instant_id_text(text: str) -> str:
+    """A timestamp's text as an id part: the normalised instant, or the text as written when it is
+    not a valid timestamp (the record is rejected by the field's type rule anyway)."""
+    pattern = TYPE_PATTERNS["timestamp"]
+    value = parse_timestamp(text) if re.search(anchored(pattern), text) else None
+    if value is None:
+        return text
+    millisecond = value.microsecond // 1000
+    return value.strftime(INSTANT_ID_FORMAT) + (f".{millisecond:03d}" if millisecond else "")
+
+
+def derive_text(field: FieldSpec, texts: dict[str, str | None], source_file: str | None,
+                timestamps: frozenset[str] = frozenset()) -> str | None:
+    """A derived field's text; `timestamps` names the join's parts that are instants (normalised)."""
     derivation = field.derive
     if derivation.file_stem:
         return PurePosixPath(source_file).stem if source_file else None
     parts = [texts.get(name) for name in derivation.join]
     if any(part is None for part in parts):
         return None
+    parts = [instant_id_text(part) if name in timestamps else part for name, part in zip(derivation.join, parts)]
     return derivation.separator.join(parts)

@@ -118,8 +118,9 @@ def quality_views_sql() -> dict[str, str]:
         # One row per batch run: its counts, whether they add up, its share of rejected rows.
         constants.DQ_RUNS_VIEW: (
             "SELECT run_id, dataset, status, started_at, finished_at, input_rows, valid_rows, quarantined_rows, "
-            "duplicate_rows, CAST(quarantined_rows AS double) / nullif(input_rows, 0) AS quarantine_rate, "
-            "input_rows = valid_rows + quarantined_rows + duplicate_rows AS counts_add_up, watermark, error "
+            "duplicate_rows, conflict_rows, CAST(quarantined_rows AS double) / nullif(input_rows, 0) AS quarantine_rate, "
+            "input_rows = valid_rows + quarantined_rows + duplicate_rows + coalesce(conflict_rows, 0) AS counts_add_up, "
+            "watermark, error "
             f"FROM {runs}"
         ),
         # Rejections per rule: per batch run, and per day for the speed layer (no run there).

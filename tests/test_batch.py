@@ -245,7 +245,9 @@ def test_a_run_can_train_another_detector_and_the_registry_records_it(first_run,
         run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"contamination": 0.9})
 
 
-def test_a_run_killed_midway_leaves_tables_readable_and_the_next_run_completes(warehouse, spark, tmp_path, monkeypatch):
+def test_a_run_failing_after_its_silver_commit_rolls_back_and_the_next_run_accounts_for_it(warehouse, spark, tmp_path, monkeypatch):
+    """A failure after silver was written (here: training) undoes the run's writes (batch/recovery.py),
+    so the next run inserts and counts every event itself. SIGKILL: tests/test_crash.py."""
     import batch.job as job
     from lakehouse.errors import RunError
 
@@ -259,13 +261,16 @@ def test_a_run_killed_midway_leaves_tables_readable_and_the_next_run_completes(w
     with pytest.raises(RunError, match="executor lost"):
         run_batch("sensor_events", files, settings=warehouse, spark=spark)
     monkeypatch.undo()
-    silver = _table(warehouse, "sensor_events", constants.SILVER)  # committed before the failure
-    assert len(silver) > 0
-    assert run_log.runs(warehouse, "sensor_events").status.tolist() == ["failed"]
+    assert len(_table(warehouse, "sensor_events", constants.SILVER)) == 0  # rolled back
+    failed = run_log.runs(warehouse, "sensor_events")
+    assert failed.status.tolist() == ["failed"]
+    assert json.loads(failed.report.iloc[0])["rolled_back"]["runs"] == failed.run_id.tolist()
     assert run_log.current_watermark(warehouse, "sensor_events") is None
 
     record = run_batch("sensor_events", files, settings=warehouse, spark=spark)
-    assert record.valid_rows == 0 and record.duplicate_rows == len(silver) + inputs.history.duplicates
+    silver = _table(warehouse, "sensor_events", constants.SILVER)
+    assert record.valid_rows == len(silver) > 0 and set(silver.run_id) == {record.run_id}
+    assert record.duplicate_rows == inputs.history.duplicates
     assert len(_table(warehouse, "sensor_events", constants.BATCH_SCORES)) == len(silver)
     assert run_log.current_watermark(warehouse, "sensor_events") == silver.event_time.max()
 
@@ -332,3 +337,35 @@ def test_csv_files_of_one_run_are_each_read_by_their_own_header(spark, tmp_path)
     (tmp_path / "b.csv").write_text("value,timestamp\n2,2024-01-01 00:05:00\n")
     rows = read_raw(spark, schemas.load("metrics"), [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]).collect()
     assert sorted((row["timestamp"], row["value"]) for row in rows) == [("2024-01-01 00:00:00", "1"), ("2024-01-01 00:05:00", "2")]
+
+
+def _resolved(spark, rows, silver_rows, policy):
+    from batch import duplicates
+
+    dataset = schemas.load("metrics").model_copy(update={"duplicates": policy})
+    columns = "event_id string, entity_id string, event_time timestamp, value double, _source_file string, _line_number long, _raw string"
+    from datetime import datetime
+
+    at = datetime(2024, 1, 1)
+    frame = spark.createDataFrame([("a@t", "a", at, value, path, line, f"line {line}") for value, path, line in rows], columns)
+    silver = None
+    if silver_rows is not None:
+        silver = spark.createDataFrame([("a@t", "a", at, value, "old.csv") for value in silver_rows],
+                                       "event_id string, entity_id string, event_time timestamp, value double, source_file string")
+    resolution = duplicates.resolve(frame, silver, dataset)
+    values = lambda part: sorted(row["value"] for row in part.collect())  # noqa: E731
+    superseded = values(resolution.superseded) if resolution.superseded is not None else []
+    return values(resolution.writes), values(resolution.duplicates), values(resolution.conflicts), superseded
+
+
+def test_same_id_other_values_is_a_conflict_and_the_declared_policy_picks_the_winner(spark):
+    rows = [(1.0, "a.csv", 2), (1.0, "a.csv", 3), (2.0, "b.csv", 2)]
+    # first: a.csv's value wins, its repeat is a duplicate, b.csv's other value a conflict.
+    assert _resolved(spark, rows, None, "first") == ([1.0], [1.0], [2.0], [])
+    # latest: the corrected resend (b.csv, read last) wins; both older lines are conflicts.
+    assert _resolved(spark, rows, None, "latest") == ([2.0], [], [1.0, 1.0], [])
+    # Against silver: first keeps silver's version; latest replaces it and keeps it in the quarantine.
+    assert _resolved(spark, [(2.0, "b.csv", 2)], [1.0], "first") == ([], [], [2.0], [])
+    assert _resolved(spark, [(2.0, "b.csv", 2)], [1.0], "latest") == ([2.0], [], [], [1.0])
+    # The same values again: a duplicate under either policy, nothing replaced.
+    assert _resolved(spark, [(1.0, "b.csv", 2)], [1.0], "latest") == ([], [1.0], [], [])

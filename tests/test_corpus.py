@@ -72,7 +72,7 @@ def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
     expected = MANIFEST[dataset]
     exit_code, record = _run_json(tmp_path / "warehouse", dataset)
     assert exit_code == 0 and record["status"] == "succeeded", record
-    totals = {name: sum(item[name] for item in expected.values()) for name in ("input", "valid", "quarantined", "duplicates")}
+    totals = {name: sum(item[name] for item in expected.values()) for name in ("input", "valid", "quarantined", "duplicates", "conflicts")}
     assert {name: record[name] for name in totals} == totals
     assert record["files_quarantined"] == sum(1 for item in expected.values() if item["file_rule"])
     files = {Path(item["path"]).name: item for item in record["files"]}
@@ -88,8 +88,9 @@ def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
         quarantine = _by_file(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE), dataset)
     for name, item in expected.items():
         assert silver.get(name, 0) == item["valid"], name
-        # A file quarantined whole is one quarantine row; otherwise one row per rejected record.
-        assert quarantine.get(name, 0) == (1 if item["file_rule"] else item["quarantined"]), name
+        # A file quarantined whole is one quarantine row; otherwise one row per rejected record,
+        # and one per conflicting version (rule event_id.conflict).
+        assert quarantine.get(name, 0) == (1 if item["file_rule"] else item["quarantined"] + item["conflicts"]), name
 
     # Each rejected record is the line as it arrived, at the line its source names.
     with _warehouse(tmp_path / "warehouse") as settings:
@@ -103,7 +104,7 @@ def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
 
     # The same files again: nothing new in the quarantine (its key includes the line).
     exit_code, again = _run_json(tmp_path / "warehouse", dataset)
-    assert exit_code == 0 and again["quarantined"] == record["quarantined"], again
+    assert exit_code == 0 and (again["quarantined"], again["conflicts"], again["valid"]) == (record["quarantined"], record["conflicts"], 0), again
     with _warehouse(tmp_path / "warehouse") as settings:
         assert len(DeltaTable(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()) == len(rows)
 
@@ -123,9 +124,10 @@ def test_the_json_corpus_through_the_speed_layers_validator():
         text = path.read_bytes().decode("utf-8-sig")
         outputs = [output for line in text.splitlines() if line.strip() for output in step._validate(f"corpus/{name}", line)]
         rejected = sum(isinstance(output, beam.pvalue.TaggedOutput) for output in outputs)
-        # The speed layer keeps repeats (the hot table upserts by event id): they count as valid here.
+        # The speed layer keeps repeats and other versions (the hot table upserts by event id):
+        # they count as valid here.
         assert (len(outputs), len(outputs) - rejected, rejected) == (
-            item["input"], item["valid"] + item["duplicates"], item["quarantined"]
+            item["input"], item["valid"] + item["duplicates"] + item["conflicts"], item["quarantined"]
         ), name
 
 

@@ -100,3 +100,23 @@ def test_a_failed_runs_files_are_not_marked_done(warehouse, tmp_path):
         ))
     assert unprocessed(warehouse, "sensor_events", [str(tmp_path / "*.jsonl")]) == [str(failed_file)]
 
+
+@pytest.mark.spark
+def test_a_run_failing_its_count_check_is_retried_at_the_next_tick(spark, warehouse, tmp_path, monkeypatch):
+    import batch.job as job
+    from batch import run_log
+    from batch.schedule import run_once
+
+    inputs = make_sensor_inputs(tmp_path, sensors=1, days=1.0)
+    landing = [str(tmp_path / "history" / "*.jsonl")]
+
+    def lost_a_record(record):
+        raise job.CountMismatchError("counts do not add up (planted)")
+
+    monkeypatch.setattr(job, "check_counts", lost_a_record)
+    assert run_once(warehouse, "sensor_events", landing, spark=spark) is None
+    monkeypatch.undo()
+    record = run_once(warehouse, "sensor_events", landing, spark=spark)
+    assert record is not None and record.status == "succeeded"
+    assert sorted(record.inputs) == sorted(str(path) for path in inputs.history_files)
+    assert list(run_log.runs(warehouse, "sensor_events").status) == ["failed", "succeeded"]

@@ -150,3 +150,23 @@ def test_a_detector_override_chooses_per_entity():
         DetectorSpec.model_validate({"per": "dataset", "overrides": [{"match": "x", "name": "hbos"}]})
     with pytest.raises(ValueError):
         DetectorSpec.model_validate({"overrides": [{"match": "(", "name": "hbos"}]})
+
+
+def test_an_id_built_from_a_time_uses_the_normalised_instant():
+    validator = RecordValidator(schemas.load("metrics"))
+    ids = {
+        validator.texts({"timestamp": text, "value": "1"}, "cpu.csv")["event_id"]
+        for text in ("2024-01-01 00:00:00", "2024-01-01T00:00:00Z", "2024-01-01T01:00:00+01:00", " 2024-01-01T00:00:00.000 ")
+    }
+    assert ids == {"cpu@2024-01-01 00:00:00"}
+    assert validator.texts({"timestamp": "2024-01-01T00:00:00.250Z"}, "cpu.csv")["event_id"] == "cpu@2024-01-01 00:00:00.250"
+    # Not a timestamp: the text as written (the record fails event_time.type anyway).
+    assert validator.texts({"timestamp": "yesterday"}, "cpu.csv")["event_id"] == "cpu@yesterday"
+
+
+def test_the_duplicates_policy_is_declared_first_by_default_or_latest():
+    document = schemas.load("metrics").model_dump()
+    assert schemas.load("metrics").duplicates == "first"
+    assert Dataset.model_validate({**document, "duplicates": "latest"}).duplicates == "latest"
+    with pytest.raises(ValueError, match="duplicates"):
+        Dataset.model_validate({**document, "duplicates": "newest"})

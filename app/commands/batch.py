@@ -156,7 +156,7 @@ def batch_runs(dataset: OptionalDataset = None) -> None:
     from batch import run_log
 
     frame = run_log.runs(get_settings(), dataset)
-    print_frame(frame[["run_id", "dataset", "status", "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "anomalies", "watermark"]], "Batch runs")
+    print_frame(frame[["run_id", "dataset", "status", "input_rows", "valid_rows", "quarantined_rows", "duplicate_rows", "conflict_rows", "anomalies", "watermark"]], "Batch runs")
 
 
 @app.command("report")

@@ -1,0 +1,130 @@
+"""Duplicates and conflicts: which version of an event id silver keeps, and where the others go.
+
+Records of a run that carry one event id are compared by their values (every declared field, typed):
+- the **winner** is the version the dataset's `duplicates` policy picks: `first`, silver's version,
+  else the run's earliest record (by source file, then line); `latest`, the run's last record (by
+  source file, then line), over silver's. A run's files are read in name order, so name files
+  so that a later resend sorts after the one it corrects.
+- a record with the winner's values is a **duplicate** (an exact repeat; counted, not kept);
+- a record with other values is a **conflict**: kept in the quarantine under rule
+  `event_id.conflict` with the line as it arrived, counted apart (`conflict_rows`);
+- under `latest`, a silver version the run replaces is kept in the quarantine too (rule
+  `event_id.conflict`, `raw` its values as JSON, `source` its silver source file). It is not an
+  input of the run, so it is not in the run's accounting.
+
+The run's accounting: input = valid + quarantined + duplicates + conflicts, where valid is what the
+run wrote into silver (inserted, or under `latest` updated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from batch.source import LINE_NUMBER, SOURCE_FILE
+from batch.validation import ERRORS, FAILED_RULES, RAW
+from schemas.declaration import Dataset
+
+CONFLICT_RULE = "event_id.conflict"
+VALUES = "_values"
+_RANK = "_rank"
+_WINNER_VALUES = "_winner_values"
+_SILVER_VALUES = "_silver_values"
+
+
+OUTCOME = "_outcome"
+WRITE, DUPLICATE, CONFLICT = "write", "duplicate", "conflict"
+
+
+@dataclass
+class Resolution:
+    """One run's valid records sorted out against silver: each record's OUTCOME decided once, so
+    the three parts and their counts come from one pass (persist `judged`)."""
+
+    judged: DataFrame  # every valid record with its OUTCOME (write, duplicate or conflict)
+    superseded: DataFrame | None  # silver versions the run replaces (`latest`), as quarantine-ready records
+
+    @property
+    def writes(self) -> DataFrame:
+        """One row per event id to insert into silver (or, under `latest`, to update it with)."""
+        return self.judged.where(F.col(OUTCOME) == WRITE).drop(OUTCOME, FAILED_RULES, ERRORS)
+
+    @property
+    def duplicates(self) -> DataFrame:
+        """Exact repeats of the winner."""
+        return self.judged.where(F.col(OUTCOME) == DUPLICATE).drop(OUTCOME, FAILED_RULES, ERRORS)
+
+    @property
+    def conflicts(self) -> DataFrame:
+        """The run's records that lost to another version, with _failed_rules, _errors, _raw."""
+        return self.judged.where(F.col(OUTCOME) == CONFLICT).drop(OUTCOME)
+
+    def counts(self) -> dict[str, int]:
+        """Records per outcome (one aggregation over `judged`)."""
+        found = {row[OUTCOME]: int(row["count"]) for row in self.judged.groupBy(OUTCOME).count().collect()}
+        return {outcome: found.get(outcome, 0) for outcome in (WRITE, DUPLICATE, CONFLICT)}
+
+
+def values_hash(dataset: Dataset) -> Column:
+    """A record's values: every declared field, typed, as one hash (equal values, equal hash)."""
+    return F.sha2(F.to_json(F.struct(*[F.col(field.name) for field in dataset.fields])), 256)
+
+
+def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Resolution:
+    """Sort a run's valid records (declared fields, SOURCE_FILE, LINE_NUMBER, RAW) into writes,
+    duplicates and conflicts; `silver` is the table as it is (None when it does not exist yet)."""
+    key = dataset.event_id
+    latest = dataset.duplicates == "latest"
+    order = [F.col(SOURCE_FILE), F.col(LINE_NUMBER)]
+    order = [column.desc_nulls_last() for column in order] if latest else [column.asc_nulls_last() for column in order]
+    records = valid.withColumn(VALUES, values_hash(dataset)).withColumn(
+        _RANK, F.row_number().over(Window.partitionBy(key).orderBy(*order))
+    )
+    run_winner = records.where(F.col(_RANK) == 1).select(key, F.col(VALUES).alias("_run_values"))
+    if silver is None:
+        in_silver = run_winner.sparkSession.createDataFrame([], f"`{key}` string, {_SILVER_VALUES} string")
+    else:
+        in_silver = silver.select(key, values_hash(dataset).alias(_SILVER_VALUES)).join(run_winner.select(key), key, "left_semi")
+    winners = run_winner.join(in_silver, key, "left").withColumn(
+        _WINNER_VALUES,
+        F.col("_run_values") if latest else F.coalesce(F.col(_SILVER_VALUES), F.col("_run_values")),
+    )
+    judged = records.join(winners.select(key, _WINNER_VALUES, _SILVER_VALUES), key, "left")
+    # The run's winning record is written unless silver already holds those very values.
+    written = (F.col(_RANK) == 1) & (F.col(VALUES) == F.col(_WINNER_VALUES)) & ~F.coalesce(
+        F.col(_SILVER_VALUES) == F.col(VALUES), F.lit(False)
+    )
+    duplicate = ~written & (F.col(VALUES) == F.col(_WINNER_VALUES))
+    conflict = F.col(VALUES) != F.col(_WINNER_VALUES)
+    message = F.format_string(
+        "record %s: another version of event id %s wins (duplicates: %s); this one is kept here",
+        F.col(key), F.col(key), F.lit(dataset.duplicates),
+    )
+    outcome = F.when(written, F.lit(WRITE)).when(duplicate, F.lit(DUPLICATE)).otherwise(F.lit(CONFLICT))
+    judged = (
+        judged.withColumn(OUTCOME, outcome)
+        .withColumn(FAILED_RULES, F.when(conflict, F.array(F.lit(CONFLICT_RULE))))
+        .withColumn(ERRORS, F.when(conflict, F.array(message)))
+    )
+    superseded = _superseded(silver, winners, dataset) if latest and silver is not None else None
+    return Resolution(judged=judged.drop(VALUES, _RANK, _WINNER_VALUES, _SILVER_VALUES), superseded=superseded)
+
+
+def _superseded(silver: DataFrame, winners: DataFrame, dataset: Dataset) -> DataFrame:
+    """Silver versions a `latest` run replaces, shaped as rejected records for the quarantine."""
+    key = dataset.event_id
+    replaced = winners.where(F.col(_SILVER_VALUES).isNotNull() & (F.col(_SILVER_VALUES) != F.col(_WINNER_VALUES)))
+    rows = silver.join(replaced.select(key), key, "left_semi")
+    message = F.format_string(
+        "record %s: replaced in silver by a later version (duplicates: latest); this one is kept here", F.col(key)
+    )
+    return rows.select(
+        *[F.col(field.name) for field in dataset.fields],
+        F.col("source_file").alias(SOURCE_FILE),
+        F.lit(None).cast("long").alias(LINE_NUMBER),
+        F.to_json(F.struct(*[F.col(field.name) for field in dataset.fields])).alias(RAW),
+        F.array(F.lit(CONFLICT_RULE)).alias(FAILED_RULES),
+        F.array(message).alias(ERRORS),
+    )

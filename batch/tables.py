@@ -137,17 +137,37 @@ def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> N
 
 
 def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:
-    """Delete speed-layer rows the batch view now covers (event time at or before the watermark)."""
+    """Delete the speed-layer rows this run's batch view covers: per entity, those at or before the
+    newest event time the batch view holds for that entity (and the watermark).
+
+    Per entity, not the dataset-wide watermark: an entity whose events lag the others keeps its
+    speed-only rows between its own newest batch event and the watermark, and the merged view
+    (serving/views.py) answers them from the hot table.
+    """
     uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if watermark is None or not storage.table_exists(uri):
         return 0
+    entity, event_time = dataset.entity, dataset.event_time
+    covered = (
+        spark.read.format("delta").load(settings.table_uri(dataset.name, constants.BATCH_SCORES))
+        .groupBy(entity)
+        .agg(F.least(F.max(event_time), F.lit(watermark)).alias("_covered_until"))
+    )
     table = DeltaTable.forPath(spark, uri)
-    expire = lambda: table.delete(F.col(dataset.event_time) <= F.lit(watermark))  # noqa: E731
+    # The bound on the hot side alone lets Delta skip the files the speed layer adds meanwhile
+    # with newer events, so those commits do not conflict with this one.
+    bound = F.col(f"hot.`{event_time}`") <= F.lit(watermark)
+    expire = lambda: (  # noqa: E731
+        table.alias("hot")
+        .merge(covered.alias("covered"), (F.col(f"hot.`{entity}`") == F.col(f"covered.`{entity}`")) & bound)
+        .whenMatchedDelete(condition=f"hot.`{event_time}` <= covered._covered_until")
+        .execute()
+    )
     # The speed layer keeps committing to the hot table: a conflicting commit is retried, since
-    # the DELETE is idempotent and only has to win once.
+    # the delete is idempotent and only has to win once.
     for attempt in range(1, _EXPIRY_ATTEMPTS + 1):
         try:
-            return _committed_metric(spark, uri, "numDeletedRows", expire)
+            return _committed_metric(spark, uri, "numTargetRowsDeleted", expire)
         except Exception as error:  # noqa: BLE001 - Delta's conflict errors arrive as Py4J/captured errors
             if "Concurrent" not in type(error).__name__ + str(error)[:500] or attempt == _EXPIRY_ATTEMPTS:
                 raise

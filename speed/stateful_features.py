@@ -22,7 +22,8 @@ from lakehouse.features import compute_features
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import REVISION
+from speed import acks
+from speed.carried_fields import ACK, REVISION, SOURCE
 from speed.history import recent_history
 
 
@@ -43,7 +44,8 @@ class ComputeFeatures(beam.DoFn):
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
     # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
-    # (processing time) loses its state; its next event seeds it from silver again.
+    # (processing time) loses its state; its next event seeds it from the entity's current silver
+    # and hot rows (see _seed), not from the history read at start-up.
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
@@ -61,6 +63,7 @@ class ComputeFeatures(beam.DoFn):
 
     def setup(self) -> None:
         self.silver_history = recent_history(self.settings, self.dataset)
+        self.history_snapshot_at = time.monotonic()
         self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
         # When this worker last pushed each entity's expiry back: re-setting a timer per event
@@ -97,7 +100,8 @@ class ComputeFeatures(beam.DoFn):
             # history in silver and the hot table, and changes no other event.
             self.too_late.inc()
             history.write((times, ids, values, revision, complete))
-            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision}
+            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision,
+                   ACK: (record.get(SOURCE), acks.unit(0, 1))}
             return
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
         replayed = position < len(times) and (times[position], ids[position]) == key
@@ -113,8 +117,12 @@ class ComputeFeatures(beam.DoFn):
         kept = 2 * window
         complete = complete and len(times) <= kept
         history.write((times[-kept:], ids[-kept:], values[-kept:], revision + len(revise), complete))
-        yield {**record, "_features": self._features(times, values, position), REVISION: revision}
-        for later in revise:
+        # The record's offset is done only once its own row and every revised row are durable.
+        outputs = 1 + len(revise)
+        source = record.get(SOURCE)
+        yield {**record, "_features": self._features(times, values, position), REVISION: revision,
+               ACK: (source, acks.unit(0, outputs))}
+        for number, later in enumerate(revise, start=1):
             self.revised.inc()
             revision += 1
             yield {
@@ -125,6 +133,7 @@ class ComputeFeatures(beam.DoFn):
                 **{name: float(values[later, index]) for index, name in enumerate(dataset.features.fields)},
                 "_features": self._features(times, values, later),
                 "_revised": True,
+                ACK: (source, acks.unit(number, outputs)),
             }
 
     @on_timer(EXPIRY)
@@ -150,11 +159,16 @@ class ComputeFeatures(beam.DoFn):
             # Fewer than `count` events before this one in the start-up history: the entity is
             # new, or its history was cut by the lookback (counted from the newest day of the
             # whole table, not of this entity). Its whole history is read, once per worker.
-            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-            self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
-            self.full_history.add(entity_id)
+            self._refresh_history(entity_id)
             times, ids, values, start, position = self._locate(entity_id, record, count)
         return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
+
+    def _refresh_history(self, entity_id: str) -> None:
+        """Read the entity's whole current history from silver and the hot table."""
+        self.history_read_at[entity_id] = time.monotonic()
+        fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
+        self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
+        self.full_history.add(entity_id)
 
     def _no_history(self):
         return [], [], np.empty((0, len(self.dataset.features.fields)))
@@ -166,8 +180,21 @@ class ComputeFeatures(beam.DoFn):
         return times, ids, values, max(0, position - count), position
 
     def _seed(self, entity_id: str, record: dict):
-        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
+        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py).
+
+        The start-up history serves the first `HISTORY_REFRESH_SECONDS` of the job. Later, an
+        entity without state is one whose state expired, or one new to this job; either way the
+        start-up history lacks what was committed since (this job's own rows in the hot table, a
+        batch run's new silver rows), so its current history is read, one entity at a time.
+        """
+        refreshed = time.monotonic() - self.history_snapshot_at > self.HISTORY_REFRESH_SECONDS
+        if refreshed:
+            self._refresh_history(entity_id)
         times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)
+        if refreshed:
+            # State holds what is needed from now on; the worker keeps no copy (bounded memory).
+            self.silver_history.pop(entity_id, None)
+            self.full_history.discard(entity_id)
         if times:
             self.seeded.inc()
         return times, ids, values, complete
@@ -175,11 +202,7 @@ class ComputeFeatures(beam.DoFn):
     def _snapshot_features(self, entity_id: str, record: dict) -> np.ndarray:
         now = time.monotonic()
         if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
-            self.history_read_at[entity_id] = now
-            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-            if entity_id in fresh:
-                self.silver_history[entity_id] = fresh[entity_id]
-                self.full_history.add(entity_id)
+            self._refresh_history(entity_id)
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)

@@ -137,32 +137,23 @@ def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> N
 
 
 def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:
-    """Delete the speed-layer rows this run's batch view covers: per entity, those at or before the
-    newest event time the batch view holds for that entity (and the watermark).
+    """Delete the speed-layer rows this run covered: those whose event the batch view now holds.
 
-    Per entity, not the dataset-wide watermark: an entity whose events lag the others keeps its
-    speed-only rows between its own newest batch event and the watermark, and the merged view
-    (serving/views.py) answers them from the hot table.
+    By event, not by the dataset-wide watermark: an entity whose events lag the others keeps its
+    speed-only rows before the watermark, which the merged view answers from the hot table (it
+    serves hot rows after each entity's newest batch row, serving/views.py), and so does an event
+    the run's input lacked.
     """
     uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if watermark is None or not storage.table_exists(uri):
         return 0
-    entity, event_time = dataset.entity, dataset.event_time
-    covered = (
-        spark.read.format("delta").load(settings.table_uri(dataset.name, constants.BATCH_SCORES))
-        .groupBy(entity)
-        .agg(F.least(F.max(event_time), F.lit(watermark)).alias("_covered_until"))
-    )
+    key, event_time = dataset.event_id, dataset.event_time
+    covered = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.BATCH_SCORES)).select(key)
     table = DeltaTable.forPath(spark, uri)
-    # The bound on the hot side alone lets Delta skip the files the speed layer adds meanwhile
-    # with newer events, so those commits do not conflict with this one.
-    bound = F.col(f"hot.`{event_time}`") <= F.lit(watermark)
-    expire = lambda: (  # noqa: E731
-        table.alias("hot")
-        .merge(covered.alias("covered"), (F.col(f"hot.`{entity}`") == F.col(f"covered.`{entity}`")) & bound)
-        .whenMatchedDelete(condition=f"hot.`{event_time}` <= covered._covered_until")
-        .execute()
-    )
+    # The bound on the hot side alone (the batch view holds nothing later) lets Delta skip the
+    # files the speed layer adds meanwhile with newer events, so those commits do not conflict.
+    condition = (F.col(f"hot.`{key}`") == F.col(f"covered.`{key}`")) & (F.col(f"hot.`{event_time}`") <= F.lit(watermark))
+    expire = lambda: table.alias("hot").merge(covered.alias("covered"), condition).whenMatchedDelete().execute()  # noqa: E731
     # The speed layer keeps committing to the hot table: a conflicting commit is retried, since
     # the delete is idempotent and only has to win once.
     for attempt in range(1, _EXPIRY_ATTEMPTS + 1):

@@ -173,7 +173,7 @@ def test_an_entity_lagging_the_others_keeps_its_speed_only_rows_through_expiry(s
     expected = {**{f"cpu@{m}": "batch" for m in range(20)}, **{f"mem@{m}": "batch" for m in range(10)},
                 **{f"cpu@{m}": "speed" for m in range(20, 25)}, **{f"mem@{m}": "speed" for m in range(10, 15)}}
     assert _merged(settings) == expected
-    # Expiry removes cpu 15..19 and mem 5..9, which the batch view now answers, and nothing else.
+    # Expiry removes cpu 15..19 and mem 5..9, which the batch view now holds, and nothing else.
     assert expire_hot_rows(spark, schemas.load(DATASET), settings, _at(19)) == 10
     hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas()
     assert set(hot.event_id) == {e for e, layer in expected.items() if layer == "speed"}

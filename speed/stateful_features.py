@@ -18,6 +18,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
+from lakehouse import constants, storage
 from lakehouse.features import compute_features
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
@@ -44,9 +45,10 @@ class ComputeFeatures(beam.DoFn):
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
     # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
-    # (processing time) loses its state; its next event seeds it from the entity's current silver
-    # and hot rows (see _seed), not from the history read at start-up.
+    # (processing time) loses its state, all but a marker saying so; its next event seeds it from
+    # the entity's current silver and hot rows (see _seed), not from the history read at start-up.
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+    EXPIRED = "expired"
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
         self.dataset = dataset
@@ -62,8 +64,10 @@ class ComputeFeatures(beam.DoFn):
     HISTORY_REFRESH_SECONDS = 30.0
 
     def setup(self) -> None:
+        # The version first: silver changing during the read then counts as changed.
+        self.silver_version = self._silver_version()
+        self.silver_checked_at = time.monotonic()
         self.silver_history = recent_history(self.settings, self.dataset)
-        self.history_snapshot_at = time.monotonic()
         self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
         # When this worker last pushed each entity's expiry back: re-setting a timer per event
@@ -87,8 +91,8 @@ class ComputeFeatures(beam.DoFn):
         dataset = self.dataset
         window = dataset.features.window
         state = history.read()
-        if state is None:
-            times, ids, values, complete = self._seed(entity_id, record)
+        if state is None or state == self.EXPIRED:
+            times, ids, values, complete = self._seed(entity_id, record, expired=state == self.EXPIRED)
             state = (times, ids, values, 0, complete)
         times, ids, values, revision, complete = state
         key = (record[dataset.event_time], record[dataset.event_id])
@@ -138,7 +142,9 @@ class ComputeFeatures(beam.DoFn):
 
     @on_timer(EXPIRY)
     def expire(self, key=beam.DoFn.KeyParam, history=beam.DoFn.StateParam(HISTORY)):
-        history.clear()
+        # A marker, not nothing: the entity's next event must read its current history, on
+        # whichever worker instance handles it (a few bytes per silent entity).
+        history.write(self.EXPIRED)
         self.expiry_pushed_at.pop(key, None)
         self.prometheus_expired.inc()
         return []
@@ -163,6 +169,19 @@ class ComputeFeatures(beam.DoFn):
             times, ids, values, start, position = self._locate(entity_id, record, count)
         return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
 
+    def _silver_version(self) -> int | None:
+        uri = self.settings.table_uri(self.dataset.name, constants.SILVER)
+        return storage.open_table(uri).version() if storage.table_exists(uri) else None
+
+    def _silver_changed(self) -> bool:
+        """Whether silver has a version newer than the start-up history's (looked up at most
+        every `HISTORY_REFRESH_SECONDS`)."""
+        now = time.monotonic()
+        if now - self.silver_checked_at >= self.HISTORY_REFRESH_SECONDS:
+            self.silver_checked_at = now
+            self.latest_silver_version = self._silver_version()
+        return getattr(self, "latest_silver_version", self.silver_version) != self.silver_version
+
     def _refresh_history(self, entity_id: str) -> None:
         """Read the entity's whole current history from silver and the hot table."""
         self.history_read_at[entity_id] = time.monotonic()
@@ -179,15 +198,15 @@ class ComputeFeatures(beam.DoFn):
         position = _insertion_point(times, ids, key) if times else 0
         return times, ids, values, max(0, position - count), position
 
-    def _seed(self, entity_id: str, record: dict):
+    def _seed(self, entity_id: str, record: dict, *, expired: bool = False):
         """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py).
 
-        The start-up history serves the first `HISTORY_REFRESH_SECONDS` of the job. Later, an
-        entity without state is one whose state expired, or one new to this job; either way the
-        start-up history lacks what was committed since (this job's own rows in the hot table, a
-        batch run's new silver rows), so its current history is read, one entity at a time.
+        From the history read at start-up, unless that may lack the entity's events: when its
+        state expired (this job then committed rows of it to the hot table since), or when silver
+        changed since (a batch run added rows). Then the entity's current silver and hot rows are
+        read, for it alone. A new entity is read alone anyway (_before).
         """
-        refreshed = time.monotonic() - self.history_snapshot_at > self.HISTORY_REFRESH_SECONDS
+        refreshed = expired or self._silver_changed()
         if refreshed:
             self._refresh_history(entity_id)
         times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)

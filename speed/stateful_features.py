@@ -7,6 +7,7 @@ compute the same features.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Iterable
@@ -26,6 +27,8 @@ from speed import metrics
 from speed import acks
 from speed.carried_fields import ACK, REVISION, SOURCE
 from speed.history import recent_history
+
+log = logging.getLogger(__name__)
 
 
 class ComputeFeatures(beam.DoFn):
@@ -165,7 +168,7 @@ class ComputeFeatures(beam.DoFn):
             # Fewer than `count` events before this one in the start-up history: the entity is
             # new, or its history was cut by the lookback (counted from the newest day of the
             # whole table, not of this entity). Its whole history is read, once per worker.
-            self._refresh_history(entity_id)
+            self._refresh_history(entity_id, "new, or its start-up history cut by the lookback")
             times, ids, values, start, position = self._locate(entity_id, record, count)
         return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
 
@@ -182,8 +185,9 @@ class ComputeFeatures(beam.DoFn):
             self.latest_silver_version = self._silver_version()
         return getattr(self, "latest_silver_version", self.silver_version) != self.silver_version
 
-    def _refresh_history(self, entity_id: str) -> None:
+    def _refresh_history(self, entity_id: str, why: str) -> None:
         """Read the entity's whole current history from silver and the hot table."""
+        log.info("speed: reading the history of %s (%s)", entity_id, why)
         self.history_read_at[entity_id] = time.monotonic()
         fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
         self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
@@ -208,7 +212,7 @@ class ComputeFeatures(beam.DoFn):
         """
         refreshed = expired or self._silver_changed()
         if refreshed:
-            self._refresh_history(entity_id)
+            self._refresh_history(entity_id, "state expired" if expired else "silver changed since start-up")
         times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)
         if refreshed:
             # State holds what is needed from now on; the worker keeps no copy (bounded memory).
@@ -221,7 +225,7 @@ class ComputeFeatures(beam.DoFn):
     def _snapshot_features(self, entity_id: str, record: dict) -> np.ndarray:
         now = time.monotonic()
         if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
-            self._refresh_history(entity_id)
+            self._refresh_history(entity_id, "an event beyond state")
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)

@@ -17,7 +17,7 @@ done only when every one of its outputs is durable, so a crash at any moment re-
 
 from __future__ import annotations
 
-from typing import Iterable
+from functools import lru_cache
 
 DEAD, GAP, LANDING = "dead", "gap", "landing"
 HOT, ALERT, UNSCORED = "hot", "alert", "unscored"
@@ -35,9 +35,11 @@ def of_unit(sink: str, unit_text: str) -> str:
     return f"{sink}:{unit_text}"
 
 
-def is_done(kinds: Iterable[str], *, lands: bool, alerts: bool) -> bool:
+# The frontier asks these of every record: the sets of kinds seen are few (most records have
+# the same three), so the answers are cached.
+@lru_cache(maxsize=4096)
+def is_done(kinds: frozenset, *, lands: bool, alerts: bool) -> bool:
     """Whether a record with these acknowledgements has every output durable."""
-    kinds = frozenset(kinds)
     if DEAD in kinds or GAP in kinds:
         return True
     if lands and LANDING not in kinds:
@@ -61,9 +63,9 @@ def is_done(kinds: Iterable[str], *, lands: bool, alerts: bool) -> bool:
     return True
 
 
-def outcome(kinds: Iterable[str]) -> str:
+@lru_cache(maxsize=4096)
+def outcome(kinds: frozenset) -> str:
     """How a done record counts: scored, dead letter, unknown entity, or no record at all."""
-    kinds = frozenset(kinds)
     if GAP in kinds:
         return OUTCOME_GAP
     if DEAD in kinds:
@@ -73,7 +75,7 @@ def outcome(kinds: Iterable[str]) -> str:
     return OUTCOME_SCORED
 
 
-def conflicting(kinds: Iterable[str]) -> bool:
+@lru_cache(maxsize=4096)
+def conflicting(kinds: frozenset) -> bool:
     """A record acknowledged both as a dead letter and as scored or landed: counted twice somewhere."""
-    kinds = frozenset(kinds)
     return DEAD in kinds and any(kind != DEAD for kind in kinds)

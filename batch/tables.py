@@ -157,17 +157,28 @@ def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> N
 
 
 def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:
-    """Delete speed-layer rows the batch view now covers (event time at or before the watermark)."""
+    """Delete the speed-layer rows this run covered: those whose event the batch view now holds.
+
+    By event, not by the dataset-wide watermark: an entity whose events lag the others keeps its
+    speed-only rows before the watermark, which the merged view answers from the hot table (it
+    serves hot rows after each entity's newest batch row, serving/views.py), and so does an event
+    the run's input lacked.
+    """
     uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if watermark is None or not storage.table_exists(uri):
         return 0
+    key, event_time = dataset.event_id, dataset.event_time
+    covered = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.BATCH_SCORES)).select(key)
     table = DeltaTable.forPath(spark, uri)
-    expire = lambda: table.delete(F.col(dataset.event_time) <= F.lit(watermark))  # noqa: E731
+    # The bound on the hot side alone (the batch view holds nothing later) lets Delta skip the
+    # files the speed layer adds meanwhile with newer events, so those commits do not conflict.
+    condition = (F.col(f"hot.`{key}`") == F.col(f"covered.`{key}`")) & (F.col(f"hot.`{event_time}`") <= F.lit(watermark))
+    expire = lambda: table.alias("hot").merge(covered.alias("covered"), condition).whenMatchedDelete().execute()  # noqa: E731
     # The speed layer keeps committing to the hot table: a conflicting commit is retried, since
-    # the DELETE is idempotent and only has to win once.
+    # the delete is idempotent and only has to win once.
     for attempt in range(1, _EXPIRY_ATTEMPTS + 1):
         try:
-            return _committed_metric(spark, uri, "numDeletedRows", expire)
+            return _committed_metric(spark, uri, "numTargetRowsDeleted", expire)
         except Exception as error:  # noqa: BLE001 - Delta's conflict errors arrive as Py4J/captured errors
             if "Concurrent" not in type(error).__name__ + str(error)[:500] or attempt == _EXPIRY_ATTEMPTS:
                 raise

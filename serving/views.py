@@ -1,12 +1,16 @@
 """The merged view of each dataset, the heart of the Lambda architecture.
 
-    merged = batch view rows with event_time <= W  UNION ALL  hot rows with event_time > W
+    merged = batch view rows with event_time <= W
+             UNION ALL  hot rows with event_time > W, or after their entity's newest batch row
 
 where W, the watermark, is the newest event time the last successful batch run covers (read
 from batch_runs at query time, so a new batch run moves the boundary without redefining the
-view). With no successful batch run yet, W is NULL and every hot row answers. Each event id
-appears once: the batch view and the hot table are each unique by event id, and the boundary
-splits them. The `layer` column says which side answered.
+view). With no successful batch run yet, W is NULL and every hot row answers. An entity whose
+events lag the others is covered by the batch view only up to its own newest batch row, so its
+speed-only rows before W answer from the hot table (the batch run expires hot rows per entity
+the same way, batch/tables.py). Each event id appears once: the batch view and the hot table are
+each unique by event id, and an event's hot row answers only when the batch view has no row of
+its entity at or after its time. The `layer` column says which side answered.
 """
 
 from __future__ import annotations
@@ -48,16 +52,32 @@ def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_run
             f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side CROSS JOIN boundary "
             f'WHERE side."{dataset.event_time}" <= boundary.watermark'
         )
-    if has_hot:
+    entity, event_time = f'"{dataset.entity}"', f'"{dataset.event_time}"'
+    common = f"WITH boundary AS ({boundary})"
+    if has_hot and has_batch:
+        # Per entity, the newest event time the batch view holds (the cost: one aggregation of
+        # the batch view per query).
+        common += (
+            f",\ncovered AS (SELECT {entity}, max({event_time}) AS covered_until "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} GROUP BY {entity})"
+        )
         parts.append(
             f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, boundary.watermark "
             f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side CROSS JOIN boundary "
-            f'WHERE boundary.watermark IS NULL OR side."{dataset.event_time}" > boundary.watermark'
+            f"LEFT JOIN covered ON covered.{entity} = side.{entity} "
+            f"WHERE boundary.watermark IS NULL OR side.{event_time} > boundary.watermark "
+            f"OR covered.covered_until IS NULL OR side.{event_time} > covered.covered_until"
+        )
+    elif has_hot:
+        parts.append(
+            f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, boundary.watermark "
+            f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side CROSS JOIN boundary "
+            f"WHERE boundary.watermark IS NULL OR side.{event_time} > boundary.watermark"
         )
     if not parts:
         raise ValueError(f"{dataset.name}: neither a batch view nor a hot table exists yet")
     body = "\nUNION ALL\n".join(parts)
-    return _create_view(dataset.name, constants.MERGED_VIEW, f"WITH boundary AS ({boundary})\n{body}")
+    return _create_view(dataset.name, constants.MERGED_VIEW, f"{common}\n{body}")
 
 
 def convenience_views_sql(dataset: Dataset) -> dict[str, str]:

@@ -61,13 +61,27 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
             | "BatchForLanding" >> _CommitBatches(options, streaming)
             | "WriteLanding" >> beam.ParDo(WriteLanding(dataset, settings))
         )
-    if options.alerts_topic:
-        outputs[VALID] | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, bootstrap, options.alerts_topic))
+    alerts = bool(options.alerts_topic)
+    if alerts:
+        # An acknowledged output too: a record's offset moves only once its alerts are on the broker.
+        acks.append(
+            outputs[VALID]
+            | "BatchForAlerts" >> _CommitBatches(options, streaming)
+            | "PublishAlerts" >> beam.ParDo(PublishAlerts(dataset, bootstrap, options.alerts_topic))
+        )
     if unbounded:
         (
             (*acks, gaps)
             | "AllAcks" >> beam.Flatten()
-            | "CommitOffsets" >> kafka_stream.CommitOffsets(bootstrap, consumer_group(options), kafka_ranges, landing_enabled(options))
+            | "CommitOffsets" >> kafka_stream.CommitOffsets(
+                bootstrap, consumer_group(options), kafka_ranges, landing_enabled(options), alerts
+            )
+        )
+    elif kafka_ranges is not None:
+        # A bounded range: every offset of it must be done, by one outcome, before the driver
+        # commits the range (speed/pipeline.py checks the counts against the range).
+        acks | "AllAcks" >> beam.Flatten() | "AccountRanges" >> kafka_stream.AccountRanges(
+            kafka_ranges, landing_enabled(options), alerts
         )
 
 

@@ -12,13 +12,19 @@ in-process FnApiRunner runs the reader but never the stages after a shuffle whil
 more to do, so on that runner `--follow` reads in micro-batches instead (speed/pipeline.py).
 
 Exactly once into the tables, after a crash too: the group offset of a partition advances to N
-only when every record before N has reached its sinks. Each sink yields (source, kind) per record
-after its Delta commit; `CommitOffsets` keeps, per partition, the offsets acknowledged beyond the
-committed frontier and moves the frontier over the contiguous run. A record is done when it was
-dead-lettered, or upserted into the hot table and (when landing is on) landed. A killed pipeline
-restarts from the frontier; the records after it are read again and the upserts by event id
-absorb them. Offsets with no record (transaction markers, compacted-away records) are
-acknowledged by the reader itself.
+only when every output of every record before N is durable. Each sink yields (source, kind) per
+row after its commit (speed/acks.py); `CommitOffsets` keeps, per partition, the offsets
+acknowledged beyond the committed frontier and moves the frontier over the contiguous run. A
+record is done when it was dead-lettered, or landed (when landing is on) and each of its scored
+outputs (its own row, and the rows a late record revised) upserted into the hot table and through
+the alerts sink, or dead-lettered for an unknown entity. A killed pipeline restarts from the
+frontier; the records after it are read again, the upserts by event id absorb them, and their
+alerts carry the same `alert_id`. Offsets with no record (transaction markers, compacted-away
+records) are acknowledged by the reader itself.
+
+Accounting: each offset the frontier passes is counted once by its outcome (scored, dead letter,
+unknown entity, gap) per partition, as Prometheus counters and Beam metrics; their sum per
+partition equals the committed offset minus the start, which Kafka states independently.
 """
 
 from __future__ import annotations
@@ -39,15 +45,14 @@ from apache_beam.utils.timestamp import Duration
 from confluent_kafka import KafkaError, TopicPartition
 
 from lakehouse.errors import ServiceError
-from speed import kafka_source, metrics
+from speed import acks, kafka_source, metrics
 from speed.kafka_source import PartitionRange, retrying_coordinator
-from speed.sinks import ACK_DEAD, ACK_HOT, ACK_LANDING
 
 log = logging.getLogger(__name__)
 
 MESSAGES = "messages"
 GAPS = "gaps"
-ACK_GAP = "gap"
+ACK_GAP = acks.GAP
 # Offsets run to 2**63 - 1 in Kafka: the restriction of a followed partition never ends.
 _END_OF_TIME = 2**63 - 1
 
@@ -175,33 +180,34 @@ class FollowKafka(beam.PTransform):
         )
 
 
-def is_done(kinds: frozenset, lands: bool) -> bool:
-    """Whether a record with these acknowledgements has reached every sink it goes to."""
-    if ACK_DEAD in kinds or ACK_GAP in kinds:
-        return True
-    return ACK_HOT in kinds and (not lands or ACK_LANDING in kinds)
-
-
-def advance(next_offset: int, pending: dict[int, frozenset], acks: Iterable[tuple[int, str]], lands: bool):
-    """The new frontier and pending acknowledgements after `acks` (offset, kind) of one partition."""
+def advance(next_offset: int, pending: dict[int, frozenset], received: Iterable[tuple[int, str]], *, lands: bool,
+            alerts: bool = False):
+    """The new frontier, the pending acknowledgements and the outcomes (outcome -> records) of the
+    offsets passed, after `received` (offset, kind) of one partition."""
     pending = dict(pending)
-    for offset, kind in acks:
+    for offset, kind in received:
         if offset >= next_offset:
             pending[offset] = pending.get(offset, frozenset()) | {kind}
-    while next_offset in pending and is_done(pending[next_offset], lands):
-        del pending[next_offset]
+    outcomes: dict[str, int] = {}
+    while next_offset in pending and acks.is_done(pending[next_offset], lands=lands, alerts=alerts):
+        kinds = pending.pop(next_offset)
+        if acks.conflicting(kinds):
+            raise ServiceError("speed", f"offset {next_offset} acknowledged as a dead letter and as more: {sorted(kinds)}")
+        outcome = acks.outcome(kinds)
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
         next_offset += 1
-    return next_offset, pending
+    return next_offset, pending, outcomes
 
 
 class _CommitFrontier(beam.DoFn):
     FRONTIER = ReadModifyWriteStateSpec("frontier", PickleCoder())
 
-    def __init__(self, bootstrap: str, group: str, starts: dict[str, int], lands: bool) -> None:
+    def __init__(self, bootstrap: str, group: str, starts: dict[str, int], lands: bool, alerts: bool) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.starts = starts
         self.lands = lands
+        self.alerts = alerts
         self.commits = Metrics.counter("speed", "kafka_offset_commits")
 
     def setup(self) -> None:
@@ -212,13 +218,15 @@ class _CommitFrontier(beam.DoFn):
             self.consumer.close()
 
     def process(self, element: tuple[str, list[tuple[int, str]]], frontier=beam.DoFn.StateParam(FRONTIER)) -> None:
-        partition_key, acks = element
+        partition_key, received = element
         state = frontier.read()
         next_offset, pending = state if state is not None else (self.starts[partition_key], {})
-        advanced, pending = advance(next_offset, pending, acks, self.lands)
+        advanced, pending, outcomes = advance(next_offset, pending, received, lands=self.lands, alerts=self.alerts)
         frontier.write((advanced, pending))
         if advanced > next_offset:
             topic, _, partition = partition_key.rpartition("/")
+            count_outcomes(topic, partition, outcomes)
+            metrics.COMMITTED_OFFSET.labels(topic, partition).set(advanced)
             offsets = [TopicPartition(topic, int(partition), advanced)]
             retrying_coordinator(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {self.group}")
             self.commits.inc()
@@ -228,13 +236,14 @@ class _CommitFrontier(beam.DoFn):
 class CommitOffsets(beam.PTransform):
     """Commits each partition's offsets for the group as far as every record before is in its sinks."""
 
-    def __init__(self, bootstrap: str, group: str, starts: list[PartitionRange], lands: bool,
+    def __init__(self, bootstrap: str, group: str, starts: list[PartitionRange], lands: bool, alerts: bool = False,
                  flush_seconds: float = 0.5) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.group = group
         self.starts = {f"{item.topic}/{item.partition}": item.start for item in starts}
         self.lands = lands
+        self.alerts = alerts
         self.flush_seconds = flush_seconds
 
     def expand(self, acks):
@@ -243,7 +252,7 @@ class CommitOffsets(beam.PTransform):
             | "KafkaOnly" >> beam.FlatMap(_keyed_ack).with_output_types(tuple[str, tuple[int, str]])
             # One state update and at most one broker commit per partition per flush.
             | "GroupAcks" >> beam.GroupIntoBatches(100_000, max_buffering_duration_secs=self.flush_seconds)
-            | "CommitFrontier" >> beam.ParDo(_CommitFrontier(self.bootstrap, self.group, self.starts, self.lands))
+            | "CommitFrontier" >> beam.ParDo(_CommitFrontier(self.bootstrap, self.group, self.starts, self.lands, self.alerts))
         )
 
 
@@ -253,3 +262,44 @@ def _keyed_ack(ack: tuple[str, str]):
     if parsed is not None:
         partition_key, offset = parsed
         yield partition_key, (offset, kind)
+
+
+def count_outcomes(topic: str, partition: str, outcomes: dict[str, int]) -> None:
+    """Records done in a partition, by outcome: Prometheus counters and Beam metrics
+    (`records_<outcome>/<topic>/<partition>`)."""
+    for outcome, count in outcomes.items():
+        metrics.RECORDS_DONE.labels(topic, partition, outcome).inc(count)
+        Metrics.counter("speed", outcome_counter(topic, partition, outcome)).inc(count)
+
+
+def outcome_counter(topic: str, partition, outcome: str) -> str:
+    return f"records_{outcome}/{topic}/{partition}"
+
+
+class AccountRanges(beam.PTransform):
+    """Bounded Kafka ranges: counts, per partition, the offsets from the range's start whose every
+    output is durable, by outcome (Beam metrics `records_<outcome>/<topic>/<partition>`)."""
+
+    def __init__(self, ranges: list[PartitionRange], lands: bool, alerts: bool) -> None:
+        super().__init__()
+        self.starts = {f"{item.topic}/{item.partition}": item.start for item in ranges}
+        self.lands = lands
+        self.alerts = alerts
+
+    def expand(self, received):
+        starts, lands, alerts = self.starts, self.lands, self.alerts
+
+        def account(element) -> None:
+            partition_key, offsets = element
+            _, pending, outcomes = advance(starts[partition_key], {}, offsets, lands=lands, alerts=alerts)
+            topic, _, partition = partition_key.rpartition("/")
+            count_outcomes(topic, partition, outcomes)
+            if pending:
+                log.error("%s: %d offsets not done after the run, from %d", partition_key, len(pending), min(pending))
+
+        return (
+            received
+            | "KafkaOnly" >> beam.FlatMap(_keyed_ack).with_output_types(tuple[str, tuple[int, str]])
+            | "ByPartition" >> beam.GroupByKey()
+            | "Account" >> beam.Map(account)
+        )

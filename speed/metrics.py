@@ -63,6 +63,18 @@ KAFKA_LAG = Gauge(
     ["topic", "partition"],
     registry=REGISTRY,
 )
+# The accounting of a followed topic: every offset the committed frontier passes, by outcome
+# (scored, dead_letter, unknown_entity, gap); per partition their sum is the committed offset
+# minus where the job started, which the broker states on its own.
+RECORDS_DONE = Counter(
+    "lakehouse_speed_records_done",
+    "Kafka records whose every output is durable (offset committed past them), by outcome.",
+    ["topic", "partition", "outcome"],
+    registry=REGISTRY,
+)
+COMMITTED_OFFSET = Gauge(
+    "lakehouse_speed_committed_offset", "The consumer group's committed offset per partition.", ["topic", "partition"], registry=REGISTRY
+)
 STATE_EXPIRED = Counter(
     "lakehouse_speed_entity_state_expired", "Entities whose feature state expired after inactivity.", ["dataset"], registry=REGISTRY
 )

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -35,11 +35,12 @@ from apache_beam.options.pipeline_options import (
 
 import schemas
 from lakehouse import system_tables
-from lakehouse.errors import ConfigurationError
+from lakehouse.errors import ConfigurationError, CountMismatchError
 from lakehouse.settings import Settings, get_settings
-from speed import metrics, tables, topics
+from speed import acks, metrics, tables, topics
 from speed.graph import build
 from speed.kafka_source import commit_offsets, plan_ranges
+from speed.kafka_stream import outcome_counter
 from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing_enabled
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,17 @@ NO_HOOKS = Hooks()
 
 @dataclass(frozen=True)
 class SpeedResult:
+    """A run's counts. Reading Kafka: `read` is the messages in the ranges read (offsets, as the
+    broker states them), checked to equal `scored` + `dead_letters` (unknown entities included)
+    + `gaps` partition by partition before any offset is committed (see _check_accounting)."""
+
     scored: int
     dead_letters: int
     committed: int
     anomalies: int
     unknown_entity: int
+    read: int = 0
+    gaps: int = 0
 
 
 def _use_flink_job_server(options: PipelineOptions, hooks: Hooks) -> None:
@@ -206,17 +213,40 @@ def _run_once(options: PipelineOptions, settings: Settings) -> SpeedResult:
     build(pipeline, speed_options, settings, kafka_ranges)
     result = pipeline.run()
     result.wait_until_finish()
+    counts = _counts(result)
     if kafka_ranges:
+        counts = _check_accounting(result, counts, kafka_ranges)
         # Only now is every row of the range in the hot table: a crash before this re-reads it.
         commit_offsets(kafka_bootstrap(speed_options, settings), consumer_group(speed_options), kafka_ranges)
         _record_lag(plan_ranges(kafka_bootstrap(speed_options, settings), speed_options.kafka_topic, consumer_group(speed_options)))
-    return _counts(result)
+    return counts
+
+
+def _check_accounting(result, counts: SpeedResult, ranges) -> SpeedResult:
+    """Per partition range: offsets in the range (the broker's count) = records scored + dead
+    letters + unknown entities + gaps, each counted where its outputs were acknowledged durable
+    (speed/kafka_stream.AccountRanges). A mismatch fails the run before its offsets are committed,
+    so the range is read again."""
+    totals = dict.fromkeys(acks.OUTCOMES, 0)
+    mismatched = []
+    for item in ranges:
+        found = {outcome: _counter(result, outcome_counter(item.topic, item.partition, outcome)) for outcome in acks.OUTCOMES}
+        for outcome, count in found.items():
+            totals[outcome] += count
+        expected = max(0, item.end - item.start)
+        if sum(found.values()) != expected:
+            mismatched.append(f"{item.topic}/{item.partition} offsets {item.start}..{item.end}: {expected} records, done {found}")
+    if mismatched:
+        raise CountMismatchError("speed layer: records read differ from what reached the sinks: " + "; ".join(mismatched))
+    read = sum(max(0, item.end - item.start) for item in ranges)
+    log.info("speed: %d records in the ranges read: %s", read, totals)
+    return replace(counts, read=read, gaps=totals[acks.OUTCOME_GAP])
 
 
 def _run_micro_batches(options: PipelineOptions, settings: Settings) -> SpeedResult:
     """--follow on the in-process runner: one bounded range after the other until stopped."""
     speed_options = options.view_as(SpeedOptions)
-    total = SpeedResult(0, 0, 0, 0, 0)
+    total = SpeedResult(0, 0, 0, 0, 0, 0, 0)
     try:
         while True:
             counts = _run_once(options, settings)

@@ -17,7 +17,7 @@ from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ARRIVED_AT, REVISION, SOURCE
+from speed.carried_fields import ACK, ARRIVED_AT, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,13 @@ class ScoreBatch(beam.DoFn):
                         f"record {record[dataset.event_id]}: field '{dataset.entity}' names an entity with no "
                         f"registered model (rule {dataset.entity}.known_entity), got '{entity_id}'"
                     )
-                    yield beam.pvalue.TaggedOutput(
-                        DEAD_LETTER,
-                        dead_letter(dataset, raw, record.get(SOURCE) or "speed:score", record[dataset.event_id], [f"{dataset.entity}.known_entity"], [message]),
+                    letter = dead_letter(
+                        dataset, raw, record.get(SOURCE) or "speed:score", record[dataset.event_id],
+                        [f"{dataset.entity}.known_entity"], [message],
                     )
+                    # Acknowledges the output it stands for, not the record: the record is done
+                    # only once it is landed too (speed/acks.py).
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, {**letter, ACK: record.get(ACK)})
                 continue
             matrix = np.vstack([record["_features"] for record in records])
             scores, flags = entry.model.score(matrix)
@@ -95,6 +98,7 @@ class ScoreBatch(beam.DoFn):
                 yield {
                     ARRIVED_AT: record.get(ARRIVED_AT),
                     SOURCE: record.get(SOURCE),
+                    ACK: record.get(ACK),
                     **system_tables.hot_row(
                         dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
                         scored_at=scored_at, revision=record.get(REVISION, 0),

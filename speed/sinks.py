@@ -15,16 +15,15 @@ from apache_beam.metrics import Metrics
 from lakehouse import system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from speed import metrics, tables
-from speed.carried_fields import ARRIVED_AT, SOURCE
+from speed import acks, metrics, tables
+from speed.carried_fields import ACK, ARRIVED_AT, SOURCE
 
 # The hot table keeps the highest revision of each event (speed/carried_fields.py).
 REVISION_COLUMN = system_tables.REVISION.name
 
-# What each sink yields per input record it has committed, as (source, kind): a continuous Kafka
-# run commits a partition's offset only once every record before it reached its sinks
+# Each sink yields (source, kind) per row it has committed (speed/acks.py): a continuous Kafka run
+# commits a partition's offset only once every output of every record before it is durable
 # (speed/kafka_stream.py).
-ACK_HOT, ACK_LANDING, ACK_DEAD = "hot", "landing", "dead"
 
 
 class _CompactsPeriodically:
@@ -86,7 +85,7 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
                 arrival_latency.observe(latency)
                 metrics.LATENCY_SAMPLES.append(latency)
             event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
-        yield from _acks(batch, ACK_HOT)
+        yield from output_acks(batch, acks.HOT)
 
 
 class WriteLanding(_CompactsPeriodically, beam.DoFn):
@@ -111,7 +110,7 @@ class WriteLanding(_CompactsPeriodically, beam.DoFn):
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
         self._committed_one(self.uri)
         self.landed.inc(len(unique))
-        yield from _acks(batch, ACK_LANDING)
+        yield from _record_acks(batch, acks.LANDING, SOURCE)
 
 
 class WriteDeadLetters(beam.DoFn):
@@ -127,12 +126,22 @@ class WriteDeadLetters(beam.DoFn):
         unique = {tuple(row[name] for name in system_tables.QUARANTINE_KEY): row for row in batch}
         rows = pa.Table.from_pylist(list(unique.values()), schema=system_tables.QUARANTINE_SCHEMA)
         tables.insert_new(self.uri, rows, list(system_tables.QUARANTINE_KEY))
-        yield from _acks(batch, ACK_DEAD, source="source")
+        # An unknown entity's letter stands for one scored output of a valid record (which is
+        # landed too); any other letter is the whole record's outcome.
+        yield from output_acks([row for row in batch if row.get(ACK)], acks.UNSCORED)
+        yield from _record_acks([row for row in batch if not row.get(ACK)], acks.DEAD, "source")
 
 
-def _acks(batch: list[dict], kind: str, source: str = SOURCE) -> Iterable[tuple[str, str]]:
-    # Every record of the batch, not only the kept version: each was read at its own offset.
-    # Rows emitted again after a late event have no source; their original was acknowledged.
+def output_acks(batch: list[dict], sink: str) -> Iterable[tuple[str, str]]:
+    """(source, "sink:k/n") per row: every row of the batch, not only the version kept, since each
+    stands for its own output of the record read at `source`."""
+    for row in batch:
+        ack = row.get(ACK)
+        if ack and ack[0]:
+            yield ack[0], acks.of_unit(sink, ack[1])
+
+
+def _record_acks(batch: list[dict], kind: str, source: str) -> Iterable[tuple[str, str]]:
     # `source`: the field naming where a row was read (dead letters keep it as a table column).
     for row in batch:
         if row.get(source):

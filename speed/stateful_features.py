@@ -7,6 +7,7 @@ compute the same features.
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from typing import Iterable
@@ -18,12 +19,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
+from lakehouse import constants, storage
 from lakehouse.features import compute_features
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import REVISION
+from speed import acks
+from speed.carried_fields import ACK, REVISION, SOURCE
 from speed.history import recent_history
+
+log = logging.getLogger(__name__)
 
 
 class ComputeFeatures(beam.DoFn):
@@ -43,8 +48,10 @@ class ComputeFeatures(beam.DoFn):
 
     HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
     # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
-    # (processing time) loses its state; its next event seeds it from silver again.
+    # (processing time) loses its state, all but a marker saying so; its next event seeds it from
+    # the entity's current silver and hot rows (see _seed), not from the history read at start-up.
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+    EXPIRED = "expired"
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
         self.dataset = dataset
@@ -60,6 +67,9 @@ class ComputeFeatures(beam.DoFn):
     HISTORY_REFRESH_SECONDS = 30.0
 
     def setup(self) -> None:
+        # The version first: silver changing during the read then counts as changed.
+        self.silver_version = self._silver_version()
+        self.silver_checked_at = time.monotonic()
         self.silver_history = recent_history(self.settings, self.dataset)
         self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
@@ -84,8 +94,8 @@ class ComputeFeatures(beam.DoFn):
         dataset = self.dataset
         window = dataset.features.window
         state = history.read()
-        if state is None:
-            times, ids, values, complete = self._seed(entity_id, record)
+        if state is None or state == self.EXPIRED:
+            times, ids, values, complete = self._seed(entity_id, record, expired=state == self.EXPIRED)
             state = (times, ids, values, 0, complete)
         times, ids, values, revision, complete = state
         key = (record[dataset.event_time], record[dataset.event_id])
@@ -97,7 +107,8 @@ class ComputeFeatures(beam.DoFn):
             # history in silver and the hot table, and changes no other event.
             self.too_late.inc()
             history.write((times, ids, values, revision, complete))
-            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision}
+            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision,
+                   ACK: (record.get(SOURCE), acks.unit(0, 1))}
             return
         row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
         replayed = position < len(times) and (times[position], ids[position]) == key
@@ -113,8 +124,12 @@ class ComputeFeatures(beam.DoFn):
         kept = 2 * window
         complete = complete and len(times) <= kept
         history.write((times[-kept:], ids[-kept:], values[-kept:], revision + len(revise), complete))
-        yield {**record, "_features": self._features(times, values, position), REVISION: revision}
-        for later in revise:
+        # The record's offset is done only once its own row and every revised row are durable.
+        outputs = 1 + len(revise)
+        source = record.get(SOURCE)
+        yield {**record, "_features": self._features(times, values, position), REVISION: revision,
+               ACK: (source, acks.unit(0, outputs))}
+        for number, later in enumerate(revise, start=1):
             self.revised.inc()
             revision += 1
             yield {
@@ -125,11 +140,14 @@ class ComputeFeatures(beam.DoFn):
                 **{name: float(values[later, index]) for index, name in enumerate(dataset.features.fields)},
                 "_features": self._features(times, values, later),
                 "_revised": True,
+                ACK: (source, acks.unit(number, outputs)),
             }
 
     @on_timer(EXPIRY)
     def expire(self, key=beam.DoFn.KeyParam, history=beam.DoFn.StateParam(HISTORY)):
-        history.clear()
+        # A marker, not nothing: the entity's next event must read its current history, on
+        # whichever worker instance handles it (a few bytes per silent entity).
+        history.write(self.EXPIRED)
         self.expiry_pushed_at.pop(key, None)
         self.prometheus_expired.inc()
         return []
@@ -150,11 +168,30 @@ class ComputeFeatures(beam.DoFn):
             # Fewer than `count` events before this one in the start-up history: the entity is
             # new, or its history was cut by the lookback (counted from the newest day of the
             # whole table, not of this entity). Its whole history is read, once per worker.
-            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-            self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
-            self.full_history.add(entity_id)
+            self._refresh_history(entity_id, "new, or its start-up history cut by the lookback")
             times, ids, values, start, position = self._locate(entity_id, record, count)
         return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
+
+    def _silver_version(self) -> int | None:
+        uri = self.settings.table_uri(self.dataset.name, constants.SILVER)
+        return storage.open_table(uri).version() if storage.table_exists(uri) else None
+
+    def _silver_changed(self) -> bool:
+        """Whether silver has a version newer than the start-up history's (looked up at most
+        every `HISTORY_REFRESH_SECONDS`)."""
+        now = time.monotonic()
+        if now - self.silver_checked_at >= self.HISTORY_REFRESH_SECONDS:
+            self.silver_checked_at = now
+            self.latest_silver_version = self._silver_version()
+        return getattr(self, "latest_silver_version", self.silver_version) != self.silver_version
+
+    def _refresh_history(self, entity_id: str, why: str) -> None:
+        """Read the entity's whole current history from silver and the hot table."""
+        log.info("speed: reading the history of %s (%s)", entity_id, why)
+        self.history_read_at[entity_id] = time.monotonic()
+        fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
+        self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
+        self.full_history.add(entity_id)
 
     def _no_history(self):
         return [], [], np.empty((0, len(self.dataset.features.fields)))
@@ -165,9 +202,22 @@ class ComputeFeatures(beam.DoFn):
         position = _insertion_point(times, ids, key) if times else 0
         return times, ids, values, max(0, position - count), position
 
-    def _seed(self, entity_id: str, record: dict):
-        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py)."""
+    def _seed(self, entity_id: str, record: dict, *, expired: bool = False):
+        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py).
+
+        From the history read at start-up, unless that may lack the entity's events: when its
+        state expired (this job then committed rows of it to the hot table since), or when silver
+        changed since (a batch run added rows). Then the entity's current silver and hot rows are
+        read, for it alone. A new entity is read alone anyway (_before).
+        """
+        refreshed = expired or self._silver_changed()
+        if refreshed:
+            self._refresh_history(entity_id, "state expired" if expired else "silver changed since start-up")
         times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)
+        if refreshed:
+            # State holds what is needed from now on; the worker keeps no copy (bounded memory).
+            self.silver_history.pop(entity_id, None)
+            self.full_history.discard(entity_id)
         if times:
             self.seeded.inc()
         return times, ids, values, complete
@@ -175,11 +225,7 @@ class ComputeFeatures(beam.DoFn):
     def _snapshot_features(self, entity_id: str, record: dict) -> np.ndarray:
         now = time.monotonic()
         if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
-            self.history_read_at[entity_id] = now
-            fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-            if entity_id in fresh:
-                self.silver_history[entity_id] = fresh[entity_id]
-                self.full_history.add(entity_id)
+            self._refresh_history(entity_id, "an event beyond state")
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)

@@ -49,9 +49,10 @@ class SensorInputs:
     recent_file: Path
 
 
-def make_sensor_inputs(folder: Path, *, sensors: int = 3, days: float = 3.0, seed: int = 11) -> SensorInputs:
+def make_sensor_inputs(folder: Path, *, sensors: int = 3, days: float = 3.0, seed: int = 11, interval_minutes: int = 5) -> SensorInputs:
     """History (first two thirds, two JSON files) and a recent replay file, with planted problems."""
-    events = generator.generate(generator.GeneratorConfig(sensors=sensors, days=days, seed=seed))
+    config = generator.GeneratorConfig(sensors=sensors, days=days, seed=seed, interval_minutes=interval_minutes)
+    events = generator.generate(config)
     split = events.event_time.iloc[int(len(events) * 2 / 3)]
     history = generator.plant_problems(generator.to_records(events[events.event_time < split]), seed=seed)
     recent = generator.plant_problems(generator.to_records(events[events.event_time >= split]), seed=seed + 1)

@@ -161,6 +161,25 @@ def test_a_replay_into_the_hot_table_duplicates_nothing(settings):
     assert len(_merged(settings)) == 20
 
 
+@pytest.mark.spark
+def test_an_entity_lagging_the_others_keeps_its_speed_only_rows_through_expiry(settings, spark):
+    """The batch run covered cpu up to minute 19 but mem only up to minute 9 (its events were
+    late to arrive): mem's speed-only rows 10..14 are before the watermark, yet neither expired
+    nor hidden; only the hot rows the batch view holds per entity are expired."""
+    from batch.tables import expire_hot_rows
+
+    _speed(settings, _events(15, 10, "cpu") + _events(5, 10, "mem"))
+    _batch_run(settings, _events(0, 20, "cpu") + _events(0, 10, "mem"), watermark=_at(19))
+    expected = {**{f"cpu@{m}": "batch" for m in range(20)}, **{f"mem@{m}": "batch" for m in range(10)},
+                **{f"cpu@{m}": "speed" for m in range(20, 25)}, **{f"mem@{m}": "speed" for m in range(10, 15)}}
+    assert _merged(settings) == expected
+    # Expiry removes cpu 15..19 and mem 5..9, which the batch view now holds, and nothing else.
+    assert expire_hot_rows(spark, schemas.load(DATASET), settings, _at(19)) == 10
+    hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas()
+    assert set(hot.event_id) == {e for e, layer in expected.items() if layer == "speed"}
+    assert _merged(settings) == expected
+
+
 def _alerts(settings) -> set[str]:
     """The `alerts` view's events, checked against lakehouse/alerts.py over the merged view."""
     views.refresh(DATASET, settings)

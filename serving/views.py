@@ -2,16 +2,26 @@
 
     merged = batch view rows with event_time <= W  UNION ALL  hot rows with event_time > W
 
-where W, the watermark, is the newest event time the last successful batch run covers (read
-from batch_runs at query time, so a new batch run moves the boundary without redefining the
-view). With no successful batch run yet, W is NULL and every hot row answers. Each event id
-appears once: the batch view and the hot table are each unique by event id, and the boundary
-splits them. The `layer` column says which side answered.
+where W, the watermark, is the newest event time the last successful batch run covers. W is
+written into the view as a literal when the view is refreshed (`refresh`, which the batch job's
+after-write hook calls after every run, and `lakehouse up` and `lakehouse serve refresh`): no
+query reads the run log, and Trino prunes both sides' files by the boundary as by any constant
+filter. Reading W from batch_runs in every query cost 2 to 4 times the batch table alone
+(docs/benchmarks.md). The price: a batch run whose refresh did not happen (Trino down) leaves
+the old boundary until the next refresh, while its expiry has already removed the hot rows it
+covers; the hook logs that, and `lakehouse serve refresh` closes the gap.
+
+With no successful batch run yet, W is NULL and every hot row answers. Each event id appears
+once: the batch view and the hot table are each unique by event id, and the boundary splits
+them. The `layer` column says which side answered.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
+
+import pandas as pd
 
 import schemas
 from lakehouse import constants, storage, system_tables
@@ -30,34 +40,54 @@ def _create_view(schema: str, name: str, body: str) -> str:
     return f"CREATE OR REPLACE VIEW {_qualified(schema, name)} AS\n{body}"
 
 
-def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_runs: bool = True) -> str:
-    """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist."""
+def timestamp_literal(value: datetime | None) -> str:
+    """A Trino literal of the served timestamp type (timestamp(3) with time zone) for an instant."""
+    if value is None:
+        return "CAST(NULL AS timestamp(3) with time zone)"
+    if value.tzinfo is None:
+        raise ValueError(f"{value!r}: the watermark must carry its time zone")
+    utc = value.astimezone(timezone.utc)
+    return f"TIMESTAMP '{utc:%Y-%m-%d %H:%M:%S}.{utc.microsecond // 1000:03d} UTC'"
+
+
+def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, watermark: datetime | None) -> str:
+    """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist, with the
+    boundary `watermark` (None: no successful batch run, the speed layer answers everything)."""
     selected = ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset))
-    runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
-    boundary = (
-        f"SELECT max(watermark) AS watermark FROM {runs} "
-        f"WHERE dataset = '{dataset.name}' AND status = '{system_tables.STATUS_SUCCEEDED}'"
-        if has_runs
-        # No batch run has ever finished: no watermark, the speed layer answers everything.
-        else "SELECT CAST(NULL AS timestamp(3) with time zone) AS watermark"
-    )
+    boundary = timestamp_literal(watermark)
+    event_time = f'side."{dataset.event_time}"'
     parts = []
-    if has_batch:
+    if has_batch and watermark is not None:
         parts.append(
-            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, boundary.watermark "
-            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side CROSS JOIN boundary "
-            f'WHERE side."{dataset.event_time}" <= boundary.watermark'
+            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side WHERE {event_time} <= {boundary}"
         )
     if has_hot:
         parts.append(
-            f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, boundary.watermark "
-            f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side CROSS JOIN boundary "
-            f'WHERE boundary.watermark IS NULL OR side."{dataset.event_time}" > boundary.watermark'
+            f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side"
+            + (f" WHERE {event_time} > {boundary}" if watermark is not None else "")
+        )
+    if not parts and has_batch:
+        # A batch view without a successful run behind it serves nothing yet.
+        parts.append(
+            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side WHERE false"
         )
     if not parts:
         raise ValueError(f"{dataset.name}: neither a batch view nor a hot table exists yet")
-    body = "\nUNION ALL\n".join(parts)
-    return _create_view(dataset.name, constants.MERGED_VIEW, f"WITH boundary AS ({boundary})\n{body}")
+    return _create_view(dataset.name, constants.MERGED_VIEW, "\nUNION ALL\n".join(parts))
+
+
+def current_watermark(dataset: Dataset, settings: Settings) -> datetime | None:
+    """The newest watermark of the dataset's successful batch runs, as Trino reads the run log."""
+    runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+    answer = trino_client.query(
+        f"SELECT max(watermark) AS watermark FROM {runs} WHERE dataset = ? AND status = ?",
+        [dataset.name, system_tables.STATUS_SUCCEEDED], settings=settings,
+    )
+    value = answer.watermark[0] if len(answer) else None
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
@@ -151,8 +181,10 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
     has_batch = present[(dataset.name, constants.BATCH_SCORES)] and has_runs
     has_hot = present[(dataset.name, constants.HOT_SCORES)]
     if has_batch or has_hot:
-        trino_client.execute(merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, has_runs=has_runs), settings=settings)
-        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot})")
+        watermark = current_watermark(dataset, settings) if has_runs else None
+        sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark)
+        trino_client.execute(sql, settings=settings)
+        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark})")
         for name, sql in convenience_views_sql(dataset).items():
             trino_client.execute(sql, settings=settings)
             messages.append(f"created view {dataset.name}.{name}")

@@ -91,11 +91,17 @@ def test_an_entity_is_scored_by_its_own_model_else_the_dataset_wide_one():
     assert system_tables.model_for(both, "disk") == "dataset-wide model"
 
 
-def test_the_merged_view_serves_the_declared_columns_of_successful_runs():
+def test_the_merged_view_serves_the_declared_columns_split_at_a_literal_watermark():
     dataset = schemas.load("metrics")
-    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True)
+    watermark = datetime(2024, 1, 1, 0, 9, 30, 123456, tzinfo=timezone.utc)
+    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=watermark)
     assert ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset)) in sql
-    assert f"status = '{system_tables.STATUS_SUCCEEDED}'" in sql
+    # The boundary is a constant (no query reads the run log), at the served millisecond precision.
+    assert constants.BATCH_RUNS not in sql
+    assert "<= TIMESTAMP '2024-01-01 00:09:30.123 UTC'" in sql and "> TIMESTAMP '2024-01-01 00:09:30.123 UTC'" in sql
+    # No successful run yet: the hot table answers everything, unfiltered.
+    speed_only = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=None)
+    assert constants.BATCH_SCORES not in speed_only.split("UNION ALL")[-1] and "WHERE" not in speed_only.split("UNION ALL")[-1]
 
 
 def test_the_record_hash_joins_the_record_and_its_source():

@@ -229,7 +229,7 @@ def _merge_cost(settings, repeat: int) -> dict:
     )
     event_id, entity = sample.event_id[0], sample.entity_id[0]
     newest = {
-        side: trino_client.query(f"SELECT max(event_time) AS at FROM {DATASET}.{side}", settings=settings).at[0]
+        side: trino_client.query(f"SELECT max(event_time) AS newest FROM {DATASET}.{side}", settings=settings).newest[0]
         for side in ("merged", "batch_scores")
     }
 

@@ -6,7 +6,7 @@ where W, the watermark, is the newest event time the last successful batch run c
 written into the view as a literal when the view is refreshed (`refresh`, which the batch job's
 after-write hook calls after every run, and `lakehouse up` and `lakehouse serve refresh`): no
 query reads the run log, and Trino prunes both sides' files by the boundary as by any constant
-filter. Reading W from batch_runs in every query cost 2 to 4 times the batch table alone
+filter. Reading W from batch_runs in every query cost 1.7 to 5.7 times the batch table alone
 (docs/benchmarks.md). The price: a batch run whose refresh did not happen (Trino down) leaves
 the old boundary until the next refresh, while its expiry has already removed the hot rows it
 covers; the hook logs that, and `lakehouse serve refresh` closes the gap.

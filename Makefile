@@ -51,7 +51,7 @@ notebooks: setup ## Execute notebooks/ on the current warehouse (after `make dem
 bench: setup ## Every benchmark (batch, speed, serving, quality) against its reference; BENCH_SOAK_MINUTES=N adds the speed soak; .work/bench/report.json + report.md
 	$(PYTHON) -m bench.batch_bench --rows $${BENCH_ROWS:-1000000}
 	$(PYTHON) -m bench.speed_bench --quick --events $${BENCH_EVENTS:-20000} $${BENCH_SOAK_MINUTES:+--soak-minutes $$BENCH_SOAK_MINUTES}
-	$(PYTHON) -m bench.serving_bench
+	$(PYTHON) -m bench.serving_bench --quick
 	$(PYTHON) -m bench.quality_bench
 	$(PYTHON) -m bench.report
 

@@ -143,14 +143,15 @@ def run_batch(
         crash_point("run_log:append")
         run_log.append(settings, record)
     crash_point("run_log:appended")
-    # Hot rows are expired only once the run is logged as succeeded, since the merged view serves
-    # the batch view up to the succeeded runs' watermark: expired earlier, a run killed between the
-    # two would hide those rows from the merged view until the next run.
+    # Serving moves its boundary to the new watermark first (the merged view holds it as a
+    # literal), then hot rows the batch view now holds are expired: in the other order, or with
+    # expiry before the run is logged as succeeded, those events would be missing from the merged
+    # view in between (or, after a crash, until the next run).
+    if after_write is not None:
+        after_write(dataset.name)
     with _timed(record.timings, "expire", progress):
         record.expired_hot_rows = tables.expire_hot_rows(spark, dataset, settings, record.watermark)
         run_log.set_expired_hot_rows(settings, record.run_id, record.expired_hot_rows)
-    if after_write is not None:
-        after_write(dataset.name)
     return record
 
 

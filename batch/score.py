@@ -11,6 +11,7 @@ from pyspark.sql import types as T
 
 from batch.tables import spark_schema
 from lakehouse import registry, storage, system_tables
+from lakehouse.alerts import first_of_episodes
 from lakehouse.detectors import FittedModel
 from lakehouse.errors import ModelNotFoundError
 from lakehouse.features import feature_names
@@ -21,7 +22,7 @@ from schemas.declaration import Dataset
 def _score_schema(dataset: Dataset) -> T.StructType:
     """What scoring adds to each event id, in the batch view's types."""
     declared = system_tables.batch_scores_schema(dataset)
-    return spark_schema(pa.schema([declared.field(dataset.event_id), *system_tables.SCORE_FIELDS]))
+    return spark_schema(pa.schema([declared.field(dataset.event_id), *system_tables.SCORE_FIELDS, system_tables.IS_ALERT]))
 
 
 def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[int, bytes]]) -> pd.DataFrame:
@@ -30,12 +31,17 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
     result = pd.DataFrame({dataset.event_id: frame[dataset.event_id].to_numpy()})
     if entry is None:
         # An entity without a model (too little history) is kept in the view, unscored.
-        result["score"], result["is_anomaly"], result["model_version"] = np.nan, None, None
+        result["score"], result["is_anomaly"], result["model_version"], result["is_alert"] = np.nan, None, None, None
         return result
     version, artifact = entry
     model = FittedModel.from_bytes(artifact)
     scores, flags = model.score(frame[feature_names(dataset)].to_numpy(dtype=np.float64), frame[dataset.event_id].to_numpy())
     result["score"], result["is_anomaly"], result["model_version"] = scores, flags, version
+    # The entity's whole history is here: its alerts (first alarms of episodes) in event order.
+    order = np.lexsort((frame[dataset.event_id].to_numpy(), frame[dataset.event_time].to_numpy()))
+    alerts = np.zeros(len(frame), dtype=bool)
+    alerts[order] = first_of_episodes(np.asarray(flags, dtype=bool)[order], dataset.detector.alert_quiet_events)
+    result["is_alert"] = alerts
     return result
 
 

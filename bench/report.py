@@ -101,6 +101,16 @@ def combine() -> Path:
             lines.append(f"| {suite} | " + " | ".join(cell.replace("|", "/") for cell in _cells(figure)) + " |")
         for name, reason in body.get("parameters", {}).get("skipped", {}).items():
             lines.append(f"\nSkipped in {suite}: {name}: {reason}")
+    for suite, body in suites.items():
+        # Suites measured against an issue's targets (speed, serving) carry them as plain numbers.
+        if "targets" in body:
+            lines += ["", f"## {suite}: targets", "", "| target | measured | goal | met | note |", "|---|---|---|---|---|"]
+            for key, value in body["targets"].items():
+                goal = body.get("target", {}).get(key)
+                met = body.get("met", {}).get(key)
+                shown = "not measured" if value is None else _number(value)
+                note = body.get("reasons", {}).get(key, "").replace("|", "/")
+                lines.append(f"| {key} | {shown} | {'' if goal is None else _number(goal)} | {'' if met is None else met} | {note} |")
     if missing:
         lines.append(f"\nNot run: {', '.join(missing)}.")
     (folder / "report.md").write_text("\n".join(lines) + "\n")

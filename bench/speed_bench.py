@@ -188,7 +188,7 @@ def run(argv: list[str] | None = None) -> dict:
                         "reference_value": TARGET["follow_lag_s_at_end"]})
 
         after = follow["newest"]
-        latency = _latency_and_freshness(settings, base, dataset, arguments, after, folder)
+        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder)
         loads["latency"] = _load_note()
         for key, name in (("commit_p99_ms_at_1k", "arrival-to-commit p99"), ("scored_p99_ms_at_1k", "arrival-to-scored p99"),
                           ("freshness_p99_ms_at_1k", "Kafka send to Trino's merged view p99")):
@@ -375,19 +375,22 @@ def _follow_at_rate(settings, dataset, arguments, after: pd.Timestamp) -> dict:
             "elapsed": elapsed, "newest": pd.Timestamp(newest)}
 
 
-def _latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path) -> dict:
+def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None) -> dict:
     """Items 2 and 3: one Flink job following a topic fed at the latency rate; every Nth event is
-    also timed from its send to its row in Trino's merged view."""
+    also timed from its send to its row in Trino's merged view. The serving bench calls it too,
+    with the Trino it already runs (`trino_settings`), so freshness is measured one way only."""
     from confluent_kafka import Producer
 
     from local_services.trino import TrinoServer
     from serving import trino_client, views
     from speed import metrics
 
-    # A Trino of the bench's own (own folder and ports) over the bench's warehouse.
-    trino_settings = settings.model_copy(update={"services_root": str(folder / "services"), "trino_port": base.trino_port + 200})
-    trino = TrinoServer(trino_settings)
-    trino.start()
+    # A Trino of the bench's own (own folder and ports) over the bench's warehouse, unless given.
+    trino = None
+    if trino_settings is None:
+        trino_settings = settings.model_copy(update={"services_root": str(folder / "services"), "trino_port": base.trino_port + 200})
+        trino = TrinoServer(trino_settings)
+        trino.start()
     result: dict = {"other_figures": []}
     try:
         topic, job, after = _start_following(settings, dataset, arguments, after, seed=10)
@@ -445,7 +448,8 @@ def _latency_and_freshness(settings, base, dataset, arguments, after: pd.Timesta
         finally:
             job.cancel()
     finally:
-        trino.stop()
+        if trino is not None:
+            trino.stop()
     freshness = [seen[event_id] - sent for event_id, sent in sampled.items() if event_id in seen]
     commit, scored, fresh = (_percentile(samples, 99) for samples in (metrics.LATENCY_SAMPLES, metrics.SCORED_LATENCY_SAMPLES, freshness))
     result.update(

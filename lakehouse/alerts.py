@@ -2,9 +2,10 @@
 
 An event raises an alert when it is an alarm (`is_anomaly`) and none of the entity's previous
 `quiet_events` events was. The rule looks only at stored flags, so it gives the same answer
-whenever it is evaluated, late events included: the serving layer's `alerts` view computes it in
-SQL over the merged view (serving/views.py), and the quality evaluation with this function; a
-Trino test checks the two agree.
+whenever it is evaluated, late events included: the batch job flags the batch view's alerts with
+this function (batch/score.py), the serving layer's `alerts` view computes the speed side's in
+SQL (serving/views.py), and the quality evaluation uses this function; Trino and Spark tests
+check they agree.
 """
 
 from __future__ import annotations

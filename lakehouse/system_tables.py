@@ -182,6 +182,11 @@ SCORED_AT = pa.field("scored_at", TIMESTAMP)
 # Which computation of an event's features a hot row holds (nanoseconds, increasing per entity):
 # the hot table keeps the highest, whatever order parallel writers commit in.
 REVISION = pa.field("revision", pa.int64())
+# In the batch view only: whether the event is the first alarm of an episode (lakehouse/alerts.py)
+# over the batch view's history. The batch job knows each entity's whole history when it writes
+# the view, so the `alerts` view reads this flag for batch rows instead of running a window over
+# all of history in every query; only the speed side's rows get the window (serving/views.py).
+IS_ALERT = pa.field("is_alert", pa.bool_())
 # The batch view's partition column: the event's date.
 EVENT_DATE = pa.field("event_date", pa.date32())
 
@@ -212,7 +217,7 @@ def served_columns(dataset: Dataset) -> list[str]:
 
 
 def batch_scores_schema(dataset: Dataset) -> pa.Schema:
-    return pa.schema([*scored_fields(dataset), pa.field("run_id", pa.string()), SCORED_AT, EVENT_DATE])
+    return pa.schema([*scored_fields(dataset), IS_ALERT, pa.field("run_id", pa.string()), SCORED_AT, EVENT_DATE])
 
 
 def hot_scores_schema(dataset: Dataset) -> pa.Schema:

@@ -3,19 +3,35 @@
     merged = batch view rows with event_time <= W
              UNION ALL  hot rows with event_time > W, or after their entity's newest batch row
 
-where W, the watermark, is the newest event time the last successful batch run covers (read
-from batch_runs at query time, so a new batch run moves the boundary without redefining the
-view). With no successful batch run yet, W is NULL and every hot row answers. An entity whose
-events lag the others is covered by the batch view only up to its own newest batch row, so its
-speed-only rows before W answer from the hot table (the batch run expires hot rows per entity
-the same way, batch/tables.py). Each event id appears once: the batch view and the hot table are
-each unique by event id, and an event's hot row answers only when the batch view has no row of
-its entity at or after its time. The `layer` column says which side answered.
+where W, the watermark, is the newest event time the last successful batch run covers. W is
+written into the view as a literal when the view is refreshed (`refresh`, which the batch job's
+after-write hook calls after every run, and `lakehouse up` and `lakehouse serve refresh`): no
+query reads the run log, and Trino prunes both sides' files by the boundary as by any constant
+filter. Reading W from batch_runs in every query cost 1.7 to 5.7 times the batch table alone
+(docs/benchmarks.md). The price: a batch run whose refresh did not happen (Trino down) leaves
+the old boundary until the next refresh, while its expiry has already removed the hot rows it
+covers; the hook logs that, and `lakehouse serve refresh` closes the gap.
+
+An entity whose events came late to the batch layer is covered by the batch view only up to its
+own newest batch row: its hot rows after that row answer too, though they are before W. Those
+entities and their covered-until times are written into the view at refresh as a small inline
+table (`lagging_entities`), so no query aggregates the batch view; the batch run's expiry removes
+hot rows by event id the same way (batch/tables.py). An entity that starts lagging between two
+refreshes is served as lagging from the next refresh on.
+
+With no successful batch run yet, W is NULL and every hot row answers. Each event id appears
+once: the batch view and the hot table are each unique by event id, and an event's hot row
+answers only when the batch view holds no row of its entity at or after its time. The `layer`
+column says which side answered.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import pandas as pd
 
 import schemas
 from lakehouse import constants, storage, system_tables
@@ -34,53 +50,113 @@ def _create_view(schema: str, name: str, body: str) -> str:
     return f"CREATE OR REPLACE VIEW {_qualified(schema, name)} AS\n{body}"
 
 
-def merged_view_sql(dataset: Dataset, *, has_batch: bool, has_hot: bool, has_runs: bool = True) -> str:
-    """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist."""
+def timestamp_literal(value: datetime | None) -> str:
+    """A Trino literal of the served timestamp type (timestamp(3) with time zone) for an instant."""
+    if value is None:
+        return "CAST(NULL AS timestamp(3) with time zone)"
+    if value.tzinfo is None:
+        raise ValueError(f"{value!r}: the watermark must carry its time zone")
+    utc = value.astimezone(timezone.utc)
+    return f"TIMESTAMP '{utc:%Y-%m-%d %H:%M:%S}.{utc.microsecond // 1000:03d} UTC'"
+
+
+def merged_view_sql(
+    dataset: Dataset, *, has_batch: bool, has_hot: bool, watermark: datetime | None,
+    lagging: tuple[tuple[str, datetime | None], ...] = (),
+) -> str:
+    """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist, with the
+    boundary `watermark` (None: no successful batch run, the speed layer answers everything).
+
+    `lagging` lists the entities with hot rows whose newest batch row is older than the watermark
+    (or that have none: None), with that row's time: their hot rows after it answer too
+    (`lagging_entities`, computed at refresh, so no query aggregates the batch view)."""
     selected = ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset))
-    runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
-    boundary = (
-        f"SELECT max(watermark) AS watermark FROM {runs} "
-        f"WHERE dataset = '{dataset.name}' AND status = '{system_tables.STATUS_SUCCEEDED}'"
-        if has_runs
-        # No batch run has ever finished: no watermark, the speed layer answers everything.
-        else "SELECT CAST(NULL AS timestamp(3) with time zone) AS watermark"
-    )
+    boundary = timestamp_literal(watermark)
+    event_time = f'side."{dataset.event_time}"'
     parts = []
-    if has_batch:
+    if has_batch and watermark is not None:
         parts.append(
-            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, boundary.watermark "
-            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side CROSS JOIN boundary "
-            f'WHERE side."{dataset.event_time}" <= boundary.watermark'
+            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side WHERE {event_time} <= {boundary}"
         )
-    entity, event_time = f'"{dataset.entity}"', f'"{dataset.event_time}"'
-    common = f"WITH boundary AS ({boundary})"
-    if has_hot and has_batch:
-        # Per entity, the newest event time the batch view holds (the cost: one aggregation of
-        # the batch view per query).
-        common += (
-            f",\ncovered AS (SELECT {entity}, max({event_time}) AS covered_until "
-            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} GROUP BY {entity})"
-        )
+    if has_hot:
+        hot = f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, {boundary} AS watermark FROM {_qualified(dataset.name, constants.HOT_SCORES)} side"
+        if watermark is not None and lagging:
+            rows = ", ".join(f"({_string_literal(entity)}, {timestamp_literal(until or _LONG_AGO)})" for entity, until in lagging)
+            hot += (
+                f" LEFT JOIN (VALUES {rows}) AS lagging(entity, covered_until) ON lagging.entity = side.\"{dataset.entity}\""
+                f" WHERE {event_time} > {boundary} OR {event_time} > lagging.covered_until"
+            )
+        elif watermark is not None:
+            hot += f" WHERE {event_time} > {boundary}"
+        parts.append(hot)
+    if not parts and has_batch:
+        # A batch view without a successful run behind it serves nothing yet.
         parts.append(
-            f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, boundary.watermark "
-            f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side CROSS JOIN boundary "
-            f"LEFT JOIN covered ON covered.{entity} = side.{entity} "
-            f"WHERE boundary.watermark IS NULL OR side.{event_time} > boundary.watermark "
-            f"OR covered.covered_until IS NULL OR side.{event_time} > covered.covered_until"
-        )
-    elif has_hot:
-        parts.append(
-            f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, boundary.watermark "
-            f"FROM {_qualified(dataset.name, constants.HOT_SCORES)} side CROSS JOIN boundary "
-            f"WHERE boundary.watermark IS NULL OR side.{event_time} > boundary.watermark"
+            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side WHERE false"
         )
     if not parts:
         raise ValueError(f"{dataset.name}: neither a batch view nor a hot table exists yet")
-    body = "\nUNION ALL\n".join(parts)
-    return _create_view(dataset.name, constants.MERGED_VIEW, f"{common}\n{body}")
+    return _create_view(dataset.name, constants.MERGED_VIEW, "\nUNION ALL\n".join(parts))
 
 
-def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
+# The covered-until of an entity with hot rows and no batch row at all: all its hot rows answer.
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _string_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def lagging_entities(dataset: Dataset, watermark: datetime, settings: Settings) -> tuple[tuple[str, datetime | None], ...]:
+    """Entities with hot rows whose newest batch row is before the watermark (their events came
+    late to the batch layer), or that have no batch row: (entity, newest batch row's time or
+    None). One aggregation per refresh; the batch run's expiry removes hot rows by event id the
+    same way (batch/tables.py), so these rows stay in the hot table and answer from it."""
+    entity, event_time = f'"{dataset.entity}"', f'"{dataset.event_time}"'
+    answer = trino_client.query(
+        f"WITH covered AS (SELECT {entity} AS entity, max({event_time}) AS until "
+        f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} GROUP BY 1), "
+        f"speed AS (SELECT DISTINCT {entity} AS entity FROM {_qualified(dataset.name, constants.HOT_SCORES)}) "
+        f"SELECT speed.entity, covered.until FROM speed LEFT JOIN covered ON covered.entity = speed.entity "
+        f"WHERE covered.until IS NULL OR covered.until < {timestamp_literal(watermark)} ORDER BY 1",
+        settings=settings,
+    )
+    return tuple(
+        (str(name), None if until is None or pd.isna(until) else pd.Timestamp(until).to_pydatetime())
+        for name, until in zip(answer.entity, answer.until)
+    )
+
+
+def current_watermark(dataset: Dataset, settings: Settings) -> datetime | None:
+    """The newest watermark of the dataset's successful batch runs, as Trino reads the run log."""
+    runs = _qualified(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+    answer = trino_client.query(
+        f"SELECT max(watermark) AS watermark FROM {runs} WHERE dataset = ? AND status = ?",
+        [dataset.name, system_tables.STATUS_SUCCEEDED], settings=settings,
+    )
+    value = answer.watermark[0] if len(answer) else None
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where the merged view splits, as literals written into the views at refresh.
+
+    watermark: the newest watermark of a successful batch run (None: no run yet).
+    tail_start: the earliest event time among each entity's last `alert_quiet_events` batch
+    rows: from there on the `alerts` view runs its window, so that every speed-side row sees the
+    batch rows before it (None: no batch side, the window runs over every speed row).
+    batch_alerts: the batch view carries its own alert flags (system_tables.IS_ALERT).
+    """
+
+    watermark: datetime | None = None
+    tail_start: datetime | None = None
+    batch_alerts: bool = False
+
+
+def convenience_views_sql(dataset: Dataset, boundary: Boundary = Boundary()) -> dict[str, str]:
     """The views users ask for first, all over the merged view: name -> CREATE OR REPLACE VIEW."""
     merged = _qualified(dataset.name, constants.MERGED_VIEW)
     entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
@@ -90,10 +166,8 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
         # Every anomaly, newest first when ordered by event time; the layer that scored it.
         constants.ANOMALIES_VIEW: f"SELECT {flagged_columns} FROM {merged} WHERE is_anomaly",
         # The first alarm of each episode (lakehouse/alerts.py): an alarm none of the entity's
-        # previous `alert_quiet_events` events raised. The window runs over the entity's whole
-        # merged history (a filter on time cannot be pushed below it), so this view costs more
-        # than `anomalies`; it is what to page on.
-        constants.ALERTS_VIEW: _alerts_body(dataset, merged, flagged_columns),
+        # previous `alert_quiet_events` events raised; what to page on. See _alerts_body.
+        constants.ALERTS_VIEW: _alerts_body(dataset, merged, flagged_columns, boundary),
         # Per entity and hour: events, anomalies, highest score. "The last N hours" is a filter on
         # `hour` (`lakehouse anomalies --hours N` writes it).
         constants.HOURLY_VIEW: (
@@ -115,7 +189,14 @@ def convenience_views_sql(dataset: Dataset) -> dict[str, str]:
     return {name: _create_view(dataset.name, name, body) for name, body in bodies.items()}
 
 
-def _alerts_body(dataset: Dataset, merged: str, columns: str) -> str:
+def _alerts_body(dataset: Dataset, merged: str, columns: str, boundary: Boundary) -> str:
+    """Batch rows answer from the flag the batch job wrote over the whole history; speed rows
+    from a window over the speed side plus each entity's batch tail (the rows from
+    `boundary.tail_start` on, enough to look `alert_quiet_events` events back across the
+    boundary). A window over all history, as before, cannot have a filter on time pushed below
+    it and cost 1.7x the `anomalies` view on a small warehouse; this one is bounded by what the
+    hot table holds since the last batch run. Late speed events are ordered into the window like
+    any other; late batch-side events wait for the next batch run, as in the merged view."""
     quiet = dataset.detector.alert_quiet_events
     if quiet == 0:
         return f"SELECT {columns} FROM {merged} WHERE is_anomaly"
@@ -124,10 +205,38 @@ def _alerts_body(dataset: Dataset, merged: str, columns: str) -> str:
         f"max(CAST(is_anomaly AS integer)) OVER (PARTITION BY {entity} ORDER BY {event_time}, {event_id} "
         f"ROWS BETWEEN {quiet} PRECEDING AND 1 PRECEDING)"
     )
+    if boundary.watermark is None or not boundary.batch_alerts:
+        # No batch side (or one from before the flag existed): the window over every merged row.
+        return (
+            f"SELECT {columns} FROM (SELECT *, {recent} AS recent_alarms FROM {merged}) "
+            f"WHERE is_anomaly AND coalesce(recent_alarms, 0) = 0"
+        )
+    watermark = timestamp_literal(boundary.watermark)
+    batch = _qualified(dataset.name, constants.BATCH_SCORES)
+    tail = f" WHERE {event_time} >= {timestamp_literal(boundary.tail_start)}" if boundary.tail_start is not None else ""
     return (
-        f"SELECT {columns} FROM (SELECT *, {recent} AS recent_alarms FROM {merged}) "
-        f"WHERE is_anomaly AND coalesce(recent_alarms, 0) = 0"
+        f"SELECT {columns} FROM (SELECT *, '{constants.LAYER_BATCH}' AS layer FROM {batch} "
+        f"WHERE {event_time} <= {watermark}) WHERE {system_tables.IS_ALERT.name}\n"
+        f"UNION ALL\n"
+        f"SELECT {columns} FROM (SELECT *, {recent} AS recent_alarms FROM {merged}{tail}) "
+        f"WHERE layer = '{constants.LAYER_SPEED}' AND is_anomaly AND coalesce(recent_alarms, 0) = 0"
     )
+
+
+def alert_tail_start(dataset: Dataset, watermark: datetime, settings: Settings) -> datetime | None:
+    """The earliest event time among each entity's last `alert_quiet_events` batch rows (at or
+    before the watermark): the `alerts` view's window starts there. One window over the batch
+    view per refresh, instead of one per query."""
+    entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
+    batch = _qualified(dataset.name, constants.BATCH_SCORES)
+    answer = trino_client.query(
+        f"SELECT min({event_time}) AS tail_start FROM (SELECT {event_time}, row_number() OVER "
+        f"(PARTITION BY {entity} ORDER BY {event_time} DESC, {event_id} DESC) AS back "
+        f"FROM {batch} WHERE {event_time} <= {timestamp_literal(watermark)}) WHERE back <= ?",
+        [dataset.detector.alert_quiet_events], settings=settings,
+    )
+    value = answer.tail_start[0] if len(answer) else None
+    return None if value is None or pd.isna(value) else pd.Timestamp(value).to_pydatetime()
 
 
 def quality_views_sql() -> dict[str, str]:
@@ -138,9 +247,8 @@ def quality_views_sql() -> dict[str, str]:
         # One row per batch run: its counts, whether they add up, its share of rejected rows.
         constants.DQ_RUNS_VIEW: (
             "SELECT run_id, dataset, status, started_at, finished_at, input_rows, valid_rows, quarantined_rows, "
-            "duplicate_rows, conflict_rows, CAST(quarantined_rows AS double) / nullif(input_rows, 0) AS quarantine_rate, "
-            "input_rows = valid_rows + quarantined_rows + duplicate_rows + coalesce(conflict_rows, 0) AS counts_add_up, "
-            "watermark, error "
+            "duplicate_rows, CAST(quarantined_rows AS double) / nullif(input_rows, 0) AS quarantine_rate, "
+            "input_rows = valid_rows + quarantined_rows + duplicate_rows AS counts_add_up, watermark, error "
             f"FROM {runs}"
         ),
         # Rejections per rule: per batch run, and per day for the speed layer (no run there).
@@ -172,9 +280,15 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
     has_batch = present[(dataset.name, constants.BATCH_SCORES)] and has_runs
     has_hot = present[(dataset.name, constants.HOT_SCORES)]
     if has_batch or has_hot:
-        trino_client.execute(merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, has_runs=has_runs), settings=settings)
-        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot})")
-        for name, sql in convenience_views_sql(dataset).items():
+        watermark = current_watermark(dataset, settings) if has_runs else None
+        lagging = lagging_entities(dataset, watermark, settings) if has_batch and has_hot and watermark is not None else ()
+        sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark, lagging=lagging)
+        trino_client.execute(sql, settings=settings)
+        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark})")
+        boundary = Boundary(watermark=watermark)
+        if has_batch and watermark is not None and _has_column(dataset.name, constants.BATCH_SCORES, system_tables.IS_ALERT.name, settings):
+            boundary = Boundary(watermark, alert_tail_start(dataset, watermark, settings), batch_alerts=True)
+        for name, sql in convenience_views_sql(dataset, boundary).items():
             trino_client.execute(sql, settings=settings)
             messages.append(f"created view {dataset.name}.{name}")
     if has_runs and present[(constants.SYSTEM_SCHEMA, constants.QUARANTINE)]:
@@ -182,6 +296,15 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
             trino_client.execute(sql, settings=settings)
             messages.append(f"created view {constants.SYSTEM_SCHEMA}.{name}")
     return messages
+
+
+def _has_column(schema: str, table: str, column: str, settings: Settings) -> bool:
+    answer = trino_client.query(
+        f"SELECT count(*) AS n FROM {constants.CATALOG}.information_schema.columns "
+        "WHERE table_schema = ? AND table_name = ? AND column_name = ?",
+        [schema, table, column], settings=settings,
+    )
+    return bool(answer.n[0])
 
 
 def recent_anomalies(dataset_name: str, hours: float, *, settings: Settings, role: str = "admin"):

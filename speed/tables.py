@@ -30,13 +30,28 @@ def landing_schema(dataset: Dataset) -> pa.Schema:
     return pa.schema([*arrow_schema(dataset), pa.field(LANDED_AT, system_tables.TIMESTAMP)])
 
 
+# The speed layer commits several times a second. A reader (Trino, with its metadata cache off)
+# replays the log from the last checkpoint on every query: with delta-rs's default of a checkpoint
+# every 100 commits, up to 99 JSON commits each time, which took a query of the hot table from
+# about 30 ms to 400 ms of analysis (docs/benchmarks.md, serving). A checkpoint every 10 commits
+# costs one small Parquet write per 10 commits.
+STREAMING_TABLE_PROPERTIES = {"delta.checkpointInterval": "10"}
+
+
 def ensure_table(uri: str, schema: pa.Schema) -> None:
     """Create an empty Delta table if none exists (before the pipeline starts: one creator)."""
+    options = storage.storage_options(uri)
     if not storage.table_exists(uri):
-        write_deltalake(uri, schema.empty_table(), mode="ignore", storage_options=storage.storage_options(uri))
+        write_deltalake(uri, schema.empty_table(), mode="ignore", configuration=STREAMING_TABLE_PROPERTIES, storage_options=options)
         return
+    table = DeltaTable(uri, storage_options=options)
+    configured = table.metadata().configuration
+    if any(configured.get(key) != value for key, value in STREAMING_TABLE_PROPERTIES.items()):
+        # A table from an earlier release: checkpoint as often as new ones.
+        _with_retries(lambda: DeltaTable(uri, storage_options=options).alter.set_table_properties(STREAMING_TABLE_PROPERTIES),
+                      f"set properties of {uri}")
+        table = DeltaTable(uri, storage_options=options)
     # A table from an earlier release gets the columns added since (nullable, so old rows read as null).
-    table = DeltaTable(uri, storage_options=storage.storage_options(uri))
     present = set(table.schema().to_arrow().names)
     missing = [field for field in schema if field.name not in present]
     if missing:
@@ -95,11 +110,12 @@ def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
     _with_retries(merge, f"insert into {uri}")
 
 
-def compact(uri: str, min_files: int = 32) -> int:
+def compact(uri: str, min_files: int = 16) -> int:
     """Compact the table's small files once it has at least `min_files` of them; files removed.
 
     A streaming sink commits every fraction of a second, one small file each; readers (MERGE,
-    Trino) slow down with the file count. Checkpoints are delta-rs's own (every 100 commits).
+    Trino) slow down with the file count: each file is a split Trino schedules and opens.
+    Checkpoints: every 10 commits (STREAMING_TABLE_PROPERTIES).
     """
     table = DeltaTable(uri, storage_options=storage.storage_options(uri))
     if len(table.file_uris()) < min_files:

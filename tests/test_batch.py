@@ -12,6 +12,7 @@ from batch import run_log
 from batch.job import run_batch
 import schemas
 from lakehouse import constants, registry, system_tables
+from lakehouse.alerts import first_of_episodes
 from lakehouse.errors import LakehouseError
 
 from fixtures_engines import delta_schema, make_sensor_inputs
@@ -106,6 +107,19 @@ def test_the_batch_view_scores_every_event_and_flags_the_planted_spikes(first_ru
     assert view.set_index("event_id").loc[spikes, "is_anomaly"].all()
     # Detection is selective: far fewer flags than events.
     assert view.is_anomaly.mean() < 0.05
+
+
+def test_the_batch_view_flags_the_first_alarm_of_each_episode_as_lakehouse_alerts_does(first_run):
+    settings, _, _ = first_run
+    view = _table(settings, "sensor_events", constants.BATCH_SCORES).sort_values(["event_time", "event_id"])
+    quiet = schemas.load("sensor_events").detector.alert_quiet_events
+    assert quiet > 0
+    for entity, events in view.groupby("entity_id"):
+        expected = first_of_episodes(events.is_anomaly.to_numpy(dtype=bool), quiet)
+        assert (events.is_alert.to_numpy(dtype=bool) == expected).all(), entity
+    # Every alert is an alarm; an episode of several alarms raises one alert.
+    assert 0 < view.is_alert.sum() <= view.is_anomaly.sum()
+    assert not (view.is_alert & ~view.is_anomaly.astype(bool)).any()
 
 
 def test_watermark_is_the_newest_valid_event_time(first_run):

@@ -60,6 +60,13 @@ def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str
     """A batch run's outputs: the batch view (replaced, as the job does) and its run-log record."""
     if status == system_tables.STATUS_SUCCEEDED:
         rows = [{**event, "score": 0.1, "is_anomaly": event["event_id"] in alarms, "model_version": 1} for event in events]
+        # The batch job flags each entity's alerts over the view's history (batch/score.py, with
+        # the same function); the alerts view reads the flag for batch rows.
+        for entity in {row["entity_id"] for row in rows}:
+            ordered = sorted((row for row in rows if row["entity_id"] == entity), key=lambda row: (row["event_time"], row["event_id"]))
+            quiet = schemas.load(DATASET).detector.alert_quiet_events
+            for row, alert in zip(ordered, first_of_episodes([row["is_anomaly"] for row in ordered], quiet)):
+                row["is_alert"] = bool(alert)
         schema = system_tables.batch_scores_schema(schemas.load(DATASET))
         write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     now = datetime.now(timezone.utc)
@@ -108,7 +115,8 @@ def test_a_new_batch_run_moves_the_boundary(settings):
     _batch_run(settings, _events(0, 10), watermark=_at(9))
     _speed(settings, _events(10, 10))  # minutes 10..19, not expired yet
     assert sum(layer == "speed" for layer in _merged(settings).values()) == 10
-    # The next run covers up to minute 14: those five now come from batch, without redefining the view.
+    # The next run covers up to minute 14: those five now come from batch once the view is refreshed
+    # (the batch job's after-write hook refreshes it; _merged does here).
     _batch_run(settings, _events(0, 15), watermark=_at(14))
     merged = _merged(settings)
     assert len(merged) == 20
@@ -223,3 +231,13 @@ def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, 
     elsewhere = settings.model_copy(update={"warehouse": str(tmp_path / "other")})
     serving_refresh(elsewhere)(DATASET)
     assert not (tmp_path / "other" / "_trino_metastore").exists()
+
+
+def test_speed_alerts_look_back_exactly_the_quiet_period_into_the_batch_side(settings):
+    """The alerts view runs its window over the speed rows and each entity's last 48 batch rows:
+    an alarm 48 events before the first speed row still silences it, one 49 events before does not."""
+    events = _events(0, 130, "disk") + _events(0, 130, "net")
+    batch = [e for e in events if e["event_time"] <= _at(119)]
+    _batch_run(settings, batch, watermark=_at(119), alarms=frozenset({"disk@72", "net@71"}))
+    _speed(settings, [e for e in events if e["event_time"] > _at(119)], alarms=frozenset({"disk@120", "net@120"}))
+    assert _alerts(settings) == {"disk@72", "net@71", "net@120"}

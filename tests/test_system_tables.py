@@ -4,9 +4,11 @@ the serving views name is that declaration. The Spark-written tables are checked
 from __future__ import annotations
 
 import dataclasses
+import os
 from datetime import datetime, timezone
 
 import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
 
 import schemas
 from batch import run_log
@@ -40,6 +42,20 @@ def test_the_speed_layer_writes_the_declared_quarantine_and_hot_table(warehouse)
         hot_uri, pa.Table.from_pylist([row], schema=system_tables.hot_scores_schema(dataset)), system_tables.scored_row_key(dataset), newest="revision"
     )
     assert delta_schema(hot_uri) == delta_schema(system_tables.hot_scores_schema(dataset))
+
+
+def test_speed_tables_checkpoint_every_ten_commits_old_ones_too(tmp_path):
+    """Readers replay the log from the last checkpoint on every query (serving)."""
+    schema = pa.schema([pa.field("event_id", pa.string())])
+    new, old = str(tmp_path / "new"), str(tmp_path / "old")
+    tables.ensure_table(new, schema)
+    write_deltalake(old, schema.empty_table())  # as an earlier release created it
+    tables.ensure_table(old, schema)
+    for uri in (new, old):
+        assert DeltaTable(uri).metadata().configuration["delta.checkpointInterval"] == "10"
+        for index in range(12):
+            write_deltalake(uri, pa.table({"event_id": [str(index)]}, schema=schema), mode="append")
+        assert any(name.endswith(".checkpoint.parquet") for name in os.listdir(f"{uri}/_delta_log"))
 
 
 def test_rows_built_for_the_speed_layer_hold_exactly_the_declared_columns():
@@ -91,11 +107,17 @@ def test_an_entity_is_scored_by_its_own_model_else_the_dataset_wide_one():
     assert system_tables.model_for(both, "disk") == "dataset-wide model"
 
 
-def test_the_merged_view_serves_the_declared_columns_of_successful_runs():
+def test_the_merged_view_serves_the_declared_columns_split_at_a_literal_watermark():
     dataset = schemas.load("metrics")
-    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True)
+    watermark = datetime(2024, 1, 1, 0, 9, 30, 123456, tzinfo=timezone.utc)
+    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=watermark)
     assert ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset)) in sql
-    assert f"status = '{system_tables.STATUS_SUCCEEDED}'" in sql
+    # The boundary is a constant (no query reads the run log), at the served millisecond precision.
+    assert constants.BATCH_RUNS not in sql
+    assert "<= TIMESTAMP '2024-01-01 00:09:30.123 UTC'" in sql and "> TIMESTAMP '2024-01-01 00:09:30.123 UTC'" in sql
+    # No successful run yet: the hot table answers everything, unfiltered.
+    speed_only = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=None)
+    assert constants.BATCH_SCORES not in speed_only.split("UNION ALL")[-1] and "WHERE" not in speed_only.split("UNION ALL")[-1]
 
 
 def test_the_record_hash_joins_the_record_and_its_source():

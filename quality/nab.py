@@ -225,6 +225,21 @@ def score(corpus: list[Series], profile: Profile, threshold: float, probation_pe
     return Outcome(profile.name, threshold, raw, null, perfect, len(best), prepared.windows_scored - len(best), int(outside.sum()))
 
 
+def score_detections(series: Series, rows: RowWeights, detected: np.ndarray, profile: Profile) -> tuple[float, float, float]:
+    """One series' raw, null and perfect NAB score for a detection mask over its rows, from its
+    precomputed row weights (row_weights(series, profile)): what `score` gives for that series, without recomputing the weights
+    (they depend on the windows only). Raw, null and perfect add up over series."""
+    keep = rows.window != PROBATIONARY
+    detected = np.asarray(detected, dtype=bool) & keep
+    outside = detected & (rows.window == OUTSIDE)
+    inside = detected & (rows.window >= 0)
+    best = {}
+    for window, weight in zip(rows.window[inside], rows.weights[inside]):
+        best[int(window)] = max(best.get(int(window), -np.inf), float(weight))
+    raw = float(rows.weights[outside].sum()) + sum(best.values()) - profile.fn_weight * (rows.windows_scored - len(best))
+    return raw, -profile.fn_weight * rows.windows_scored, profile.tp_weight * len(series.windows)
+
+
 def optimise(corpus: list[Series], profile: Profile, probation_percent: float = PROBATION_PERCENT) -> Outcome:
     """The best corpus-wide threshold for a profile, found by sweeping every distinct score."""
     prepared = _prepare(corpus, profile, probation_percent)

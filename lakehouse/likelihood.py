@@ -17,7 +17,9 @@ whole rule; `fold` applies it over one entity's scores in event order. The batch
 the speed layer steps, so both give the same numbers (tests/test_likelihood.py).
 
 Unscored events (a NaN score: no model yet) leave the state unchanged and get a NaN surprise.
-Until `min_history` recent-score means have been seen the surprise is 0 (no evidence).
+Until `min_history` recent-score means have been seen the surprise is 0 (no evidence). On the
+relative scale an entity starts from the prior the scale itself implies (`initial_state`), so it
+needs no warm-up.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import log_ndtr
+from scipy.special import log_ndtr, ndtri
 
 # The spread below which two recent-score means count as equal: a series whose scores never move
 # would otherwise make the first tiny change infinitely surprising.
@@ -37,12 +39,16 @@ MAX_SURPRISE = 300.0
 
 @dataclass(frozen=True)
 class LikelihoodSettings:
-    recent: int = 10  # scores averaged into the value judged
-    history: int = 2880  # effective length of the history (10 days of 5-minute events)
-    min_history: int = 100  # recent-score means seen before any surprise is reported
+    # Defaults chosen on the 20 NAB series of ../shared/data (quality/calibration.py; in-sample):
+    # the last score alone, a history of 30 days of 5-minute events, and the relative scale's
+    # prior worth 10 events, so the surprise starts with the first scored event.
+    recent: int = 1  # scores averaged into the value judged
+    history: int = 8640  # effective length of the history, in events
+    min_history: int = 1  # observations (prior included) before any surprise is reported
+    prior_weight: int = 10  # how many observations the relative scale's prior counts for (0: none)
 
     def __post_init__(self) -> None:
-        if self.recent < 1 or self.history < 1 or self.min_history < 1:
+        if self.recent < 1 or self.history < 1 or self.min_history < 1 or self.prior_weight < 0:
             raise ValueError(f"likelihood settings must be positive: {self}")
 
 
@@ -54,6 +60,14 @@ class LikelihoodState:
     count: int = 0  # recent-score means folded into the distribution
     mean: float = 0.0
     variance: float = 0.0
+
+    @classmethod
+    def prior(cls, mean: float, variance: float, weight: int) -> LikelihoodState:
+        """A state that starts from a belief worth `weight` observations instead of nothing: on
+        the relative scale (0 at the model's mean training score, 1 at its contamination
+        threshold) the model itself says the mean is 0 and the threshold sits at the
+        contamination's normal quantile, so the surprise needs no warm-up (relative_prior)."""
+        return cls([], int(weight), float(mean), float(variance))
 
     def copy(self) -> LikelihoodState:
         return LikelihoodState(list(self.recent), self.count, self.mean, self.variance)
@@ -83,6 +97,16 @@ def step(state: LikelihoodState, score: float, settings: LikelihoodSettings) -> 
     state.mean += weight * difference
     state.variance = (1.0 - weight) * (state.variance + weight * difference * difference)
     return surprise
+
+
+def initial_state(settings: LikelihoodSettings, contamination: float) -> LikelihoodState:
+    """An entity's first state for relative scores: the prior mean 0 and a spread that puts 1 (the
+    contamination threshold) at the normal quantile of the contamination (1 in 100: 2.33
+    standard deviations), worth `prior_weight` observations."""
+    if settings.prior_weight == 0:
+        return LikelihoodState()
+    quantile = float(-ndtri(contamination))
+    return LikelihoodState.prior(0.0, 1.0 / (quantile * quantile), settings.prior_weight)
 
 
 def fold(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, LikelihoodState]:

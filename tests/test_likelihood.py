@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from lakehouse.likelihood import MIN_SPREAD, LikelihoodSettings, LikelihoodState, fold, step, surprise_of
+from lakehouse.likelihood import MIN_SPREAD, LikelihoodSettings, LikelihoodState, fold, initial_state, step, surprise_of
 
-SETTINGS = LikelihoodSettings(recent=3, history=50, min_history=5)
+SETTINGS = LikelihoodSettings(recent=3, history=50, min_history=5, prior_weight=0)
 
 
 def _scores(seed: int = 1, count: int = 400) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_surprise_is_minus_log10_of_the_normal_upper_tail():
 
 
 def test_the_running_distribution_is_the_mean_and_variance_of_the_recent_means():
-    settings = LikelihoodSettings(recent=2, history=1000, min_history=1)
+    settings = LikelihoodSettings(recent=2, history=1000, min_history=1, prior_weight=0)
     state = LikelihoodState()
     values = [1.0, 3.0, 2.0, 6.0]
     for value in values:
@@ -71,6 +71,16 @@ def test_a_fold_resumed_from_a_saved_state_equals_one_fold_and_the_stream(cut):
     state = LikelihoodState()
     streamed = [step(state, score, SETTINGS) for score in scores.tolist()]
     np.testing.assert_array_equal(np.asarray(streamed), whole)
+
+
+def test_the_relative_scales_prior_puts_the_threshold_at_the_contaminations_quantile():
+    settings = LikelihoodSettings(prior_weight=10)
+    state = initial_state(settings, contamination=0.01)
+    assert (state.count, state.mean) == (10, 0.0)
+    # A relative score of 1 (the contamination threshold) is as surprising as 1 in 100 at first.
+    assert step(state.copy(), 1.0, settings) == pytest.approx(2.0)
+    assert step(state.copy(), 0.0, settings) == pytest.approx(-math.log10(0.5))
+    assert initial_state(LikelihoodSettings(prior_weight=0), 0.01) == LikelihoodState()
 
 
 def test_settings_validate_themselves():

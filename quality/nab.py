@@ -84,6 +84,9 @@ class Series:
     timestamps: np.ndarray
     scores: np.ndarray
     windows: list[tuple] = field(default_factory=list)
+    # row_weights per (profile, probationary share): they depend on the timestamps and windows
+    # only, and the hold-out scores the same series hundreds of times.
+    _weights: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.timestamps = np.asarray(self.timestamps)
@@ -104,6 +107,13 @@ class RowWeights:
 
 
 def row_weights(series: Series, profile: Profile, probation_percent: float = PROBATION_PERCENT) -> RowWeights:
+    key = (profile, probation_percent)
+    if key not in series._weights:
+        series._weights[key] = _row_weights(series, profile, probation_percent)
+    return series._weights[key]
+
+
+def _row_weights(series: Series, profile: Profile, probation_percent: float) -> RowWeights:
     times = series.timestamps
     count = len(times)
     weights = np.empty(count)
@@ -225,8 +235,29 @@ def score(corpus: list[Series], profile: Profile, threshold: float, probation_pe
     return Outcome(profile.name, threshold, raw, null, perfect, len(best), prepared.windows_scored - len(best), int(outside.sum()))
 
 
+def score_detections(series: Series, rows: RowWeights, detected: np.ndarray, profile: Profile) -> tuple[float, float, float]:
+    """One series' raw, null and perfect NAB score for a detection mask over its rows, from its
+    precomputed row weights (row_weights(series, profile)): what `score` gives for that series, without recomputing the weights
+    (they depend on the windows only). Raw, null and perfect add up over series."""
+    keep = rows.window != PROBATIONARY
+    detected = np.asarray(detected, dtype=bool) & keep
+    outside = detected & (rows.window == OUTSIDE)
+    inside = detected & (rows.window >= 0)
+    best = {}
+    for window, weight in zip(rows.window[inside], rows.weights[inside]):
+        best[int(window)] = max(best.get(int(window), -np.inf), float(weight))
+    raw = float(rows.weights[outside].sum()) + sum(best.values()) - profile.fn_weight * (rows.windows_scored - len(best))
+    return raw, -profile.fn_weight * rows.windows_scored, profile.tp_weight * len(series.windows)
+
+
 def optimise(corpus: list[Series], profile: Profile, probation_percent: float = PROBATION_PERCENT) -> Outcome:
-    """The best corpus-wide threshold for a profile, found by sweeping every distinct score."""
+    """The best corpus-wide threshold for a profile, found by sweeping every distinct score.
+
+    Lowering the threshold past each score in turn (highest first), the total changes by the row's
+    false-alarm weight when it is outside every window, and inside one by how much it raises that
+    window's best detection (from the miss, -fnWeight). Those steps are summed with numpy; a
+    threshold is realisable only after the last row of a run of equal scores, and the first
+    realisable threshold reaching the best total (within 1e-12) is chosen."""
     prepared = _prepare(corpus, profile, probation_percent)
     null, perfect = _baselines(prepared, profile)
     finite = ~np.isnan(prepared.scores)
@@ -235,27 +266,27 @@ def optimise(corpus: list[Series], profile: Profile, probation_percent: float = 
     weights = prepared.weights[finite][order]
     windows = prepared.window[finite][order]
     # Start above every score: no detection at all, the null detector's score.
-    best = Outcome(profile.name, math.inf, null, null, perfect, 0, prepared.windows_scored, 0)
-    window_best: dict[int, float] = {}
-    false_positive_sum, false_positives, total = 0.0, 0, null
-    for index in range(len(scores)):
-        window = int(windows[index])
-        if window == OUTSIDE:
-            false_positive_sum += weights[index]
-            false_positives += 1
-            total += weights[index]
-        else:
-            previous = window_best.get(window, -profile.fn_weight)
-            if weights[index] > previous:
-                total += weights[index] - previous
-                window_best[window] = float(weights[index])
-        # A threshold is only realisable after the last row with that same score.
-        if index + 1 < len(scores) and scores[index + 1] == scores[index]:
-            continue
-        if total > best.raw + 1e-12:
-            detected = len(window_best)
-            best = Outcome(profile.name, float(scores[index]), total, null, perfect, detected, prepared.windows_scored - detected, false_positives)
-    return best
+    nothing = Outcome(profile.name, math.inf, null, null, perfect, 0, prepared.windows_scored, 0)
+    if len(scores) == 0:
+        return nothing
+    outside = windows == OUTSIDE
+    steps = np.where(outside, weights, 0.0)
+    first_in_window = np.zeros(len(scores), dtype=bool)
+    for window in np.unique(windows[~outside]):
+        rows = np.flatnonzero(windows == window)
+        best_so_far = np.maximum.accumulate(np.maximum(weights[rows], -profile.fn_weight))
+        steps[rows] = np.diff(best_so_far, prepend=-profile.fn_weight)
+        first_in_window[rows[0]] = True
+    totals = null + np.cumsum(steps)
+    realisable = np.r_[scores[1:] != scores[:-1], True]
+    candidates = np.flatnonzero(realisable)
+    best_total = totals[candidates].max()
+    if not best_total > null + 1e-12:
+        return nothing
+    index = int(candidates[np.argmax(totals[candidates] >= best_total - 1e-12)])
+    detected = int(first_in_window[: index + 1].sum())
+    return Outcome(profile.name, float(scores[index]), float(totals[index]), null, perfect, detected, prepared.windows_scored - detected,
+                   int(outside[: index + 1].sum()))
 
 
 # Published NAB v1 standard-profile scores on the whole corpus (58 series), from NAB's scoreboard

@@ -100,3 +100,37 @@ def test_alert_settings_are_chosen_per_half_and_a_quiet_period_silences_a_run_of
     assert choice.in_sample == pytest.approx(100.0)
     assert choice.chosen == [((2.0, 48), (2.0, 48))]
     assert choice.held_out == [pytest.approx(100.0)]
+
+
+def test_score_detections_is_nab_score_of_one_series():
+    rng = np.random.default_rng(5)
+    for windows in (WINDOWS, [(20, 24), (60, 70)], []):
+        one = nab.Series("s", TIMES, rng.random(100), windows)
+        rows = nab.row_weights(one, STANDARD)
+        for threshold in (0.5, 0.9, 0.99, 2.0):
+            expected = nab.score([one], STANDARD, threshold)
+            assert nab.score_detections(one, rows, one.scores >= threshold, STANDARD) == pytest.approx((expected.raw, expected.null, expected.perfect))
+
+
+def test_the_full_alert_choice_picks_configuration_and_alert_settings_together_per_half():
+    # A fires in the window for s1, s3 and far outside for s2, s4; B the opposite (see the module
+    # doc), here at 2.2, above the lowest threshold_scale of the grid (2).
+    def scaled(series: dict[str, nab.Series]) -> dict[str, nab.Series]:
+        return {name: nab.Series(name, one.timestamps, one.scores * 2.2, one.windows) for name, one in series.items()}
+
+    scored = {A: scaled(_scored({"s1", "s3"})), B: scaled(_scored({"s2", "s4"}))}
+    choice = holdout.full_alert_choice(scored, [({"s1", "s3"}, {"s2", "s4"})], STANDARD)
+    # Each half picks the configuration that is perfect on it (at the lowest threshold that fires).
+    (first, second), = choice.chosen
+    assert first[0] == A.label() and second[0] == B.label()
+    # Held out, every series misses its window and raises one full false alarm: -5.5 (see above).
+    assert choice.held_out == [pytest.approx(-5.5)]
+    assert choice.in_sample == pytest.approx(50.0 - 0.11 * 2 * 100 / 8)  # best single choice on all four
+
+
+def test_the_grid_can_add_other_detectors_on_the_declared_features():
+    configs = holdout.grid(other_detectors=("hbos",))
+    assert len(configs) == 25 and configs[-1] == holdout.Config(96, False, 0, "hbos")
+    dataset = schemas.load("metrics")
+    _, spec = configs[-1].apply(dataset, dataset.detector)
+    assert spec.name == "hbos" and "n_neighbors" not in spec.params

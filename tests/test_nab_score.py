@@ -115,3 +115,24 @@ def test_probationary_length_is_capped_at_750_rows():
     assert nab.probationary_length(10) == 1
     assert nab.probationary_length(4032) == 604
     assert nab.probationary_length(22695) == 750
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimise_equals_a_brute_force_sweep_with_nab_score(seed):
+    rng = np.random.default_rng(seed)
+    corpus = []
+    for number in range(3):
+        times = np.arange(200)
+        # Rounded scores make runs of equal scores (a threshold cannot split them); NaN rows are unscored.
+        scores = np.round(rng.random(200), 1 if seed % 2 else 3)
+        scores[rng.random(200) < 0.05] = np.nan
+        windows = [(start, start + int(rng.integers(3, 15))) for start in sorted(rng.choice(np.arange(40, 180, 30), size=int(rng.integers(0, 3)), replace=False))]
+        corpus.append(nab.Series(f"s{number}", times, scores, windows))
+    for profile in nab.PROFILES.values():
+        best = nab.optimise(corpus, profile)
+        sweep = [nab.score(corpus, profile, threshold) for threshold in np.unique(np.concatenate([one.scores for one in corpus]))]
+        brute = max([outcome.raw for outcome in sweep if not np.isnan(outcome.threshold)] + [best.null])
+        assert best.raw == pytest.approx(brute, abs=1e-9)
+        if np.isfinite(best.threshold):
+            again = nab.score(corpus, profile, best.threshold)
+            assert (again.raw, again.true_positives, again.false_positives) == (pytest.approx(best.raw, abs=1e-9), best.true_positives, best.false_positives)

@@ -9,7 +9,7 @@ import pytest
 
 from lakehouse import detectors
 from lakehouse.detectors import FittedModel
-from quality import odds, reference_data_dir
+from quality import odds, odds_published, reference_data_dir
 from schemas.declaration import DetectorSpec
 
 ODDS = reference_data_dir() / "odds"
@@ -92,7 +92,7 @@ def test_an_unknown_member_or_combination_is_refused():
 def test_an_absent_odds_folder_is_a_reason_not_an_error(tmp_path):
     assert odds.available(tmp_path / "absent") == []
     assert str(tmp_path / "absent") in odds.missing_reason(tmp_path / "absent")
-    assert "none of the ODDS tables" in odds.missing_reason(tmp_path)
+    assert "no ODDS tables" in odds.missing_reason(tmp_path)
 
 
 def test_odds_evaluation_mirrors_the_published_protocol():
@@ -101,12 +101,30 @@ def test_odds_evaluation_mirrors_the_published_protocol():
     assert features.shape == (378, 30) and labels.sum() == 21
     mean, std = odds.evaluate(odds.spec_for("hbos"), features, labels, splits=3)
     # PyOD publishes 0.952 for HBOS on wbc (10 splits); 3 other splits land near it.
-    assert abs(mean - odds.PUBLISHED["wbc"]["hbos"]) < 0.05 and std < 0.05
+    assert abs(mean - odds_published.ROC_AUC["wbc"]["HBOS"]) < 0.05 and std < 0.05
     # The same seeded splits whether they run in one process or several.
     assert odds.evaluate("hbos", features, labels, splits=3, jobs=1) == pytest.approx((mean, std), abs=1e-12)
     rows = odds.run(folder, detector_names=("hbos",), splits=1)
     assert {row["table"] for row in rows} == set(odds.available(folder))
     assert all(0.5 < row["roc_auc_mean"] <= 1 and row["ratio_to_best_published"] == pytest.approx(row["roc_auc_mean"] / row["best_published"], abs=1e-3) for row in rows)
+    # The best published figure is the best of all PyOD's detectors on the table, not only IForest / HBOS.
+    assert all(row["best_published"] == max(odds_published.ROC_AUC[row["table"]].values()) for row in rows)
+
+
+def test_the_published_table_is_pyods_full_table():
+    assert len(odds_published.ROC_AUC) == 17 and all(len(figures) == 10 for figures in odds_published.ROC_AUC.values())
+    assert odds_published.best("cardio") == ("PCA", 0.9504) and odds_published.best("vowels") == ("KNN", 0.9680)
+    assert odds_published.mean("wbc") == pytest.approx(sum(odds_published.ROC_AUC["wbc"].values()) / 10)
+    assert odds_published.best("not_published") is None
+
+
+def test_an_unreadable_table_is_skipped_with_its_reason(tmp_path):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "nolabels.mat", {"X": np.zeros((5, 2))})
+    skipped = {}
+    assert odds.run(tmp_path, detector_names=("hbos",), splits=1, skipped=skipped) == []
+    assert "no X and y" in skipped["nolabels"]
 
 
 def test_the_ensemble_on_an_odds_table():

@@ -1,0 +1,120 @@
+"""A calibrated anomaly score: how unlikely an entity's recent scores are against its own history.
+
+A detector's score is in per-model units, and even on the relative scale (quality/scores.py: 0 at
+the mean training score, 1 at the contamination threshold) one threshold does not mean the same
+on every series: a noisy series sits near its threshold all day, a quiet one never comes close.
+In the spirit of NAB's "anomaly likelihood" (Ahmad et al. 2017), this module asks instead how
+improbable the mean of the entity's last `recent` scores is under the distribution that mean has
+had so far for that entity, and reports the tail probability p as a surprise, -log10(p): 3 means
+one chance in a thousand, on every series alike.
+
+The distribution is a normal one with an exponentially weighted mean and variance of the
+recent-score means (a plain running mean and variance until `history` values have been seen,
+then weight 1/history on each new one), so the state is a few numbers and the last `recent`
+scores: cheap to keep per entity in a stream. No look-ahead: an event's surprise uses its own
+score and earlier ones only, and the history is updated after the event is judged. `step` is the
+whole rule; `fold` applies it over one entity's scores in event order. The batch layer folds and
+the speed layer steps, so both give the same numbers (tests/test_likelihood.py).
+
+Unscored events (a NaN score: no model yet) leave the state unchanged and get a NaN surprise.
+Until `min_history` recent-score means have been seen the surprise is 0 (no evidence). On the
+relative scale an entity starts from the prior the scale itself implies (`initial_state`), so it
+needs no warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import log_ndtr, ndtri
+
+# The spread below which two recent-score means count as equal: a series whose scores never move
+# would otherwise make the first tiny change infinitely surprising.
+MIN_SPREAD = 1e-3
+# The largest surprise reported (a tail probability of 1e-300): beyond it float64 runs out.
+MAX_SURPRISE = 300.0
+
+
+@dataclass(frozen=True)
+class LikelihoodSettings:
+    # Defaults chosen on the 20 NAB series of ../shared/data (quality/calibration.py; in-sample):
+    # the last score alone, a history of 30 days of 5-minute events, and the relative scale's
+    # prior worth 10 events, so the surprise starts with the first scored event.
+    recent: int = 1  # scores averaged into the value judged
+    history: int = 8640  # effective length of the history, in events
+    min_history: int = 1  # observations (prior included) before any surprise is reported
+    prior_weight: int = 10  # how many observations the relative scale's prior counts for (0: none)
+
+    def __post_init__(self) -> None:
+        if self.recent < 1 or self.history < 1 or self.min_history < 1 or self.prior_weight < 0:
+            raise ValueError(f"likelihood settings must be positive: {self}")
+
+
+@dataclass
+class LikelihoodState:
+    """One entity's state: its last scores, and the running distribution of their means."""
+
+    recent: list[float] = field(default_factory=list)
+    count: int = 0  # recent-score means folded into the distribution
+    mean: float = 0.0
+    variance: float = 0.0
+
+    @classmethod
+    def prior(cls, mean: float, variance: float, weight: int) -> LikelihoodState:
+        """A state that starts from a belief worth `weight` observations instead of nothing: on
+        the relative scale (0 at the model's mean training score, 1 at its contamination
+        threshold) the model itself says the mean is 0 and the threshold sits at the
+        contamination's normal quantile, so the surprise needs no warm-up (relative_prior)."""
+        return cls([], int(weight), float(mean), float(variance))
+
+    def copy(self) -> LikelihoodState:
+        return LikelihoodState(list(self.recent), self.count, self.mean, self.variance)
+
+
+def surprise_of(value: float, mean: float, variance: float) -> float:
+    """-log10 of the upper tail probability of `value` under a normal (mean, variance)."""
+    spread = max(math.sqrt(max(variance, 0.0)), MIN_SPREAD)
+    # log_ndtr(-z) is log P(Z > z), accurate far into the tail where 1 - cdf rounds to 0.
+    log_tail = float(log_ndtr(-(value - mean) / spread))
+    return min(-log_tail / math.log(10.0), MAX_SURPRISE)
+
+
+def step(state: LikelihoodState, score: float, settings: LikelihoodSettings) -> float:
+    """The surprise of one event's score, updating the entity's state in place."""
+    if score is None or math.isnan(score):
+        return math.nan
+    state.recent.append(float(score))
+    if len(state.recent) > settings.recent:
+        del state.recent[0]
+    value = sum(state.recent) / len(state.recent)
+    surprise = surprise_of(value, state.mean, state.variance) if state.count >= settings.min_history else 0.0
+    # Judged first, then learnt from: the event is never compared with itself.
+    state.count += 1
+    weight = max(1.0 / state.count, 1.0 / settings.history)
+    difference = value - state.mean
+    state.mean += weight * difference
+    state.variance = (1.0 - weight) * (state.variance + weight * difference * difference)
+    return surprise
+
+
+def initial_state(settings: LikelihoodSettings, contamination: float) -> LikelihoodState:
+    """An entity's first state for relative scores: the prior mean 0 and a spread that puts 1 (the
+    contamination threshold) at the normal quantile of the contamination (1 in 100: 2.33
+    standard deviations), worth `prior_weight` observations."""
+    if settings.prior_weight == 0:
+        return LikelihoodState()
+    quantile = float(-ndtri(contamination))
+    return LikelihoodState.prior(0.0, 1.0 / (quantile * quantile), settings.prior_weight)
+
+
+def fold(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, LikelihoodState]:
+    """Surprises of one entity's scores in event order, from `state` (a fresh one by default,
+    left untouched), and the state after the last score."""
+    state = state.copy() if state is not None else LikelihoodState()
+    scores = np.asarray(scores, dtype=np.float64)
+    surprises = np.empty(len(scores))
+    for index, score in enumerate(scores.tolist()):
+        surprises[index] = step(state, score, settings)
+    return surprises, state

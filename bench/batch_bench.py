@@ -64,7 +64,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
     from batch import expectations
     from batch.features import compute as compute_features
     from batch.ingest import read_raw
-    from batch.job import run_batch
+    from batch.job import resolve_inputs, run_batch
     from app.wiring import spark_session
     from batch.train import train
     from batch.validation import validate
@@ -102,7 +102,7 @@ def run(argv: list[str] | None = None) -> list[dict]:
 
         # limit() leaves one partition: spread the sample over every core for both engines.
         sample = (
-            validate(read_raw(spark, dataset, [glob]), dataset)
+            validate(read_raw(spark, dataset, resolve_inputs([glob])), dataset)
             .limit(arguments.gx_spark_rows)
             .repartition(spark.sparkContext.defaultParallelism)
             .cache()

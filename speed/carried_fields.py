@@ -19,3 +19,7 @@ SOURCE = "_source"
 # revised because it arrived late). Its offset is done only once all n are durable
 # (speed/acks.py).
 ACK = "_ack"
+# A dead-letter output that only acknowledges: a later event of an entity without a model,
+# revised by a late one. The event was dead-lettered when it arrived (its own row); a second
+# letter would hold a partial copy of it (speed/scoring.py, speed/sinks.py).
+ACK_ONLY = "_ack_only"

@@ -17,7 +17,7 @@ from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ACK, ARRIVED_AT, REVISION, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class ScoreBatch(beam.DoFn):
             entry = system_tables.model_for(self.models, entity_id)
             if entry is None:
                 for record in records:
+                    if record.get("_revised"):
+                        yield beam.pvalue.TaggedOutput(DEAD_LETTER, {ACK: record.get(ACK), ACK_ONLY: True})
+                        continue
                     self.unknown.inc(1)
                     # Only the record's own fields: a replay of it then hashes (and is quarantined) the same.
                     raw = json.dumps({key: _jsonable(value) for key, value in record.items() if not key.startswith("_")})

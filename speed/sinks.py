@@ -16,7 +16,7 @@ from lakehouse import system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import acks, metrics, tables
-from speed.carried_fields import ACK, ARRIVED_AT, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, SOURCE
 
 # The hot table keeps the highest revision of each event (speed/carried_fields.py).
 REVISION_COLUMN = system_tables.REVISION.name
@@ -127,13 +127,16 @@ class WriteDeadLetters(beam.DoFn):
         self.uri = tables.quarantine_uri(self.settings)
 
     def process(self, batch: list[dict]) -> Iterable[tuple[str, str]]:
-        unique = {tuple(row[name] for name in system_tables.QUARANTINE_KEY): row for row in batch}
-        rows = pa.Table.from_pylist(list(unique.values()), schema=system_tables.QUARANTINE_SCHEMA)
-        tables.insert_new(self.uri, rows, list(system_tables.QUARANTINE_KEY))
+        letters = [row for row in batch if not row.get(ACK_ONLY)]
+        unique = {tuple(row[name] for name in system_tables.QUARANTINE_KEY): row for row in letters}
+        if unique:
+            rows = pa.Table.from_pylist(list(unique.values()), schema=system_tables.QUARANTINE_SCHEMA)
+            tables.insert_new(self.uri, rows, list(system_tables.QUARANTINE_KEY))
         # An unknown entity's letter stands for one scored output of a valid record (which is
-        # landed too); any other letter is the whole record's outcome.
+        # landed too), and so does an acknowledgement alone (ACK_ONLY); any other letter is the
+        # whole record's outcome.
         yield from output_acks([row for row in batch if row.get(ACK)], acks.UNSCORED)
-        yield from _record_acks([row for row in batch if not row.get(ACK)], acks.DEAD, "source")
+        yield from _record_acks([row for row in letters if not row.get(ACK)], acks.DEAD, "source")
 
 
 def output_acks(batch: list[dict], sink: str) -> Iterable[tuple[str, str]]:

@@ -207,10 +207,11 @@ class TestOnTheDemo:
     def test_batch_runs_lists_the_demo_runs_with_their_counts(self, demo):
         rows = {row[0]: row for row in table_rows(ok(lakehouse("batch", "runs", "-d", DATASET)).stdout)}
         for record in demo["batch"]:
-            run_id, dataset, status, input_rows, valid_rows, quarantined_rows, duplicate_rows, anomalies, _ = rows[record.run_id]
+            run_id, dataset, status, input_rows, valid_rows, quarantined_rows, duplicate_rows, conflict_rows, anomalies, _ = rows[record.run_id]
             assert (dataset, status) == (DATASET, "succeeded")
-            assert [int(input_rows), int(valid_rows), int(quarantined_rows), int(duplicate_rows), int(anomalies)] == [
-                record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows, record.anomalies,
+            assert [int(input_rows), int(valid_rows), int(quarantined_rows), int(duplicate_rows), int(conflict_rows), int(anomalies)] == [
+                record.input_rows, record.valid_rows, record.quarantined_rows, record.duplicate_rows, record.conflict_rows,
+                record.anomalies,
             ]
 
     def test_batch_models_lists_a_model_per_sensor_and_run(self, demo):
@@ -247,7 +248,7 @@ class TestOnTheDemo:
             trino_client.query(f"SELECT count(*) FROM delta.{DATASET}.anomalies", settings=settings)
         result = ok(lakehouse("serve", "refresh"))
         assert f"registered {DATASET}.silver" in result.stderr
-        assert f"created view {DATASET}.merged (batch: True, speed: True)" in result.stderr
+        assert f"created view {DATASET}.merged (batch: True, speed: True, watermark: " in result.stderr
         assert f"created view {DATASET}.anomalies" in result.stderr
         anomalies = trino_client.query(f"SELECT count(*) AS n FROM delta.{DATASET}.anomalies", settings=settings)
         assert anomalies.n[0] == int(demo["merged"]["anomalies"].sum())

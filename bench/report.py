@@ -32,6 +32,12 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version()}
 
 
+def load_note() -> str:
+    """The machine's load as a benchmark records it beside its figures (a shared machine skews them)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
+
+
 def _number(value: float) -> str:
     # Rates and latencies read best as whole numbers; scores, AUCs and ratios need decimals.
     return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"

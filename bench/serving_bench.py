@@ -70,11 +70,6 @@ def _median_ms(run, repeat: int) -> tuple[float, list[float]]:
     return statistics.median(timings), timings
 
 
-def _load_note() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
-
-
 def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the targets only, 5 repetitions per query")
@@ -104,16 +99,16 @@ def run(argv: list[str] | None = None) -> dict:
     figures: list[dict] = []
     targets: dict[str, float | None] = dict.fromkeys(TARGET)
     reasons: dict[str, str] = {}
-    loads: dict[str, str] = {"start": _load_note()}
+    loads: dict[str, str] = {"start": report.load_note()}
     trino = TrinoServer(trino_settings)
     try:
         built = _build_warehouse(settings, dataset, arguments, folder)
         figures += built["figures"]
-        loads["built"] = _load_note()
+        loads["built"] = report.load_note()
         trino.start()
         views.refresh(DATASET, trino_settings)
         cost = _merge_cost(trino_settings, repeat)
-        loads["queries"] = _load_note()
+        loads["queries"] = report.load_note()
         figures += cost["figures"]
         targets.update(merged_over_batch_max=cost["merged_over_batch_max"], entity_day_p50_ms=cost["entity_day_p50_ms"],
                        alerts_over_anomalies=cost["alerts_over_anomalies"])
@@ -121,7 +116,7 @@ def run(argv: list[str] | None = None) -> dict:
             reasons["freshness_p99_ms_at_1k"] = reasons["hot_files_after_soak"] = "not run: --no-freshness"
         else:
             fresh = _freshness(settings, trino_settings, base, dataset, arguments, built["newest"], folder)
-            loads["freshness"] = _load_note()
+            loads["freshness"] = report.load_note()
             figures += fresh["figures"]
             targets["freshness_p99_ms_at_1k"] = fresh["freshness_p99_ms_at_1k"]
             if fresh["freshness_p99_ms_at_1k"] is None:

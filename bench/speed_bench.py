@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 import threading
@@ -106,11 +105,6 @@ def _percentile(samples, q: float) -> float | None:
     return float(np.percentile(values, q)) if values.size else None
 
 
-def _load_note() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores"
-
-
 def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="only the targets (items 1-4 of issue #14)")
@@ -141,7 +135,7 @@ def run(argv: list[str] | None = None) -> dict:
     figures: list[dict] = []
     targets: dict[str, float | None] = dict.fromkeys(TARGET)
     reasons: dict[str, str] = {}
-    loads: dict[str, str] = {"start": _load_note()}
+    loads: dict[str, str] = {"start": report.load_note()}
     started_here = []
     try:
         start = pd.Timestamp("2024-01-01T00:00:00Z")
@@ -154,7 +148,7 @@ def run(argv: list[str] | None = None) -> dict:
 
         numpy_rate = _numpy_reference(settings, dataset, history, stream, arguments.batch_size)
         local_rate = _local_replay(settings, replay, arguments.batch_size)
-        loads["local replay"] = _load_note()
+        loads["local replay"] = report.load_note()
         targets.update(numpy_events_per_s=numpy_rate, local_events_per_s=local_rate, ratio_to_numpy=local_rate / numpy_rate)
         figures.append({"name": f"local runner: bounded replay of {len(stream):,} events, {arguments.sensors} entities",
                         "value": local_rate, "unit": "events/s", "reference": "design target",
@@ -174,7 +168,7 @@ def run(argv: list[str] | None = None) -> dict:
         # Every live run continues the entities' series after the replay's newest events.
         after = stream.event_time.max()
         follow = _follow_at_rate(settings, dataset, arguments, after)
-        loads["follow"] = _load_note()
+        loads["follow"] = report.load_note()
         targets.update(follow_events_per_s=follow["rate"], follow_lag_s_at_end=follow["lag_seconds"])
         figures.append({"name": f"Flink following Kafka fed {arguments.follow_rate:,.0f} events/s for "
                                 f"{arguments.follow_seconds:.0f} s: events committed per second",
@@ -189,7 +183,7 @@ def run(argv: list[str] | None = None) -> dict:
 
         after = follow["newest"]
         latency = latency_and_freshness(settings, base, dataset, arguments, after, folder)
-        loads["latency"] = _load_note()
+        loads["latency"] = report.load_note()
         for key, name in (("commit_p99_ms_at_1k", "arrival-to-commit p99"), ("scored_p99_ms_at_1k", "arrival-to-scored p99"),
                           ("freshness_p99_ms_at_1k", "Kafka send to Trino's merged view p99")):
             targets[key] = latency.get(key)

@@ -57,9 +57,13 @@ class FittedModel:
         """
         if len(features) == 0:
             return np.empty(0), np.empty(0, dtype=bool)
-        if self.scaler is not None:
-            features = self.scaler.transform(features)
-        scores = np.asarray(self.detector.decision_function(features), dtype=np.float64)
+        nearest = _exact_knn_path(self.detector) if len(features) <= _FEW_ROWS else None
+        if nearest is not None:
+            scores = nearest(_transform(self.scaler, np.asarray(features, dtype=np.float64)))
+        else:
+            if self.scaler is not None:
+                features = self.scaler.transform(features)
+            scores = np.asarray(self.detector.decision_function(features), dtype=np.float64)
         training_ids = getattr(self, "training_ids", None)  # absent from artifacts of older versions
         if event_ids is not None and training_ids is not None:
             position = pd.Index(training_ids).get_indexer(np.asarray(event_ids, dtype=object))
@@ -79,6 +83,52 @@ class FittedModel:
         if not isinstance(model, FittedModel):
             raise TypeError(f"artifact holds {type(model).__name__}, not a FittedModel")
         return model
+
+
+# Up to this many rows, a KNN model scores in plain numpy (below); more go through PyOD. The speed
+# layer scores an entity's few new events at a time, where sklearn's input checks and tree query
+# set-up cost 10 times the arithmetic (docs/benchmarks.md, speed). The batch layer's large calls
+# keep the tree; both give the same bits, so the layers agree either way.
+_FEW_ROWS = 64
+
+
+def _exact_knn_path(detector: Any):
+    """A function scoring scaled rows as PyOD's KNN does, bit for bit, or None where that cannot
+    be promised: sklearn's KD and ball trees sum squared differences feature by feature in order
+    and take the square root, which the loop below repeats; its brute-force search (many
+    dimensions, or neighbours near half the training rows) uses another formula."""
+    neighbours = getattr(detector, "neigh_", None)
+    if type(detector).__name__ != "KNN" or neighbours is None or getattr(neighbours, "_fit_method", None) not in ("kd_tree", "ball_tree"):
+        return None
+    if getattr(neighbours, "effective_metric_", None) != "euclidean":
+        return None
+    training = neighbours._fit_X
+    k = detector.n_neighbors
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        difference = rows[:, np.newaxis, :] - training[np.newaxis, :, :]
+        # Summed feature by feature in order, as the trees do (np.sum would pair them up).
+        squares = np.add.accumulate(difference * difference, axis=2)[:, :, -1]
+        nearest = np.sort(np.partition(squares, k - 1, axis=1)[:, :k], axis=1)
+        return np.asarray(detector._get_dist_by_method(np.sqrt(nearest)), dtype=np.float64).ravel()
+
+    return score
+
+
+def _transform(scaler: Any, rows: np.ndarray) -> np.ndarray:
+    """scaler.transform(rows) without sklearn's per-call checks, the same arithmetic."""
+    kind = type(scaler).__name__
+    if scaler is None:
+        return rows
+    if kind == "RobustScaler":
+        if scaler.with_centering:
+            rows = rows - scaler.center_
+        return rows / scaler.scale_ if scaler.with_scaling else rows
+    if kind == "StandardScaler":
+        if scaler.with_mean:
+            rows = rows - scaler.mean_
+        return rows / scaler.scale_ if scaler.with_std else rows
+    return scaler.transform(rows)
 
 
 def fit(

@@ -48,16 +48,27 @@ def compute_features(
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"values must be 2-D (events, fields), got shape {values.shape}")
+    return features_from_windows(dataset, values, previous_windows(values, history, window), event_times)
+
+
+def previous_windows(values: np.ndarray, history: np.ndarray | None, window: int) -> np.ndarray:
+    """(n, k, window): the `window` values before each of n consecutive events of one entity (NaN
+    where the entity had less history); [i, :, -1] is the value just before event i."""
     count, width = values.shape
     if history is None or len(history) == 0:
         history = np.empty((0, width), dtype=np.float64)
     history = np.asarray(history, dtype=np.float64)[-window:]
-    # Previous `window` values of each event: NaN where the entity had less history.
     padding = np.full((window - len(history), width), np.nan)
     series = np.concatenate([padding, history, values])
-    previous = np.lib.stride_tricks.sliding_window_view(series, window, axis=0)[:count]
-    # previous has shape (n, k, window); previous[i, :, -1] is the value just before event i.
+    return np.lib.stride_tricks.sliding_window_view(series, window, axis=0)[:count]
 
+
+def features_from_windows(dataset: Dataset, values: np.ndarray, previous: np.ndarray, event_times: np.ndarray) -> np.ndarray:
+    """Features of n events, each given with its own previous window (previous_windows), so events
+    of many entities are computed in one call: each row's arithmetic is its own, and the same
+    whatever the other rows (the speed layer stacks one new event of each of many entities)."""
+    window = dataset.features.window
+    count, width = values.shape
     present = ~np.isnan(previous)
     filled = np.where(present, previous, 0.0)
     # Fixed summation order, ((0.0 + t0) + t1) + ..., so the result is identical for any n. Few

@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from schemas.declaration import Dataset
 from speed import acks, metrics
-from speed.sinks import output_acks
+from speed.sinks import one_list, output_acks
 
 ALERT_ID = "alert_id"
 
@@ -75,7 +75,7 @@ class PublishAlerts(beam.DoFn):
             raise RuntimeError(f"{remaining} alerts not delivered to Kafka topic {self.topic} within 30 s")
         self.published.inc(count)
         self.prometheus.inc(count)
-        yield from output_acks(batch, acks.ALERT)
+        yield from one_list(output_acks(batch, acks.ALERT))
 
     def teardown(self) -> None:
         if getattr(self, "producer", None) is not None:

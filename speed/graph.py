@@ -17,7 +17,7 @@ from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing
 from speed.replay_source import ReadReplay
 from speed.scoring import ScoreBatch
 from speed.sinks import UpsertHotScores, WriteDeadLetters, WriteLanding
-from speed.stateful_features import ComputeFeatures
+from speed.stateful_features import ComputeFeatures, shard_of
 from speed.validate import DEAD_LETTER, ParseAndValidate
 
 VALID = "valid"
@@ -33,16 +33,18 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
     bootstrap = kafka_bootstrap(options, settings)
     gaps = None
     if unbounded:
-        followed = pipeline | "FollowKafka" >> kafka_stream.FollowKafka(bootstrap, consumer_group(options), kafka_ranges)
+        followed = pipeline | "FollowKafka" >> kafka_stream.FollowKafka(
+            bootstrap, consumer_group(options), kafka_ranges, max_messages=options.max_batch_size
+        )
         source, gaps = followed[kafka_stream.MESSAGES], followed[kafka_stream.GAPS]
     elif options.kafka_topic:
-        source = pipeline | "ReadKafka" >> ReadKafkaRange(bootstrap, consumer_group(options), kafka_ranges)
+        source = pipeline | "ReadKafka" >> ReadKafkaRange(bootstrap, consumer_group(options), kafka_ranges, options.max_batch_size)
     else:
-        source = pipeline | "ReadReplay" >> ReadReplay(options.input)
+        source = pipeline | "ReadReplay" >> ReadReplay(options.input, options.max_batch_size)
     outputs = source | "ScoreEvents" >> ScoreEvents(
         dataset,
         settings,
-        max_batch_size=options.max_batch_size,
+        state_shards=options.state_shards,
         reload_seconds=options.model_reload_seconds,
         state_ttl_seconds=options.state_ttl_seconds,
     )
@@ -86,13 +88,15 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
 
 
 class _CommitBatches(beam.PTransform):
-    """Rows -> lists of rows, one Delta commit each.
+    """Lists of rows -> lists of rows, one Delta commit each.
 
-    Streaming: every batch of a table goes through one key, so one worker commits to each table.
+    Streaming: every list of a table goes through one key, so one worker commits to each table.
     Parallel MERGEs into one unpartitioned table conflict nearly always (each may match rows in
     the files the other adds) and retry with back-off, which costs more latency than one writer.
-    A batch closes at `--max_batch_size` rows or `--commit_seconds` after its first row.
-    Bounded runs batch per bundle, in parallel: their runners give one worker per stage here.
+    A commit takes the lists that arrived within `--commit_seconds` of its first one: at a high
+    rate a commit grows rather than the commits falling behind.
+    Bounded runs batch per bundle, up to `--max_batch_size` rows, in parallel: their runners give
+    one worker per stage here.
     """
 
     def __init__(self, options: SpeedOptions, streaming: bool) -> None:
@@ -101,48 +105,57 @@ class _CommitBatches(beam.PTransform):
         self.commit_seconds = options.commit_seconds
         self.streaming = streaming
 
-    def expand(self, rows):
+    def expand(self, lists):
         if not self.streaming:
-            return rows | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
-        return (
-            rows
-            | "OneWriter" >> beam.Map(lambda row: (0, row)).with_output_types(tuple[int, dict])
-            | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
-            | "Rows" >> beam.Map(lambda keyed: list(keyed[1]))
-        )
+            batches = lists | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size, element_size_fn=len)
+        else:
+            batches = (
+                lists
+                | "OneWriter" >> beam.Map(lambda rows: (0, rows)).with_output_types(tuple[int, list])
+                | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
+                | "Lists" >> beam.Map(lambda keyed: list(keyed[1]))
+            )
+        return batches | "Rows" >> beam.Map(lambda many: [row for rows in many for row in rows])
+
+
+def shard_batch(records: list[dict], entity: str, shards: int):
+    """A batch of valid records -> (shard, its records) per state shard present (arrival order kept)."""
+    by_shard: dict[int, list[dict]] = {}
+    for record in records:
+        by_shard.setdefault(shard_of(record[entity], shards), []).append(record)
+    yield from by_shard.items()
 
 
 class ScoreEvents(beam.PTransform):
-    """(source, JSON text) -> scored rows (main output) and dead letters (tag `dead_letter`)."""
+    """Lists of (source, JSON text[, arrival]) -> lists of scored rows (main output) and lists of
+    dead letters (tag `dead_letter`); valid records as lists too (tag `landing`)."""
 
     def __init__(
         self,
         dataset: Dataset,
         settings: Settings,
         *,
-        max_batch_size: int = 1000,
+        state_shards: int = 8,
         reload_seconds: float = 30.0,
         state_ttl_seconds: float = 0.0,
     ) -> None:
         super().__init__()
         self.dataset = dataset
         self.settings = settings
-        self.max_batch_size = max_batch_size
+        self.state_shards = state_shards
         self.reload_seconds = reload_seconds
         self.state_ttl_seconds = state_ttl_seconds
 
-    def expand(self, lines):
+    def expand(self, batches):
         dataset = self.dataset
-        parsed = lines | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
+        parsed = batches | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
         featured = (
             parsed[VALID]
-            | "KeyByEntity" >> beam.Map(lambda record: (record[dataset.entity], record)).with_output_types(tuple[str, dict])
+            | "ShardByEntity" >> beam.FlatMap(shard_batch, dataset.entity, self.state_shards).with_output_types(tuple[int, list])
             | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds))
         )
-        scored = (
-            featured
-            | "BatchForScoring" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
-            | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(DEAD_LETTER, main=VALID)
+        scored = featured | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(
+            DEAD_LETTER, main=VALID
         )
         dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
         return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

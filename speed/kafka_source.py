@@ -117,12 +117,25 @@ def commit_offsets(bootstrap: str, group: str, ranges: list[PartitionRange]) -> 
 
 
 class _ReadPartitionRange(beam.DoFn):
-    def __init__(self, bootstrap: str, group: str) -> None:
+    """A partition range as lists of up to `batch_size` (source, text, arrival)."""
+
+    def __init__(self, bootstrap: str, group: str, batch_size: int = 1000) -> None:
         self.bootstrap = bootstrap
         self.group = group
+        self.batch_size = batch_size
         self.messages = Metrics.counter("speed", "kafka_messages")
 
-    def process(self, item: PartitionRange) -> Iterable[tuple[str, str, float]]:
+    def process(self, item: PartitionRange) -> Iterable[list[tuple[str, str, float]]]:
+        batch = []
+        for message in self._messages(item):
+            batch.append(message)
+            if len(batch) >= self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _messages(self, item: PartitionRange) -> Iterable[tuple[str, str, float]]:
         if item.end <= item.start:
             return
         consumer = group_consumer(self.bootstrap, self.group)
@@ -157,18 +170,20 @@ class _ReadPartitionRange(beam.DoFn):
 
 
 class ReadKafkaRange(beam.PTransform):
-    """(source, text, arrival) of the given partition ranges; source names topic, partition and offset."""
+    """Lists of (source, text, arrival) of the given partition ranges; source names topic,
+    partition and offset."""
 
-    def __init__(self, bootstrap: str, group: str, ranges: list[PartitionRange]) -> None:
+    def __init__(self, bootstrap: str, group: str, ranges: list[PartitionRange], batch_size: int = 1000) -> None:
         super().__init__()
         self.bootstrap = bootstrap
         self.group = group
         self.ranges = ranges
+        self.batch_size = batch_size
 
     def expand(self, pipeline):
         return (
             pipeline
             | "PartitionRanges" >> beam.Create(self.ranges)
             | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartitions" >> beam.ParDo(_ReadPartitionRange(self.bootstrap, self.group))
+            | "ReadPartitions" >> beam.ParDo(_ReadPartitionRange(self.bootstrap, self.group, self.batch_size))
         )

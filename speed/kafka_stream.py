@@ -126,6 +126,10 @@ class _FollowPartition(beam.DoFn):
         consumer = self._consumer_at(item, position)
         batch = consumer.consume(num_messages=self.max_messages, timeout=self.poll_seconds)
         partition_key = f"{item.topic}/{item.partition}"
+        # One element per poll: the messages as a list (and the offsets without a record as
+        # another), since each element costs the runner more than parsing a message.
+        messages, gaps = [], []
+        stopped = False
         for message in batch:
             if message.error():
                 if message.error().code() == KafkaError._PARTITION_EOF:
@@ -135,17 +139,23 @@ class _FollowPartition(beam.DoFn):
             if offset < position:
                 continue
             if not tracker.try_claim(offset):
-                self.consumers.pop((item.topic, item.partition), None)
-                consumer.close()
-                return
-            for skipped in range(position, offset):
-                yield beam.pvalue.TaggedOutput(GAPS, (source_of(item.topic, item.partition, skipped), ACK_GAP))
+                stopped = True
+                break
+            gaps += [(source_of(item.topic, item.partition, skipped), ACK_GAP) for skipped in range(position, offset)]
             position = offset + 1
-            self.messages.inc()
             _, timestamp_ms = message.timestamp()
             arrived_at = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
             value = message.value().decode("utf-8", errors="replace") if message.value() is not None else ""
-            yield TimestampedValue((source_of(item.topic, item.partition, offset), value, arrived_at), arrived_at)
+            messages.append((source_of(item.topic, item.partition, offset), value, arrived_at))
+        if gaps:
+            yield beam.pvalue.TaggedOutput(GAPS, gaps)
+        if messages:
+            self.messages.inc(len(messages))
+            yield TimestampedValue(messages, messages[0][2])
+        if stopped:
+            self.consumers.pop((item.topic, item.partition), None)
+            consumer.close()
+            return
         self.consumers[(item.topic, item.partition)] = (consumer, position)
         _, high = consumer.get_watermark_offsets(_topic_partition(item), cached=True)
         if high is not None and high >= 0:
@@ -159,7 +169,8 @@ def _topic_partition(item: PartitionRange):
 
 
 class FollowKafka(beam.PTransform):
-    """Unbounded (source, text, arrival) of every partition, plus gap acknowledgements (tag `gaps`)."""
+    """Unbounded lists of (source, text, arrival), one per poll of a partition, plus lists of gap
+    acknowledgements (tag `gaps`)."""
 
     def __init__(self, bootstrap: str, group: str, starts: list[PartitionRange], *, max_messages: int = 1000,
                  poll_seconds: float = 0.05) -> None:
@@ -217,8 +228,9 @@ class _CommitFrontier(beam.DoFn):
         if getattr(self, "consumer", None) is not None:
             self.consumer.close()
 
-    def process(self, element: tuple[str, list[tuple[int, str]]], frontier=beam.DoFn.StateParam(FRONTIER)) -> None:
-        partition_key, received = element
+    def process(self, element: tuple[str, list[list[tuple[int, str]]]], frontier=beam.DoFn.StateParam(FRONTIER)) -> None:
+        partition_key, lists = element
+        received = [ack for acks_of_commit in lists for ack in acks_of_commit]
         state = frontier.read()
         next_offset, pending = state if state is not None else (self.starts[partition_key], {})
         advanced, pending, outcomes = advance(next_offset, pending, received, lands=self.lands, alerts=self.alerts)
@@ -249,19 +261,22 @@ class CommitOffsets(beam.PTransform):
     def expand(self, acks):
         return (
             acks
-            | "KafkaOnly" >> beam.FlatMap(_keyed_ack).with_output_types(tuple[str, tuple[int, str]])
+            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, list[tuple[int, str]]])
             # One state update and at most one broker commit per partition per flush.
             | "GroupAcks" >> beam.GroupIntoBatches(100_000, max_buffering_duration_secs=self.flush_seconds)
             | "CommitFrontier" >> beam.ParDo(_CommitFrontier(self.bootstrap, self.group, self.starts, self.lands, self.alerts))
         )
 
 
-def _keyed_ack(ack: tuple[str, str]):
-    source, kind = ack
-    parsed = parse_source(source)
-    if parsed is not None:
-        partition_key, offset = parsed
-        yield partition_key, (offset, kind)
+def _keyed_acks(acknowledgements: list[tuple[str, str]]):
+    """A commit's acknowledgements of Kafka records, one list per partition: (offset, kind)."""
+    by_partition: dict[str, list[tuple[int, str]]] = {}
+    for source, kind in acknowledgements:
+        parsed = parse_source(source)
+        if parsed is not None:
+            partition_key, offset = parsed
+            by_partition.setdefault(partition_key, []).append((offset, kind))
+    yield from by_partition.items()
 
 
 def count_outcomes(topic: str, partition: str, outcomes: dict[str, int]) -> None:
@@ -290,7 +305,8 @@ class AccountRanges(beam.PTransform):
         starts, lands, alerts = self.starts, self.lands, self.alerts
 
         def account(element) -> None:
-            partition_key, offsets = element
+            partition_key, lists = element
+            offsets = [ack for acks_of_commit in lists for ack in acks_of_commit]
             _, pending, outcomes = advance(starts[partition_key], {}, offsets, lands=lands, alerts=alerts)
             topic, _, partition = partition_key.rpartition("/")
             count_outcomes(topic, partition, outcomes)
@@ -299,7 +315,7 @@ class AccountRanges(beam.PTransform):
 
         return (
             received
-            | "KafkaOnly" >> beam.FlatMap(_keyed_ack).with_output_types(tuple[str, tuple[int, str]])
+            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, list[tuple[int, str]]])
             | "ByPartition" >> beam.GroupByKey()
             | "Account" >> beam.Map(account)
         )

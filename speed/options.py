@@ -27,7 +27,14 @@ class SpeedOptions(PipelineOptions):
             "--poll_seconds", type=float, default=1.0,
             help="with --follow on the in-process runner: pause between micro-batches that found nothing",
         )
-        parser.add_argument("--max_batch_size", type=int, default=1000, help="events per scoring batch and per Delta commit")
+        parser.add_argument(
+            "--max_batch_size", type=int, default=1000,
+            help="events per batch read from a source (a Kafka poll, a replay's lines), and per Delta commit on bounded runs",
+        )
+        parser.add_argument(
+            "--state_shards", type=int, default=8,
+            help="state keys the entities are spread over: an element of the stateful step is a shard's events of a batch",
+        )
         parser.add_argument(
             "--commit_seconds", type=float, default=0.2,
             help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",

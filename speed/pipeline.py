@@ -165,9 +165,10 @@ def _configure(argv: list[str] | None, settings: Settings, hooks: Hooks) -> tupl
         _use_flink_job_server(options, hooks)
     if unbounded:
         standard.streaming = True
-    elif standard.streaming:
-        # A bounded source in streaming mode: its state ends with the job, and a pending
-        # processing-time timer would keep the job open until it fires.
+    else:
+        # A bounded source: its state ends with the job, and a pending processing-time timer
+        # would keep a streaming job open until it fires (a batch runner fires it at the end,
+        # where the shard's timer would set itself again).
         speed_options.state_ttl_seconds = 0.0
     if not speed_options.dataset:
         raise ConfigurationError("speed pipeline needs --dataset")

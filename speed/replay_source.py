@@ -12,7 +12,8 @@ from lakehouse.errors import ConfigurationError
 
 
 class ReadReplay(beam.PTransform):
-    """(source, line, read time) of JSON-lines files, each file read start to end by one worker.
+    """Lists of up to `batch_size` (source, line, read time) of JSON-lines files, each file read
+    start to end by one worker.
 
     Not Beam's ReadFromText: runners split its reads and process the pieces in any order (Flink
     does), so an entity's events would arrive hundreds of events out of order, beyond what the
@@ -20,20 +21,27 @@ class ReadReplay(beam.PTransform):
     partition does.
     """
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, batch_size: int = 1000) -> None:
         super().__init__()
         self.pattern = pattern
+        self.batch_size = batch_size
 
     def expand(self, pipeline):
         files = storage.list_input_files(self.pattern)
         if not files:
             raise ConfigurationError(f"--input {self.pattern!r} matches no file")
-        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines)
+        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines, self.batch_size)
 
 
-def _read_lines(path: str):
+def _read_lines(path: str, batch_size: int):
+    batch = []
     with storage.open_input_file(path) as stream:
         for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
             line = line.rstrip("\n")
             if line.strip():
-                yield path, line, time.time()
+                batch.append((path, line, time.time()))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch

@@ -62,7 +62,9 @@ class ScoreBatch(beam.DoFn):
             log.info("speed: loaded %d models of %s (registry version %s)", len(self.models), self.dataset.name, version)
 
     def process(self, batch: list[dict]) -> Iterable[Any]:
+        """One list of hot rows, and one list of dead letters (tag `dead_letter`) when any."""
         self._maybe_reload()
+        rows, letters = [], []
         dataset = self.dataset
         by_entity: dict[str, list[dict]] = {}
         for record in batch:
@@ -73,7 +75,7 @@ class ScoreBatch(beam.DoFn):
             if entry is None:
                 for record in records:
                     if record.get("_revised"):
-                        yield beam.pvalue.TaggedOutput(DEAD_LETTER, {ACK: record.get(ACK), ACK_ONLY: True})
+                        letters.append({ACK: record.get(ACK), ACK_ONLY: True})
                         continue
                     self.unknown.inc(1)
                     # Only the record's own fields: a replay of it then hashes (and is quarantined) the same.
@@ -88,17 +90,21 @@ class ScoreBatch(beam.DoFn):
                     )
                     # Acknowledges the output it stands for, not the record: the record is done
                     # only once it is landed too (speed/acks.py).
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, {**letter, ACK: record.get(ACK)})
+                    letters.append({**letter, ACK: record.get(ACK)})
                 continue
             matrix = np.vstack([record["_features"] for record in records])
             scores, flags = entry.model.score(matrix)
             self._observe_scored(records)
+            revised = sum(1 for record in records if record.get("_revised"))
+            self.scored.inc(len(records) - revised)
+            if revised:
+                self.rescored.inc(revised)
+            flagged = int(np.count_nonzero(flags))
+            if flagged:
+                self.anomalies.inc(flagged)
+                self.prometheus_anomalies.inc(flagged)
             for record, score, flag in zip(records, scores, flags):
-                (self.rescored if record.get("_revised") else self.scored).inc()
-                if flag:
-                    self.anomalies.inc()
-                    self.prometheus_anomalies.inc()
-                yield {
+                rows.append({
                     ARRIVED_AT: record.get(ARRIVED_AT),
                     SOURCE: record.get(SOURCE),
                     ACK: record.get(ACK),
@@ -106,7 +112,11 @@ class ScoreBatch(beam.DoFn):
                         dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
                         scored_at=scored_at, revision=record.get(REVISION, 0),
                     ),
-                }
+                })
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
+        if rows:
+            yield rows
 
     def _observe_scored(self, records: list[dict]) -> None:
         # Arrival to scored, before the sinks: the part of the latency the sinks' batching and

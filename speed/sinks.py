@@ -21,9 +21,11 @@ from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, SOURCE
 # The hot table keeps the highest revision of each event (speed/carried_fields.py).
 REVISION_COLUMN = system_tables.REVISION.name
 
-# Each sink yields (source, kind) per row it has committed (speed/acks.py): a continuous Kafka run
-# commits a partition's offset only once every output of every record before it is durable
-# (speed/kafka_stream.py).
+# Each sink yields, per commit, one list of (source, kind), one per row it committed
+# (speed/acks.py): a continuous Kafka run commits a partition's offset only once every output of
+# every record before it is durable (speed/kafka_stream.py). A list per commit, not an element
+# per row: the acknowledgements are as many as the rows, and each element costs the runner more
+# than the row.
 
 
 class _CompactsPeriodically:
@@ -89,7 +91,7 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
                 arrival_latency.observe(latency)
                 metrics.LATENCY_SAMPLES.append(latency)
             event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
-        yield from output_acks(batch, acks.HOT)
+        yield from one_list(output_acks(batch, acks.HOT))
 
 
 class WriteLanding(_CompactsPeriodically, beam.DoFn):
@@ -114,7 +116,7 @@ class WriteLanding(_CompactsPeriodically, beam.DoFn):
         tables.insert_new(self.uri, pa.Table.from_pylist(list(unique.values()), schema=self.schema), [self.dataset.event_id])
         self._committed_one(self.uri)
         self.landed.inc(len(unique))
-        yield from _record_acks(batch, acks.LANDING, SOURCE)
+        yield from one_list(_record_acks(batch, acks.LANDING, SOURCE))
 
 
 class WriteDeadLetters(beam.DoFn):
@@ -135,8 +137,17 @@ class WriteDeadLetters(beam.DoFn):
         # An unknown entity's letter stands for one scored output of a valid record (which is
         # landed too), and so does an acknowledgement alone (ACK_ONLY); any other letter is the
         # whole record's outcome.
-        yield from output_acks([row for row in batch if row.get(ACK)], acks.UNSCORED)
-        yield from _record_acks([row for row in letters if not row.get(ACK)], acks.DEAD, "source")
+        yield from one_list([
+            *output_acks([row for row in batch if row.get(ACK)], acks.UNSCORED),
+            *_record_acks([row for row in letters if not row.get(ACK)], acks.DEAD, "source"),
+        ])
+
+
+def one_list(acknowledgements: Iterable[tuple[str, str]]) -> Iterable[list[tuple[str, str]]]:
+    """The commit's acknowledgements as one element (none when it has none)."""
+    acknowledgements = list(acknowledgements)
+    if acknowledgements:
+        yield acknowledgements
 
 
 def output_acks(batch: list[dict], sink: str) -> Iterable[tuple[str, str]]:

@@ -1,16 +1,25 @@
 """The stateful step of the speed layer: each event's features from its entity's recent history,
-kept in Beam state, with late events put back in place.
+kept in Beam state, with late events put back in place; a batch of events at a time.
 
 Features are the very function the batch layer uses (lakehouse/features.py), so the two layers
 compute the same features.
+
+Why batches of a shard, not one event of an entity: with 1,000 entities, a bundle holds about one
+event per entity, so per-entity keys meant one state read, one state write, one feature call and
+one sizing of the state cache per event, which was most of the layer's cost (docs/benchmarks.md,
+"Speed layer: where the time goes"). Entities are spread over `shards` keys by a stable hash; an
+element is (shard, the events of a batch that fall in it), and state is read and written once
+per element. An entity's events that arrive in order, after what state holds (nearly all), get
+their features in one call over arrays; anything else goes the per-event way below.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from typing import Iterable
+import zlib
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -20,38 +29,68 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 
 from lakehouse import constants, storage
-from lakehouse.features import compute_features
+from lakehouse.features import compute_features, features_from_windows, previous_windows
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from speed import metrics
-from speed import acks
+from speed import acks, metrics
 from speed.carried_fields import ACK, REVISION, SOURCE
 from speed.history import recent_history
 
 log = logging.getLogger(__name__)
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def shard_of(entity_id: str, shards: int) -> int:
+    """The state key of an entity: stable across processes and runs (unlike Python's hash)."""
+    return zlib.crc32(str(entity_id).encode()) % shards
+
+
+def micros(instant: datetime) -> int:
+    """An instant as integer microseconds since the epoch (naive means UTC), exactly."""
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=timezone.utc)
+    return (instant - _EPOCH) // _MICROSECOND
+
+
+def instant(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+class EntityHistory(NamedTuple):
+    """An entity's newest 2 x window events in event-time order, as arrays: few objects, so Beam's
+    state cache sizes it cheaply and pickling it is a copy of its arrays."""
+
+    times: np.ndarray  # int64 microseconds since the epoch
+    ids: np.ndarray  # event ids (numpy str)
+    values: np.ndarray  # (events, feature fields) float64
+    revision: int  # the newest revision given to one of its events
+    complete: bool  # the events reach back to the entity's first event
+    seen_at: float  # processing time of its last event, for the TTL
+
 
 class ComputeFeatures(beam.DoFn):
-    """Per-entity features from the entity's recent history kept in Beam state.
+    """(shard, events) -> a list of featured events, from each entity's recent history in state.
 
-    State holds the entity's newest 2 x `window` events (event time, event id, values) in
-    event-time order, and whether they reach back to the entity's first event. Events usually
-    arrive in order and are appended. An event that arrives late (runners do not promise order,
-    Kafka partitions interleave) is inserted at its place, and
-    every later event whose window now includes it is emitted again with corrected features; the
-    hot table's upsert by event id replaces their earlier rows. So the stream ends with exactly
-    the features the batch layer computes. An event whose window reaches before the oldest event
-    in state (a re-sent old event, or one more than `window` events late) is not placed: its
-    features come from the entity's history in silver and the hot table (re-read at most every
-    30 s), and it is counted in `late_beyond_state`.
+    State holds, per shard, each entity's newest 2 x `window` events and whether they reach back
+    to the entity's first event. Events usually arrive in order and are appended. An event that
+    arrives late (runners do not promise order, Kafka partitions interleave) is inserted at its
+    place, and every later event whose window now includes it is emitted again with corrected
+    features; the hot table's upsert by event id replaces their earlier rows. So the stream ends
+    with exactly the features the batch layer computes. An event whose window reaches before the
+    oldest event in state (a re-sent old event, or one more than `window` events late) is not
+    placed: its features come from the entity's history in silver and the hot table (re-read at
+    most every 30 s), and it is counted in `late_beyond_state`.
     """
 
-    HISTORY = ReadModifyWriteStateSpec("history", PickleCoder())
+    STATE = ReadModifyWriteStateSpec("entities", PickleCoder())
     # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
-    # (processing time) loses its state, all but a marker saying so; its next event seeds it from
-    # the entity's current silver and hot rows (see _seed), not from the history read at start-up.
+    # (processing time) loses its history, all but its name in the shard's `expired` set; its next
+    # event seeds it from the entity's current silver and hot rows (see _seed), not from the
+    # history read at start-up. A shard's timer looks every tenth of the TTL, so state expires
+    # after 100 to 110% of the TTL of silence.
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
-    EXPIRED = "expired"
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
         self.dataset = dataset
@@ -73,32 +112,117 @@ class ComputeFeatures(beam.DoFn):
         self.silver_history = recent_history(self.settings, self.dataset)
         self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
-        # When this worker last pushed each entity's expiry back: re-setting a timer per event
-        # costs more than the event, so it is pushed back at most every tenth of the TTL (state
-        # then expires after 90 to 100% of the TTL of silence).
-        self.expiry_pushed_at: dict[str, float] = {}
+        # When this worker's timer of each shard is due: setting a timer costs more than checking.
+        self.timer_due: dict[int, float] = {}
         self.prometheus_expired = metrics.STATE_EXPIRED.labels(self.dataset.name)
+        self.fields = list(self.dataset.features.fields)
 
     def process(
         self,
-        element: tuple[str, dict],
-        history=beam.DoFn.StateParam(HISTORY),
+        element: tuple[int, list[dict]],
+        state=beam.DoFn.StateParam(STATE),
         expiry=beam.DoFn.TimerParam(EXPIRY),
-    ) -> Iterable[dict]:
-        entity_id, record = element
-        if self.state_ttl_seconds > 0:
-            now = time.time()
-            if now - self.expiry_pushed_at.get(entity_id, 0.0) > self.state_ttl_seconds / 10:
-                expiry.set(now + self.state_ttl_seconds)
-                self.expiry_pushed_at[entity_id] = now
+    ) -> Iterable[list[dict]]:
+        shard, records = element
+        entity = self.dataset.entity
+        now = time.time()
+        if self.state_ttl_seconds > 0 and self.timer_due.get(shard, 0.0) <= now:
+            due = now + self.state_ttl_seconds / 10
+            expiry.set(due)
+            self.timer_due[shard] = due
+        entities, expired = state.read() or ({}, set())
+        by_entity: dict[str, list[dict]] = {}
+        for record in records:
+            by_entity.setdefault(record[entity], []).append(record)
+        featured: list[dict] = []
+        appended = []
+        for entity_id, events in by_entity.items():
+            history = entities.get(entity_id)
+            if history is None:
+                history = self._seed(entity_id, events[0], expired=entity_id in expired)
+                expired.discard(entity_id)
+            new = self._appendable(history, events)
+            if new is None:
+                for event in events:
+                    history = self._add_one(entity_id, history, event, featured)
+                entities[entity_id] = history._replace(seen_at=now)
+            else:
+                appended.append((entity_id, history, events, *new))
+        for entity_id, history in self._append(appended, featured):
+            entities[entity_id] = history._replace(seen_at=now)
+        state.write((entities, expired))
+        yield featured
+
+    @on_timer(EXPIRY)
+    def expire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE), expiry=beam.DoFn.TimerParam(EXPIRY)):
+        entities, expired = state.read() or ({}, set())
+        now = time.time()
+        silent = [entity_id for entity_id, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]
+        for entity_id in silent:
+            # A name, not nothing: the entity's next event must read its current history, on
+            # whichever worker instance handles it (a few bytes per silent entity).
+            del entities[entity_id]
+            expired.add(entity_id)
+        if silent:
+            self.prometheus_expired.inc(len(silent))
+        if entities:
+            due = now + self.state_ttl_seconds / 10
+            expiry.set(due)
+            self.timer_due[key] = due
+        else:
+            self.timer_due.pop(key, None)
+        state.write((entities, expired))
+        return []
+
+    def _appendable(self, history: EntityHistory, events: list[dict]):
+        """(times, ids, values) of an entity's events when they all follow what state holds, in
+        order (nearly always); None when any is late, a replay, or beyond state."""
+        dataset = self.dataset
+        times = np.fromiter((micros(event[dataset.event_time]) for event in events), dtype=np.int64, count=len(events))
+        ids = [event[dataset.event_id] for event in events]
+        in_order = all((times[i], ids[i]) < (times[i + 1], ids[i + 1]) for i in range(len(events) - 1))
+        after_state = not len(history.times) or (times[0], ids[0]) > (history.times[-1], history.ids[-1])
+        if not (in_order and after_state and (history.complete or len(history.times) >= dataset.features.window)):
+            return None
+        values = np.array([[event[name] for name in self.fields] for event in events], dtype=np.float64)
+        return times, ids, values
+
+    def _append(self, appended: list, out: list[dict]) -> Iterable[tuple[str, EntityHistory]]:
+        """Features of the events that follow their entity's state, all entities in one call;
+        (entity, new history) of each."""
+        if not appended:
+            return
         dataset = self.dataset
         window = dataset.features.window
-        state = history.read()
-        if state is None or state == self.EXPIRED:
-            times, ids, values, complete = self._seed(entity_id, record, expired=state == self.EXPIRED)
-            state = (times, ids, values, 0, complete)
-        times, ids, values, revision, complete = state
-        key = (record[dataset.event_time], record[dataset.event_id])
+        features = features_from_windows(
+            dataset,
+            np.concatenate([values for *_, values in appended]),
+            np.concatenate([previous_windows(values, history.values, window) for _, history, _, _, _, values in appended]),
+            np.concatenate([times for _, _, _, times, _, _ in appended]).astype("datetime64[us]"),
+        )
+        kept = 2 * window
+        start = 0
+        for entity_id, history, events, times, ids, values in appended:
+            revision = max(history.revision + 1, time.time_ns())
+            for number, event in enumerate(events):
+                out.append({**event, "_features": features[start + number], REVISION: revision + number,
+                            ACK: (event.get(SOURCE), acks.unit(0, 1))})
+            start += len(events)
+            yield entity_id, EntityHistory(
+                times=np.concatenate([history.times, times])[-kept:],
+                ids=np.concatenate([history.ids, np.array(ids, dtype=str)])[-kept:],
+                values=np.concatenate([history.values, values])[-kept:],
+                revision=revision + len(events) - 1,
+                complete=history.complete and len(history.times) + len(events) <= kept,
+                seen_at=history.seen_at,
+            )
+
+    def _add_one(self, entity_id: str, history: EntityHistory, record: dict, out: list[dict]) -> EntityHistory:
+        """One event that may be late, a replay, or beyond state."""
+        dataset = self.dataset
+        window = dataset.features.window
+        times, ids, values, revision, complete, seen_at = history
+        key = (micros(record[dataset.event_time]), record[dataset.event_id])
         position = _insertion_point(times, ids, key)
         revision = max(revision + 1, time.time_ns())
         if position < window and not complete:
@@ -106,58 +230,48 @@ class ComputeFeatures(beam.DoFn):
             # very late): state cannot place it, so it takes its features from the entity's
             # history in silver and the hot table, and changes no other event.
             self.too_late.inc()
-            history.write((times, ids, values, revision, complete))
-            yield {**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision,
-                   ACK: (record.get(SOURCE), acks.unit(0, 1))}
-            return
-        row = np.array([[record[name] for name in dataset.features.fields]], dtype=np.float64)
+            out.append({**record, "_features": self._snapshot_features(entity_id, record), REVISION: revision,
+                        ACK: (record.get(SOURCE), acks.unit(0, 1))})
+            return history._replace(revision=revision)
+        row = np.array([[record[name] for name in self.fields]], dtype=np.float64)
         replayed = position < len(times) and (times[position], ids[position]) == key
         if not replayed:
             if position < len(times):
                 self.late.inc()
-            times = times[:position] + [key[0]] + times[position:]
-            ids = ids[:position] + [key[1]] + ids[position:]
+            times = np.insert(times, position, key[0])
+            ids = np.insert(ids, position, key[1]) if len(ids) else np.array([key[1]], dtype=str)
             values = np.concatenate([values[:position], row, values[position:]])
         # Later events whose window (the `window` events before them) now holds this one; a
         # replayed event changes no other event's window.
         revise = range(0) if replayed else range(position + 1, min(len(times), position + window + 1))
-        kept = 2 * window
-        complete = complete and len(times) <= kept
-        history.write((times[-kept:], ids[-kept:], values[-kept:], revision + len(revise), complete))
         # The record's offset is done only once its own row and every revised row are durable.
         outputs = 1 + len(revise)
         source = record.get(SOURCE)
-        yield {**record, "_features": self._features(times, values, position), REVISION: revision,
-               ACK: (source, acks.unit(0, outputs))}
+        out.append({**record, "_features": self._features(times, values, position), REVISION: revision,
+                    ACK: (source, acks.unit(0, outputs))})
         for number, later in enumerate(revise, start=1):
             self.revised.inc()
-            revision += 1
-            yield {
-                REVISION: revision,
-                dataset.event_id: ids[later],
+            out.append({
+                REVISION: revision + number,
+                dataset.event_id: str(ids[later]),
                 dataset.entity: entity_id,
-                dataset.event_time: times[later],
-                **{name: float(values[later, index]) for index, name in enumerate(dataset.features.fields)},
+                dataset.event_time: instant(times[later]),
+                **{name: float(values[later, index]) for index, name in enumerate(self.fields)},
                 "_features": self._features(times, values, later),
                 "_revised": True,
                 ACK: (source, acks.unit(number, outputs)),
-            }
+            })
+        kept = 2 * window
+        return EntityHistory(times[-kept:], ids[-kept:], values[-kept:], revision + len(revise),
+                             complete and len(times) <= kept, seen_at)
 
-    @on_timer(EXPIRY)
-    def expire(self, key=beam.DoFn.KeyParam, history=beam.DoFn.StateParam(HISTORY)):
-        # A marker, not nothing: the entity's next event must read its current history, on
-        # whichever worker instance handles it (a few bytes per silent entity).
-        history.write(self.EXPIRED)
-        self.expiry_pushed_at.pop(key, None)
-        self.prometheus_expired.inc()
-        return []
-
-    def _features(self, times: list, values: np.ndarray, position: int) -> np.ndarray:
-        return self._features_of(values[position : position + 1], times[position], values[:position])
+    def _features(self, times: np.ndarray, values: np.ndarray, position: int) -> np.ndarray:
+        return compute_features(self.dataset, values[position : position + 1], times[position : position + 1].astype("datetime64[us]"),
+                                values[:position])[0]
 
     def _features_of(self, row: np.ndarray, event_time: datetime, history: np.ndarray) -> np.ndarray:
         """Features of one event (its values as a 1 x k row) after `history` (the events before it)."""
-        event_times = np.array([np.datetime64(event_time.replace(tzinfo=None), "us")])
+        event_times = np.array([micros(event_time)], dtype=np.int64).astype("datetime64[us]")
         return compute_features(self.dataset, row, event_times, history)[0]
 
     def _before(self, entity_id: str, record: dict, count: int):
@@ -202,7 +316,7 @@ class ComputeFeatures(beam.DoFn):
         position = _insertion_point(times, ids, key) if times else 0
         return times, ids, values, max(0, position - count), position
 
-    def _seed(self, entity_id: str, record: dict, *, expired: bool = False):
+    def _seed(self, entity_id: str, record: dict, *, expired: bool = False) -> EntityHistory:
         """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py).
 
         From the history read at start-up, unless that may lack the entity's events: when its
@@ -220,20 +334,27 @@ class ComputeFeatures(beam.DoFn):
             self.full_history.discard(entity_id)
         if times:
             self.seeded.inc()
-        return times, ids, values, complete
+        return EntityHistory(
+            times=np.array([micros(moment) for moment in times], dtype=np.int64),
+            ids=np.array(ids, dtype=str) if ids else np.array([], dtype="U1"),
+            values=np.asarray(values, dtype=np.float64).reshape(len(times), len(self.fields)),
+            revision=0,
+            complete=complete,
+            seen_at=0.0,
+        )
 
     def _snapshot_features(self, entity_id: str, record: dict) -> np.ndarray:
         now = time.monotonic()
         if now - self.history_read_at.get(entity_id, -self.HISTORY_REFRESH_SECONDS) >= self.HISTORY_REFRESH_SECONDS:
             self._refresh_history(entity_id, "an event beyond state")
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
-        row = np.array([[record[name] for name in self.dataset.features.fields]], dtype=np.float64)
+        row = np.array([[record[name] for name in self.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)
 
 
-def _insertion_point(times: list, ids: list, key: tuple) -> int:
+def _insertion_point(times, ids, key: tuple) -> int:
     # Fast path: in-order arrival appends at the end.
-    if not times or (times[-1], ids[-1]) < key:
+    if not len(times) or (times[-1], ids[-1]) < key:
         return len(times)
     position = len(times)
     while position > 0 and (times[position - 1], ids[position - 1]) >= key:

@@ -31,7 +31,8 @@ def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, r
 
 
 class ParseAndValidate(beam.DoFn):
-    """(source, JSON text[, arrival]) -> typed record on the main output, or a dead letter with its reasons."""
+    """A batch of (source, JSON text[, arrival]) -> one list of typed records on the main output,
+    and one list of dead letters with their reasons (tag `dead_letter`) when any was rejected."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -43,17 +44,24 @@ class ParseAndValidate(beam.DoFn):
         self.prometheus_valid = metrics.EVENTS.labels(self.dataset.name, "valid")
         self.prometheus_rejected = metrics.EVENTS.labels(self.dataset.name, "dead_letter")
 
-    def process(self, element: tuple) -> Iterable[Any]:
-        source, text = element[0], element[1]
-        arrived_at = element[2] if len(element) > 2 else time.time()
-        for output in self._validate(source, text):
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                self.prometheus_rejected.inc()
-            else:
-                self.prometheus_valid.inc()
-                output[ARRIVED_AT] = arrived_at
-                output[SOURCE] = source
-            yield output
+    def process(self, batch: list[tuple]) -> Iterable[Any]:
+        valid, letters = [], []
+        for element in batch:
+            source, text = element[0], element[1]
+            arrived_at = element[2] if len(element) > 2 else time.time()
+            for output in self._validate(source, text):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    letters.append(output.value)
+                else:
+                    output[ARRIVED_AT] = arrived_at
+                    output[SOURCE] = source
+                    valid.append(output)
+        self.prometheus_valid.inc(len(valid))
+        if letters:
+            self.prometheus_rejected.inc(len(letters))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
+        if valid:
+            yield valid
 
     def _validate(self, source: str, text: str) -> Iterable[Any]:
         record, rule, message = parse_json_record(text, source)

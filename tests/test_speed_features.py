@@ -39,8 +39,20 @@ def _events(count: int) -> list[dict]:
 class _Collect(beam.DoFn):
     """Keeps every emission in arrival order (the last one per event is what the hot table keeps)."""
 
-    def process(self, element):
-        yield element["event_id"], element["_features"].tolist()
+    def process(self, featured):
+        for element in featured:
+            yield element["event_id"], element["_features"].tolist()
+
+
+def _batches(events: list[dict], sizes: list[int]) -> list[tuple[int, list[dict]]]:
+    """The events in arrival order as (shard, batch) elements of the given sizes (cycled): batches
+    of several events take the in-order path, late ones the per-event one."""
+    batches, start, turn = [], 0, 0
+    while start < len(events):
+        size = sizes[turn % len(sizes)]
+        batches.append((0, events[start : start + size]))
+        start, turn = start + size, turn + 1
+    return batches
 
 
 def test_late_events_end_with_the_batch_layers_features(warehouse, tmp_path):
@@ -54,7 +66,7 @@ def test_late_events_end_with_the_batch_layers_features(warehouse, tmp_path):
     with beam.Pipeline(options=options) as pipeline:
         (
             pipeline
-            | beam.Create([(event["entity_id"], event) for event in arrival], reshuffle=False)
+            | beam.Create(_batches(arrival, [1, 7, 3, 12]), reshuffle=False)
             | beam.ParDo(ComputeFeatures(dataset, warehouse))
             | beam.ParDo(_Collect())
             | beam.Map(repr)
@@ -93,7 +105,7 @@ def test_an_event_resent_after_it_left_the_state_takes_its_history_from_the_tabl
         (
             pipeline
             # The hot table was read at start-up: the stream continues after event 119.
-            | beam.Create([(event["entity_id"], event) for event in events[100:] + resent], reshuffle=False)
+            | beam.Create(_batches(events[100:] + resent, [5, 1]), reshuffle=False)
             | beam.ParDo(ComputeFeatures(dataset, warehouse))
             | beam.ParDo(_Collect())
             | beam.Map(repr)

@@ -117,7 +117,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latency-rate", type=float, default=1000.0)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--freshness-every", type=int, default=500, help="in the latency run, time every Nth event in Trino")
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=5000, help="--max_batch_size of the pipeline runs (its default)")
     parser.add_argument("--work-folder", help="keep the bench's warehouse and files here (default: a temporary folder, removed)")
     arguments = parser.parse_args(argv)
 

@@ -57,8 +57,8 @@ class FittedModel:
         """
         if len(features) == 0:
             return np.empty(0), np.empty(0, dtype=bool)
-        nearest = _exact_knn_path(self.detector) if len(features) <= _FEW_ROWS else None
-        if nearest is not None:
+        nearest = self._nearest()
+        if nearest is not None and len(features) * nearest.terms_per_row <= _FEW_TERMS:
             scores = nearest(_transform(self.scaler, np.asarray(features, dtype=np.float64)))
         else:
             if self.scaler is not None:
@@ -70,6 +70,15 @@ class FittedModel:
             seen = position >= 0
             scores[seen] = self.training_scores[position[seen]]
         return scores, scores > self.threshold
+
+    def _nearest(self):
+        # Built on first use and kept with the model, not in its artifact (see __getstate__).
+        if "_nearest_path" not in self.__dict__:
+            self.__dict__["_nearest_path"] = _exact_knn_path(self.detector)
+        return self.__dict__["_nearest_path"]
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_nearest_path"}
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -85,11 +94,12 @@ class FittedModel:
         return model
 
 
-# Up to this many rows, a KNN model scores in plain numpy (below); more go through PyOD. The speed
-# layer scores an entity's few new events at a time, where sklearn's input checks and tree query
-# set-up cost 10 times the arithmetic (docs/benchmarks.md, speed). The batch layer's large calls
-# keep the tree; both give the same bits, so the layers agree either way.
-_FEW_ROWS = 64
+# Up to this many squared differences (rows x training rows x features, 16 MB), a KNN model scores
+# in plain numpy (below); more go through PyOD. The speed layer scores an entity's few new events
+# at a time, where sklearn's input checks and tree query set-up cost 10 times the arithmetic
+# (docs/benchmarks.md, speed). The batch layer's large calls keep the tree; both give the same
+# bits, so the layers agree either way.
+_FEW_TERMS = 2_000_000
 
 
 def _exact_knn_path(detector: Any):
@@ -102,16 +112,22 @@ def _exact_knn_path(detector: Any):
         return None
     if getattr(neighbours, "effective_metric_", None) != "euclidean":
         return None
-    training = neighbours._fit_X
+    # Feature-major, so each feature's squared differences are one contiguous (rows x training) plane.
+    training = np.ascontiguousarray(neighbours._fit_X.T)
     k = detector.n_neighbors
 
     def score(rows: np.ndarray) -> np.ndarray:
-        difference = rows[:, np.newaxis, :] - training[np.newaxis, :, :]
-        # Summed feature by feature in order, as the trees do (np.sum would pair them up).
-        squares = np.add.accumulate(difference * difference, axis=2)[:, :, -1]
-        nearest = np.sort(np.partition(squares, k - 1, axis=1)[:, :k], axis=1)
+        squares = rows.T[:, :, np.newaxis] - training[:, np.newaxis, :]
+        squares *= squares
+        # Summed feature by feature in order, as the trees do (np.sum would pair them up); the
+        # first plane as is, as 0.0 + a is a for the non-negative squares.
+        total = squares[0].copy()
+        for plane in squares[1:]:
+            total += plane
+        nearest = np.sort(np.partition(total, k - 1, axis=1)[:, :k], axis=1)
         return np.asarray(detector._get_dist_by_method(np.sqrt(nearest)), dtype=np.float64).ravel()
 
+    score.terms_per_row = training.size
     return score
 
 

@@ -206,6 +206,11 @@ def _event_fields(dataset: Dataset) -> list[pa.Field]:
     ]
 
 
+def _event_field_names(dataset: Dataset) -> tuple[str, ...]:
+    """The names of _event_fields, without building pyarrow fields (asked once per scored event)."""
+    return (dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields)
+
+
 def scored_fields(dataset: Dataset) -> list[pa.Field]:
     """The columns the batch view and the hot table share, in their order: the columns the merged
     view serves from either side."""
@@ -236,7 +241,7 @@ def hot_row(
 ) -> dict[str, Any]:
     """A scored event as a hot-table row: the record's event fields plus its score."""
     return {
-        **{field.name: record[field.name] for field in _event_fields(dataset)},
+        **{name: record[name] for name in _event_field_names(dataset)},
         "score": float(score),
         "is_anomaly": bool(is_anomaly),
         "model_version": model_version,

@@ -147,6 +147,8 @@ class RecordValidator:
             for field in dataset.fields
             if field.pattern
         }
+        # Built once: the speed layer validates every record, and building them cost a third of it.
+        self._rules = {field.name: _field_rules(field) for field in dataset.fields}
 
     def texts(self, record: dict[str, Any], source_file: str | None = None) -> dict[str, str | None]:
         """The record's declared fields as text, derived fields filled in where the record lacks them."""
@@ -203,7 +205,7 @@ class RecordValidator:
         and a value of the wrong type for its type only: the value rules cannot be evaluated."""
         typed[field.name] = text
         failed: list[Rule] = []
-        for rule in _field_rules(field):
+        for rule in self._rules[field.name]:
             if rule.kind == "not_null":
                 if text is None:
                     return [rule]

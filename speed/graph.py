@@ -12,6 +12,7 @@ from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import kafka_stream
 from speed.alerts import PublishAlerts
+from speed.coding import Records
 from speed.kafka_source import ReadKafkaRange
 from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing_enabled
 from speed.replay_source import ReadReplay
@@ -95,27 +96,30 @@ class _CommitBatches(beam.PTransform):
     the files the other adds) and retry with back-off, which costs more latency than one writer.
     A commit takes the lists that arrived within `--commit_seconds` of its first one: at a high
     rate a commit grows rather than the commits falling behind.
-    Bounded runs batch per bundle, up to `--max_batch_size` rows, in parallel: their runners give
+    Bounded runs batch per bundle, up to `--commit_rows` rows, in parallel: their runners give
     one worker per stage here.
     """
 
     def __init__(self, options: SpeedOptions, streaming: bool) -> None:
         super().__init__()
         self.max_batch_size = options.max_batch_size
+        self.commit_rows = options.commit_rows
         self.commit_seconds = options.commit_seconds
         self.streaming = streaming
 
     def expand(self, lists):
         if not self.streaming:
-            batches = lists | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size, element_size_fn=len)
+            batches = lists | "Batch" >> beam.BatchElements(
+                min_batch_size=1, max_batch_size=self.commit_rows, element_size_fn=len
+            ).with_output_types(list[Records])
         else:
             batches = (
                 lists
-                | "OneWriter" >> beam.Map(lambda rows: (0, rows)).with_output_types(tuple[int, list])
+                | "OneWriter" >> beam.Map(lambda rows: (0, rows)).with_output_types(tuple[int, Records])
                 | "Batch" >> beam.GroupIntoBatches(self.max_batch_size, max_buffering_duration_secs=self.commit_seconds)
-                | "Lists" >> beam.Map(lambda keyed: list(keyed[1]))
+                | "Lists" >> beam.Map(lambda keyed: list(keyed[1])).with_output_types(list[Records])
             )
-        return batches | "Rows" >> beam.Map(lambda many: [row for rows in many for row in rows])
+        return batches | "Rows" >> beam.Map(lambda many: [row for rows in many for row in rows]).with_output_types(Records)
 
 
 def shard_batch(records: list[dict], entity: str, shards: int):
@@ -148,14 +152,16 @@ class ScoreEvents(beam.PTransform):
 
     def expand(self, batches):
         dataset = self.dataset
-        parsed = batches | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_outputs(DEAD_LETTER, main=VALID)
-        featured = (
-            parsed[VALID]
-            | "ShardByEntity" >> beam.FlatMap(shard_batch, dataset.entity, self.state_shards).with_output_types(tuple[int, list])
-            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds))
-        )
-        scored = featured | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_outputs(
+        parsed = batches | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_output_types(Records).with_outputs(
             DEAD_LETTER, main=VALID
         )
+        featured = (
+            parsed[VALID]
+            | "ShardByEntity" >> beam.FlatMap(shard_batch, dataset.entity, self.state_shards).with_output_types(tuple[int, Records])
+            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds)).with_output_types(Records)
+        )
+        scored = featured | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_output_types(
+            Records
+        ).with_outputs(DEAD_LETTER, main=VALID)
         dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
         return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

@@ -25,7 +25,8 @@ from schemas.declaration import Dataset
 
 log = logging.getLogger(__name__)
 
-History = tuple[list, list, np.ndarray]  # event times, event ids, values (events x fields)
+# Event times (int64 microseconds since the epoch), event ids (numpy str), values (events x fields).
+History = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def recent_history(
@@ -67,8 +68,16 @@ def recent_history(
     # Every event of the lookback is kept, not only the newest 2 x window: a replay of events the
     # hot table already holds is seeded from the events before each one (see ComputeFeatures._seed).
     history: dict[str, History] = {}
-    for entity, events in rows.groupby(dataset.entity, sort=False):
-        times = [time.to_pydatetime() for time in events[dataset.event_time]]
-        history[str(entity)] = (times, list(events[dataset.event_id]), events[dataset.features.fields].to_numpy(np.float64))
+    event_times = rows[dataset.event_time]
+    if getattr(event_times.dt, "tz", None) is not None:
+        event_times = event_times.dt.tz_convert("UTC").dt.tz_localize(None)
+    times = event_times.to_numpy(dtype="datetime64[us]").astype(np.int64)
+    ids = rows[dataset.event_id].to_numpy(dtype=str)
+    values = rows[list(dataset.features.fields)].to_numpy(np.float64)
+    entities = rows[dataset.entity].to_numpy(dtype=str)
+    # Rows are sorted by entity: each entity's events are one slice.
+    starts = np.flatnonzero(np.r_[True, entities[1:] != entities[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(entities)]):
+        history[str(entities[start])] = (times[start:end], ids[start:end], values[start:end])
     log.info("speed: read history for %d entities of %s from silver since %s and the hot table", len(history), dataset.name, since)
     return history

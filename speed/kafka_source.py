@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from lakehouse.errors import ServiceError
+from speed.coding import Records
 
 log = logging.getLogger(__name__)
 
@@ -185,5 +186,5 @@ class ReadKafkaRange(beam.PTransform):
             pipeline
             | "PartitionRanges" >> beam.Create(self.ranges)
             | "SpreadPartitions" >> beam.Reshuffle()
-            | "ReadPartitions" >> beam.ParDo(_ReadPartitionRange(self.bootstrap, self.group, self.batch_size))
+            | "ReadPartitions" >> beam.ParDo(_ReadPartitionRange(self.bootstrap, self.group, self.batch_size)).with_output_types(Records)
         )

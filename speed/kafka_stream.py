@@ -46,6 +46,7 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from lakehouse.errors import ServiceError
 from speed import acks, kafka_source, metrics
+from speed.coding import Records
 from speed.kafka_source import PartitionRange, retrying_coordinator
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class FollowKafka(beam.PTransform):
             | "Partitions" >> beam.Create(self.starts)
             | "FollowPartitions" >> beam.ParDo(
                 _FollowPartition(self.bootstrap, self.group, self.max_messages, self.poll_seconds)
-            ).with_outputs(GAPS, main=MESSAGES)
+            ).with_output_types(Records).with_outputs(GAPS, main=MESSAGES)
         )
 
 
@@ -261,7 +262,7 @@ class CommitOffsets(beam.PTransform):
     def expand(self, acks):
         return (
             acks
-            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, list[tuple[int, str]]])
+            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, Records])
             # One state update and at most one broker commit per partition per flush.
             | "GroupAcks" >> beam.GroupIntoBatches(100_000, max_buffering_duration_secs=self.flush_seconds)
             | "CommitFrontier" >> beam.ParDo(_CommitFrontier(self.bootstrap, self.group, self.starts, self.lands, self.alerts))
@@ -315,7 +316,7 @@ class AccountRanges(beam.PTransform):
 
         return (
             received
-            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, list[tuple[int, str]]])
+            | "KafkaOnly" >> beam.FlatMap(_keyed_acks).with_output_types(tuple[str, Records])
             | "ByPartition" >> beam.GroupByKey()
             | "Account" >> beam.Map(account)
         )

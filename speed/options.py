@@ -28,8 +28,12 @@ class SpeedOptions(PipelineOptions):
             help="with --follow on the in-process runner: pause between micro-batches that found nothing",
         )
         parser.add_argument(
-            "--max_batch_size", type=int, default=1000,
-            help="events per batch read from a source (a Kafka poll, a replay's lines), and per Delta commit on bounded runs",
+            "--max_batch_size", type=int, default=5000,
+            help="most events per batch read from a source (a Kafka poll, a replay's lines)",
+        )
+        parser.add_argument(
+            "--commit_rows", type=int, default=50_000,
+            help="bounded runs: most rows per Delta commit (a MERGE's cost grows with the table, not with the rows)",
         )
         parser.add_argument(
             "--state_shards", type=int, default=8,

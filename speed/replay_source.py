@@ -9,6 +9,7 @@ import apache_beam as beam
 
 from lakehouse import storage
 from lakehouse.errors import ConfigurationError
+from speed.coding import Records
 
 
 class ReadReplay(beam.PTransform):
@@ -30,7 +31,7 @@ class ReadReplay(beam.PTransform):
         files = storage.list_input_files(self.pattern)
         if not files:
             raise ConfigurationError(f"--input {self.pattern!r} matches no file")
-        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines, self.batch_size)
+        return pipeline | "ReplayFiles" >> beam.Create(files) | "ReadLines" >> beam.FlatMap(_read_lines, self.batch_size).with_output_types(Records)
 
 
 def _read_lines(path: str, batch_size: int):

@@ -197,7 +197,7 @@ class ComputeFeatures(beam.DoFn):
         features = features_from_windows(
             dataset,
             np.concatenate([values for *_, values in appended]),
-            np.concatenate([previous_windows(values, history.values, window) for _, history, _, _, _, values in appended]),
+            np.concatenate([_previous(values, history.values, window) for _, history, _, _, _, values in appended]),
             np.concatenate([times for _, _, _, times, _, _ in appended]).astype("datetime64[us]"),
         )
         kept = 2 * window
@@ -284,7 +284,7 @@ class ComputeFeatures(beam.DoFn):
             # whole table, not of this entity). Its whole history is read, once per worker.
             self._refresh_history(entity_id, "new, or its start-up history cut by the lookback")
             times, ids, values, start, position = self._locate(entity_id, record, count)
-        return list(times[start:position]), list(ids[start:position]), values[start:position], start == 0
+        return times[start:position], ids[start:position], values[start:position], start == 0
 
     def _silver_version(self) -> int | None:
         uri = self.settings.table_uri(self.dataset.name, constants.SILVER)
@@ -308,12 +308,12 @@ class ComputeFeatures(beam.DoFn):
         self.full_history.add(entity_id)
 
     def _no_history(self):
-        return [], [], np.empty((0, len(self.dataset.features.fields)))
+        return np.empty(0, dtype=np.int64), np.array([], dtype="U1"), np.empty((0, len(self.fields)))
 
     def _locate(self, entity_id: str, record: dict, count: int):
         times, ids, values = self.silver_history.get(entity_id, self._no_history())
-        key = (record[self.dataset.event_time], record[self.dataset.event_id])
-        position = _insertion_point(times, ids, key) if times else 0
+        key = (micros(record[self.dataset.event_time]), record[self.dataset.event_id])
+        position = _insertion_point(times, ids, key)
         return times, ids, values, max(0, position - count), position
 
     def _seed(self, entity_id: str, record: dict, *, expired: bool = False) -> EntityHistory:
@@ -332,12 +332,13 @@ class ComputeFeatures(beam.DoFn):
             # State holds what is needed from now on; the worker keeps no copy (bounded memory).
             self.silver_history.pop(entity_id, None)
             self.full_history.discard(entity_id)
-        if times:
+        if len(times):
             self.seeded.inc()
+        # Copies: slices would keep the whole start-up history of the entity alive in state.
         return EntityHistory(
-            times=np.array([micros(moment) for moment in times], dtype=np.int64),
-            ids=np.array(ids, dtype=str) if ids else np.array([], dtype="U1"),
-            values=np.asarray(values, dtype=np.float64).reshape(len(times), len(self.fields)),
+            times=times.copy(),
+            ids=ids.copy(),
+            values=values.reshape(len(times), len(self.fields)).copy(),
             revision=0,
             complete=complete,
             seen_at=0.0,
@@ -350,6 +351,14 @@ class ComputeFeatures(beam.DoFn):
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)
+
+
+def _previous(values: np.ndarray, history: np.ndarray, window: int) -> np.ndarray:
+    """previous_windows(values, history, window), without building a series for the usual case
+    of one new event after a full window (the window is the history's tail)."""
+    if len(values) == 1 and len(history) >= window:
+        return history[-window:].T[np.newaxis]
+    return previous_windows(values, history, window)
 
 
 def _insertion_point(times, ids, key: tuple) -> int:

@@ -111,7 +111,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--soak-minutes", type=float, default=0.0, help="also run the memory soak (item 5) this long")
     parser.add_argument("--sensors", type=int, default=1000)
     parser.add_argument("--history-days", type=float, default=1.0, help="history the batch layer trains on")
-    parser.add_argument("--events", type=int, default=20_000, help="events of the local bounded replay")
+    parser.add_argument("--events", type=int, default=100_000, help="events of the local bounded replay (100 per entity: start-up, about 8 s of imports, models and history, is then a fifth of the run)")
     parser.add_argument("--follow-rate", type=float, default=10_000.0)
     parser.add_argument("--follow-seconds", type=float, default=120.0)
     parser.add_argument("--latency-rate", type=float, default=1000.0)

@@ -75,7 +75,9 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
                 latest[key] = row
         started = time.perf_counter()
         tables.upsert_by_key(
-            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.key, newest=REVISION_COLUMN
+            self.uri, pa.Table.from_pylist(list(latest.values()), schema=self.schema), self.key, newest=REVISION_COLUMN,
+            # An event id names one event, at one time: its versions share the event time.
+            within=self.dataset.event_time,
         )
         duration = time.perf_counter() - started
         self._committed_one(self.uri)

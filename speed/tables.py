@@ -7,6 +7,7 @@ import random
 import time
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
@@ -74,19 +75,26 @@ def _with_retries(action, what: str) -> None:
             time.sleep(0.05 * attempt * (1 + random.random()))
 
 
-def upsert_by_key(uri: str, rows: pa.Table, key: str, newest: str | None = None) -> None:
+def upsert_by_key(uri: str, rows: pa.Table, key: str, newest: str | None = None, within: str | None = None) -> None:
     """Insert new keys, update existing ones: a replayed event overwrites itself, never duplicates.
 
     newest: a column that orders versions of a row; an existing row is replaced only by a version
     at least as new (null in the table, from before the column existed, counts as oldest).
+    within: a column whose value a key always has (an event's time): the MERGE then reads only
+    the files whose statistics overlap the rows' range of it. Without it, every commit of the
+    speed layer read the whole hot table, so a commit's cost grew with the table (docs/benchmarks.md).
     """
     if rows.num_rows == 0:
         return
+    predicate = f"target.{key} = source.{key}"
+    if within is not None:
+        low, high = pc.min_max(rows.column(within)).values()
+        predicate += f" AND target.{within} >= '{low.as_py().isoformat()}' AND target.{within} <= '{high.as_py().isoformat()}'"
 
     def merge() -> None:
         table = DeltaTable(uri, storage_options=storage.storage_options(uri))
         (
-            table.merge(rows, predicate=f"target.{key} = source.{key}", source_alias="source", target_alias="target")
+            table.merge(rows, predicate=predicate, source_alias="source", target_alias="target")
             .when_matched_update_all(
                 predicate=None if newest is None else f"target.{newest} IS NULL OR source.{newest} >= target.{newest}"
             )
@@ -110,6 +118,12 @@ def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
     _with_retries(merge, f"insert into {uri}")
 
 
+# Files from this size on are left as they are by compaction: without a bound, every compaction
+# rewrote the whole hot table into one file (delta-rs's default target is 100 MB), a cost that
+# grew with the table, and one file spanning every event time defeats the MERGE's pruning.
+COMPACTED_FILE_BYTES = 16 * 1024 * 1024
+
+
 def compact(uri: str, min_files: int = 16) -> int:
     """Compact the table's small files once it has at least `min_files` of them; files removed.
 
@@ -118,13 +132,15 @@ def compact(uri: str, min_files: int = 16) -> int:
     Checkpoints: every 10 commits (STREAMING_TABLE_PROPERTIES).
     """
     table = DeltaTable(uri, storage_options=storage.storage_options(uri))
-    if len(table.file_uris()) < min_files:
+    if sum(1 for size in table.get_add_actions(flatten=True).column("size_bytes").to_pylist() if size < COMPACTED_FILE_BYTES) < min_files:
         return 0
     removed = 0
 
     def optimize() -> None:
         nonlocal removed
-        removed = DeltaTable(uri, storage_options=storage.storage_options(uri)).optimize.compact()["numFilesRemoved"]
+        removed = DeltaTable(uri, storage_options=storage.storage_options(uri)).optimize.compact(
+            target_size=COMPACTED_FILE_BYTES
+        )["numFilesRemoved"]
 
     _with_retries(optimize, f"compact {uri}")
     log.info("%s: compacted %d small files", uri, removed)

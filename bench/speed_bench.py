@@ -357,16 +357,51 @@ def _follow_at_rate(settings, dataset, arguments, after: pd.Timestamp) -> dict:
         del live
         metrics.LATENCY_SAMPLES.clear()
         started = time.perf_counter()
-        sent = produce(dataset, [live_file], topic, rate=arguments.follow_rate, settings=settings)
+        sent = _produce_elsewhere(live_file, topic, arguments.follow_rate, settings)
         elapsed = time.perf_counter() - started
         committed = len(metrics.LATENCY_SAMPLES)
         lag = _consumer_lag(settings, topic)
     finally:
-        job.cancel()
-        time.sleep(5)  # the cancelled job's last commits, which the next run must not count
+        _stop(job)
     newest = after + timedelta(minutes=5 * (count // arguments.sensors + 1))
     return {"rate": committed / elapsed, "lag_seconds": lag / arguments.follow_rate, "sent": sent, "committed": committed,
             "elapsed": elapsed, "newest": pd.Timestamp(newest)}
+
+
+def _produce_elsewhere(path: Path, topic: str, rate: float, settings) -> int:
+    """Send a file at `rate` from a process of its own: a producer thread in this process would
+    take the interpreter lock from the pipeline's Python workers, which run here (LOOPBACK)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_produce_file, (str(path), topic, rate, settings.model_dump()))
+
+
+def _produce_file(path: str, topic: str, rate: float, settings: dict) -> int:
+    from lakehouse.settings import Settings
+    from speed.produce import produce
+
+    return produce(schemas.load(DATASET), [Path(path)], topic, rate=rate, settings=Settings(**settings))
+
+
+def _stop(job, timeout: float = 180.0) -> None:
+    """Cancel a following job and wait until it has stopped committing: a job that fell behind
+    holds a backlog, and its late commits must not count in the next run's samples."""
+    from speed import metrics
+
+    job.cancel()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if str(job.state).upper().endswith(("CANCELLED", "FAILED", "DONE", "STOPPED")):
+                break
+        except Exception:  # the job service may forget a cancelled job
+            break
+        time.sleep(0.5)
+    seen = -1
+    while len(metrics.LATENCY_SAMPLES) != seen and time.monotonic() < deadline:
+        seen = len(metrics.LATENCY_SAMPLES)
+        time.sleep(3)
 
 
 def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None) -> dict:
@@ -440,7 +475,7 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
                 time.sleep(0.2)
             poller.join(timeout=max(0.0, deadline - time.perf_counter()) + 5)
         finally:
-            job.cancel()
+            _stop(job)
     finally:
         if trino is not None:
             trino.stop()

@@ -79,10 +79,18 @@ STATE_EXPIRED = Counter(
     "lakehouse_speed_entity_state_expired", "Entities whose feature state expired after inactivity.", ["dataset"], registry=REGISTRY
 )
 
-# The newest arrival-to-commit latencies (seconds), exact, for benchmarks' percentiles; bounded.
-LATENCY_SAMPLES: deque[float] = deque(maxlen=500_000)
+# The newest arrival-to-commit latencies, exact, for benchmarks' percentiles; bounded. Each is
+# (where the event was read, seconds): a benchmark keeps the samples of its own topic, whatever
+# another job in the process still commits.
+LATENCY_SAMPLES: deque[tuple[str, float]] = deque(maxlen=500_000)
 # The same for arrival-to-scored (the scoring step, before the sinks).
-SCORED_LATENCY_SAMPLES: deque[float] = deque(maxlen=500_000)
+SCORED_LATENCY_SAMPLES: deque[tuple[str, float]] = deque(maxlen=500_000)
+
+
+def samples_of(samples, topic: str) -> list[float]:
+    """The latencies (seconds) of the events read from a Kafka topic."""
+    prefix = f"kafka://{topic}/"
+    return [latency for source, latency in list(samples) if source and source.startswith(prefix)]
 
 _server_started: set[int] = set()
 

@@ -7,14 +7,14 @@ import time
 
 import apache_beam as beam
 
-from lakehouse import storage
+from lakehouse import storage, system_tables
 from lakehouse.errors import ConfigurationError
 from speed.coding import Records
 
 
 class ReadReplay(beam.PTransform):
-    """Lists of up to `batch_size` (source, line, read time) of JSON-lines files, each file read
-    start to end by one worker.
+    """Lists of up to `batch_size` (`<file>:<line>`, line, read time) of JSON-lines files, each
+    file read start to end by one worker.
 
     Not Beam's ReadFromText: runners split its reads and process the pieces in any order (Flink
     does), so an entity's events would arrive hundreds of events out of order, beyond what the
@@ -37,10 +37,11 @@ class ReadReplay(beam.PTransform):
 def _read_lines(path: str, batch_size: int):
     batch = []
     with storage.open_input_file(path) as stream:
-        for line in io.TextIOWrapper(stream, encoding="utf-8", errors="replace"):
+        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), start=1):
             line = line.rstrip("\n")
             if line.strip():
-                batch.append((path, line, time.time()))
+                # `<file>:<line>`, as the batch layer names a record's source in the quarantine.
+                batch.append((system_tables.record_source(path, number), line, time.time()))
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []

@@ -127,7 +127,7 @@ class ScoreBatch(beam.DoFn):
             if arrived is not None:
                 latency = max(0.0, now - arrived)
                 self.prometheus_scored_latency.observe(latency)
-                metrics.SCORED_LATENCY_SAMPLES.append(latency)
+                metrics.SCORED_LATENCY_SAMPLES.append((record.get(SOURCE), latency))
 
 
 def _jsonable(value: Any) -> Any:

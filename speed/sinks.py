@@ -91,7 +91,7 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
             if row.get(ARRIVED_AT) is not None:
                 latency = max(0.0, committed_at - row[ARRIVED_AT])
                 arrival_latency.observe(latency)
-                metrics.LATENCY_SAMPLES.append(latency)
+                metrics.LATENCY_SAMPLES.append((row.get(SOURCE), latency))
             event_time_lag.observe(max(0.0, committed_at - row[self.dataset.event_time].timestamp()))
         yield from one_list(output_acks(batch, acks.HOT))
 

@@ -59,6 +59,14 @@ def test_dead_letters_reach_quarantine_with_their_reasons(lambda_cycle):
         assert any(event_id in row.raw and list(row.failed_rules) == [rule] for row in speed_rows.itertuples())
     assert ["record.json"] in [list(rules) for rules in speed_rows.failed_rules]
     assert by_id["f" * 32] == ["entity_id.known_entity"]
+    # A rejected line is kept as it arrived, under `<file>:<line>` as the batch layer names it.
+    lines = inputs.recent_file.read_text(encoding="utf-8").split("\n")
+    rejected = speed_rows[speed_rows.source.str.startswith(f"{inputs.recent_file}:")
+                          & speed_rows.failed_rules.map(lambda rules: list(rules) != ["entity_id.known_entity"])]
+    # The unknown entity's letter holds the record re-serialised: its line is not carried past validation.
+    assert len(rejected) == len(inputs.recent.bad) + 1  # and the line that is not JSON
+    for row in rejected.itertuples():
+        assert row.raw == lines[int(row.source.rpartition(":")[2]) - 1]
 
 
 def test_the_hot_table_holds_each_event_exactly_once_even_after_a_replay(lambda_cycle):

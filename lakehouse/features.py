@@ -5,9 +5,11 @@ For every event of an entity, in event-time order, and for each declared feature
   values) and x_zscore (that deviation over their standard deviation), plus the time of day as
   sin/cos, then (with `features.lags` L > 0) the previous L values themselves, oldest first:
   x_lagL ... x_lag1 for every field (an event with less history repeats the oldest value it has,
-  or its own value when it has none), so the newest lags are always the last columns. Statistics look only at *previous* events, so an event's features depend on exactly
-  `window` values of history: the speed layer keeps those in per-entity state and gets the very
-  same numbers as the batch layer, which sees the whole history at once.
+  or its own value when it has none), so the newest lags are always the last columns; without
+  lags the features are exactly what they were before the option existed. Statistics look only at
+  *previous* events, so an event's features depend on exactly `window` values of history: the
+  speed layer keeps those in per-entity state and gets the very same numbers as the batch layer,
+  which sees the whole history at once.
 
 The window statistics are summed in a fixed order with plain float64 arithmetic, so the result
 for an event is bit-identical whether it is computed in a batch of one or of a million.

@@ -11,7 +11,7 @@
   category too (each at its own best threshold).
 - NAB hold-out (quality/holdout.py): the declared features and detector were tuned on the same
   series; here halves of the series choose among the same grid (window, time of day, neighbours,
-  or another detector) and every series is scored with the other half's choice, over 20 random
+  or another detector, the context detector included) and every series is scored with the other half's choice, over 20 random
   halvings; with NAB's retrain fractions and with a batch run a day; the alerts, each half
   choosing threshold_scale and alert_quiet_events; and the alerts fully held out, each half
   choosing the configuration and the alert settings together. Reference: the in-sample score of
@@ -85,9 +85,11 @@ def holdout_figures(folder: Path) -> tuple[list[dict], dict]:
     corpus, windows = walk_forward.nab_corpus(folder)
     figures, details = [], {}
     for schedule, every in (("NAB's retrain fractions", None), ("daily batch runs", benchmark.DAILY)):
-        # The other detectors join the grid with NAB's fractions only: retrained daily, IForest and
-        # the ensemble would cost tens of minutes (they score below KNN with the fractions).
-        configs = holdout.grid(other_detectors=holdout.OTHER_DETECTORS if every is None else ())
+        # The other detectors (and the context detector) join the grid with NAB's fractions only:
+        # retrained daily, IForest and the ensemble would cost tens of minutes (they score below
+        # KNN with the fractions).
+        configs = holdout.grid(other_detectors=holdout.OTHER_DETECTORS if every is None else (),
+                               context_lengths=holdout.CONTEXT_LENGTHS if every is None else ())
         result = holdout.run(schemas.load(nab_run.DATASET), benchmark.candidate_spec("declared"), corpus, windows, configs=configs,
                              retrain_every=every, progress=print)
         summary = details[schedule] = result.summary()

@@ -20,6 +20,7 @@ DETECTORS = {
     "knn": "pyod.models.knn:KNN",
     "lof": "pyod.models.lof:LOF",
     "ensemble": "lakehouse.ensemble:Ensemble",
+    "context": "lakehouse.context_detector:ContextNearestNeighbour",
 }
 SCALERS = {"robust": "sklearn.preprocessing:RobustScaler", "standard": "sklearn.preprocessing:StandardScaler"}
 

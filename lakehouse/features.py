@@ -3,9 +3,13 @@
 For every event of an entity, in event-time order, and for each declared feature field x:
   x, x_diff (x minus the previous value), x_deviation (x minus the mean of the previous `window`
   values) and x_zscore (that deviation over their standard deviation), plus the time of day as
-  sin/cos. Statistics look only at *previous* events, so an event's features depend on exactly
-  `window` values of history: the speed layer keeps those in per-entity state and gets the very
-  same numbers as the batch layer, which sees the whole history at once.
+  sin/cos, then (with `features.lags` L > 0) the previous L values themselves, oldest first:
+  x_lagL ... x_lag1 for every field (an event with less history repeats the oldest value it has,
+  or its own value when it has none), so the newest lags are always the last columns; without
+  lags the features are exactly what they were before the option existed. Statistics look only at
+  *previous* events, so an event's features depend on exactly `window` values of history: the
+  speed layer keeps those in per-entity state and gets the very same numbers as the batch layer,
+  which sees the whole history at once.
 
 The window statistics are summed in a fixed order with plain float64 arithmetic, so the result
 for an event is bit-identical whether it is computed in a batch of one or of a million.
@@ -27,6 +31,8 @@ def feature_names(dataset: Dataset) -> list[str]:
         names += [field, f"{field}_diff", f"{field}_deviation", f"{field}_zscore"]
     if dataset.features.time_of_day:
         names += ["time_of_day_sin", "time_of_day_cos"]
+    for lag in range(dataset.features.lags, 0, -1):
+        names += [f"{field}_lag{lag}" for field in dataset.features.fields]
     return names
 
 
@@ -109,7 +115,25 @@ def features_from_windows(dataset: Dataset, values: np.ndarray, previous: np.nda
         ]
     if dataset.features.time_of_day:
         columns += list(_time_of_day(event_times))
+    if dataset.features.lags:
+        columns += _lags(previous, values, dataset.features.lags)
     return np.column_stack(columns)
+
+
+def _lags(previous: np.ndarray, values: np.ndarray, lags: int) -> list[np.ndarray]:
+    """Columns x_lagL ... x_lag1 per field from the (n, k, window) previous values; a missing lag
+    takes the next newer one (ultimately the event's own value): a copy, no arithmetic, so it is
+    the same for any batch size."""
+    filled = []
+    newer = values
+    for lag in range(1, lags + 1):
+        current = previous[:, :, -lag]
+        newer = np.where(np.isnan(current), newer, current)
+        filled.append(newer)
+    columns = []
+    for lag in range(lags, 0, -1):
+        columns += [filled[lag - 1][:, field_index] for field_index in range(values.shape[1])]
+    return columns
 
 
 _ACCUMULATE_BELOW = 1 << 16  # terms (events x fields x window) up to which one accumulate call wins

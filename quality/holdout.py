@@ -33,6 +33,9 @@ GRID = {"window": (24, 48, 96, 192), "time_of_day": (False, True), "n_neighbors"
 # The other detectors the declaration was chosen against (the candidates of `lakehouse eval
 # nab`), each on the declared features: with them in the grid the detector too is chosen per half.
 OTHER_DETECTORS = ("lof", "iforest", "hbos", "ensemble")
+# The context detector (lakehouse/context_detector.py) on the declared window, with its default
+# sub-sequence of one value and with 8 values (7 lags): the sequence-aware candidates of #17.
+CONTEXT_LENGTHS = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -41,24 +44,32 @@ class Config:
     time_of_day: bool
     n_neighbors: int  # KNN's; unused by the other detectors
     detector: str = "knn"
+    context: int = 1  # the context detector's sub-sequence length (features.lags = context - 1)
 
     def label(self) -> str:
         model = f"{self.n_neighbors} neighbour{'s' if self.n_neighbors > 1 else ''}" if self.detector == "knn" else self.detector
+        if self.detector == "context":
+            model = f"context ({self.context} value{'s' if self.context > 1 else ''})"
         return f"window {self.window}, time of day {'on' if self.time_of_day else 'off'}, {model}"
 
     def apply(self, dataset: Dataset, spec: DetectorSpec) -> tuple[Dataset, DetectorSpec]:
         features = dataset.features.model_copy(update={"window": self.window, "time_of_day": self.time_of_day})
-        if self.detector == spec.name:
+        if self.detector == spec.name == "knn":
             spec = spec.model_copy(update={"params": {**spec.params, "n_neighbors": self.n_neighbors}})
+        elif self.detector == "context":  # its own defaults, with the sub-sequence and the lags it needs
+            features = features.model_copy(update={"lags": self.context - 1})
+            spec = spec.model_copy(update={"name": "context", "params": {"context": self.context} if self.context > 1 else {}})
         else:  # seeded, so a choice does not move between runs
             spec = spec.model_copy(update={"name": self.detector, "params": {"random_state": 42} if self.detector == "iforest" else {}})
         return dataset.model_copy(update={"features": features}), spec
 
 
-def grid(space: dict[str, tuple] = GRID, other_detectors: tuple[str, ...] = ()) -> list[Config]:
-    """The KNN grid, and each other detector on the declared features (window 96, no time of day)."""
+def grid(space: dict[str, tuple] = GRID, other_detectors: tuple[str, ...] = (), context_lengths: tuple[int, ...] = ()) -> list[Config]:
+    """The KNN grid, each other detector on the declared features (window 96, no time of day), and
+    the context detector with each sub-sequence length."""
     knn = [Config(*values) for values in itertools.product(*(space[name] for name in ("window", "time_of_day", "n_neighbors")))]
-    return knn + [Config(96, False, 0, name) for name in other_detectors]
+    context = [Config(96, False, 0, "context", length) for length in context_lengths]
+    return knn + [Config(96, False, 0, name) for name in other_detectors] + context
 
 
 def stratified_halves(corpus: list[walk_forward.NabSeries], seed: int) -> tuple[set[str], set[str]]:

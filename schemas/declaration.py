@@ -136,9 +136,20 @@ class FeatureSpec(_Strict):
     # Number of previous events of the same entity the rolling statistics look at.
     window: int = Field(default=24, ge=2, le=10_000)
     time_of_day: bool = True
+    # The previous `lags` values of each field as features of their own (`<field>_lag<j>`, placed
+    # last, oldest first): the recent sub-sequence itself, for detectors that model the sequence
+    # (the `context` detector). 0 adds none. They come from the `window` events the speed layer
+    # keeps, so they cannot reach further back than the window.
+    lags: int = Field(default=0, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _lags_within_window(self) -> "FeatureSpec":
+        if self.lags > self.window:
+            raise ValueError(f"features.lags ({self.lags}) cannot exceed features.window ({self.window}): state keeps only the window")
+        return self
 
 
-DetectorName = Literal["iforest", "hbos", "knn", "lof", "ensemble"]
+DetectorName = Literal["iforest", "hbos", "knn", "lof", "ensemble", "context"]
 
 
 class DetectorOverride(_Strict):
@@ -262,6 +273,21 @@ class Dataset(_Strict):
                 unknown = [name for name in field.derive.join if name not in by_name]
                 if unknown:
                     raise ValueError(f"{field.name}: derive.join names unknown fields {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _context_detector_fits_features(self) -> "Dataset":
+        """The `context` detector reads the features by position: its `fields` must be the number
+        of feature fields, and its sub-sequence needs context - 1 lags (lakehouse/context_detector.py)."""
+        for spec in [self.detector, *self.detector.overrides]:
+            if spec.name != "context":
+                continue
+            params = spec.params or {}
+            fields, context = int(params.get("fields", 1)), int(params.get("context", 1))
+            if fields != len(self.features.fields):
+                raise ValueError(f"detector context: params.fields is {fields}, but {len(self.features.fields)} feature fields are declared")
+            if context - 1 > self.features.lags:
+                raise ValueError(f"detector context: params.context {context} needs features.lags >= {context - 1}, not {self.features.lags}")
         return self
 
     def field(self, name: str) -> FieldSpec:

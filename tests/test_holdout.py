@@ -134,3 +134,14 @@ def test_the_grid_can_add_other_detectors_on_the_declared_features():
     dataset = schemas.load("metrics")
     _, spec = configs[-1].apply(dataset, dataset.detector)
     assert spec.name == "hbos" and "n_neighbors" not in spec.params
+
+
+def test_the_context_detector_joins_the_grid_with_the_lags_it_needs():
+    dataset = schemas.load("metrics")
+    configs = holdout.grid(context_lengths=(1, 8))
+    assert len(configs) == 4 * 2 * 3 + 2
+    short, long = configs[-2:]
+    for config, lags, params in ((short, 0, {}), (long, 7, {"context": 8})):
+        changed, spec = config.apply(dataset, dataset.detector)
+        assert (changed.features.lags, spec.name, spec.params) == (lags, "context", params)
+    assert long.label() == "window 96, time of day off, context (8 values)"

@@ -56,7 +56,7 @@ def eval_run(
 def eval_nab(
     data: Annotated[Optional[Path], typer.Option(help="NAB folder (data/, labels/); default ../shared/data/nab.")] = None,
     system: Annotated[bool, typer.Option(help="Also run the declared detector through Spark batch runs and the Beam pipeline.")] = True,
-    detector: Annotated[Optional[list[str]], typer.Option(help="Candidates for the offline walk-forward (default: declared, knn, lof, iforest, hbos, ensemble).")] = None,
+    detector: Annotated[Optional[list[str]], typer.Option(help="Candidates for the offline walk-forward (default: declared, knn, lof, iforest, hbos, ensemble, context).")] = None,
     series: Annotated[Optional[list[str]], typer.Option(help="Only these series (file stems).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object on stdout.")] = False,
 ) -> None:

@@ -5,9 +5,8 @@ table alone, each through EXPLAIN ANALYZE VERBOSE in Trino, summarised side by s
     python -m bench.serving_profile --work-folder .work/sb --full     # and print every plan
 
 Per query and side: the median elapsed time of `--repeat` warm runs, Trino's analysis and
-planning time (system.runtime.queries), and from the plan the splits, rows and bytes each table
-scan read, which files it skipped (Delta statistics, partitions) and how long it waited for a
-dynamic filter. It starts its own Trino on the kept warehouse (the ports serving_bench uses) and
+planning time (system.runtime.queries), and from the plan the rows, bytes, splits and CPU of each
+table scan. It starts its own Trino on the kept warehouse (the ports serving_bench uses) and
 stops it after; nothing is written but the printout.
 """
 
@@ -25,9 +24,9 @@ from bench.serving_bench import DATASET, QUERIES
 
 # A table scan's lines in EXPLAIN ANALYZE VERBOSE (Trino 476).
 _SCAN = re.compile(r"(ScanFilterProject|ScanProject|TableScan|ScanFilter)\[table = delta:(\S+?)[\s,\]]")
-_INPUT = re.compile(r"Input: ([\d,]+) rows \(([^)]+)\)")
-_SPLITS = re.compile(r"Splits: ([\d,]+)")
-_BLOCKED = re.compile(r"Blocked ([\d.]+\w+)")
+# The scan's summary line: "Input: N rows (size), Filtered: x%, Physical input: size, ..., Splits: N, ..."
+_SUMMARY = re.compile(r"Input: ([\d,]+ rows \([^)]+\)), Filtered: ([\d.]+%), Physical input: (\S+?),.*Splits: ([\d,]+)")
+_CPU = re.compile(r"CPU: ([\d.]+\w+) \(")
 
 
 def scans(plan: str) -> list[dict]:
@@ -38,11 +37,13 @@ def scans(plan: str) -> list[dict]:
         match = _SCAN.search(line)
         if not match:
             continue
-        window = "\n".join(lines[index:index + 12])
-        scan = {"table": match.group(2).split("$")[0]}
-        for key, pattern in (("input", _INPUT), ("splits", _SPLITS), ("blocked", _BLOCKED)):
-            hit = pattern.search(window)
-            scan[key] = hit.group(0) if hit else ""
+        window = "\n".join(lines[index:index + 40])
+        scan = {"table": match.group(2).split("$")[0], "summary": "", "cpu": ""}
+        summary, cpu = _SUMMARY.search(window), _CPU.search(window)
+        if summary:
+            scan["summary"] = f"input {summary.group(1)}, filtered {summary.group(2)}, physical {summary.group(3)}, splits {summary.group(4).rstrip(',')}"
+        if cpu:
+            scan["cpu"] = f"cpu {cpu.group(1)}"
         found.append(scan)
     return found
 
@@ -94,7 +95,7 @@ def run(argv: list[str] | None = None) -> None:
                 print(f"== {name} on {side}: median {statistics.median(timings):.0f} ms "
                       f"(analysis {stats.analysis_time_ms[0] if len(stats) else '?'} ms, planning {stats.planning_time_ms[0] if len(stats) else '?'} ms)")
                 for scan in scans(plan):
-                    print(f"   scan {scan['table']}: {scan['input']} {scan['splits']} {scan['blocked']}")
+                    print(f"   scan {scan['table']}: {scan['summary']}, {scan['cpu']}")
                 if arguments.full:
                     print(plan)
     finally:

@@ -9,7 +9,8 @@ speed layer's own local replay (its hot-table sink: one small MERGE commit per b
 compacted as it goes), not by one bulk write. Then, through the bench's own Trino, as the analyst:
 
 1. Merge cost: the same questions asked of the merged view and of the batch table alone (the
-   reference), each warm (one run first) and repeated `--repeat` times, median reported: a full
+   reference), each warm (one run first) and repeated `--repeat` times interleaved with the
+   reference (both share the load of the moment), median reported: a full
    aggregate, one entity's last day, a point lookup by event id, the anomalies of the last hour.
    "Last" is relative to each table's own newest event, so both answer the same shape. Target:
    the worst ratio at most 1.3.

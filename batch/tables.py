@@ -148,12 +148,29 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
     return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
 
 
+# Rows per batch-view file: a day up to this size is one file; a bigger one is split, each file
+# then holding a range of entities (Delta's per-file statistics let readers skip the others).
+BATCH_VIEW_FILE_ROWS = 1_000_000
+
+
 def write_batch_view(rows: DataFrame, dataset: Dataset, settings: Settings) -> None:
-    """Replace the batch view: it is recomputed from all of silver on every run (Lambda's batch view)."""
+    """Replace the batch view: it is recomputed from all of silver on every run (Lambda's batch view).
+
+    Laid out for the serving layer's common filters, time and entity: partitioned by event date
+    (a time filter prunes days), one file per day (a scan opens one split per day, not one per
+    shuffle partition and day), rows sorted by entity then event time within it (an entity's rows
+    are contiguous: Parquet's page and row-group statistics and Delta's file statistics narrow by
+    entity). Measured against the previous layout (3 files per day, unsorted) on the serving
+    bench's 1M rows through Trino: full aggregate 0.76x, one entity's last day 0.63x, point
+    lookup 1.03x, last hour's anomalies 0.76x (docs/benchmarks.md, "Serving")."""
     uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
     rows = conform(rows, system_tables.batch_scores_schema(dataset))
     partition = system_tables.EVENT_DATE.name
-    rows.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(partition).save(uri)
+    # The date leads the sort so that Spark's writer, which needs rows grouped by partition,
+    # keeps this order instead of sorting again by date alone.
+    laid_out = rows.repartition(partition).sortWithinPartitions(partition, dataset.entity, dataset.event_time, dataset.event_id)
+    (laid_out.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+     .option("maxRecordsPerFile", BATCH_VIEW_FILE_ROWS).partitionBy(partition).save(uri))
 
 
 def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, watermark) -> int:

@@ -65,11 +65,30 @@ def credentials(settings: Settings, role: str = "admin") -> Credentials:
 
 
 def connect(settings: Settings, *, role: str = "admin") -> trino.dbapi.Connection:
-    """A DB-API connection over HTTPS, logged in as the role's user, catalog "delta", time zone UTC."""
+    """A DB-API connection over HTTPS, logged in as the role's user, catalog "delta", time zone UTC.
+    Closing it closes its own HTTP session."""
+    return _connect(settings, role, _new_http_session(settings))
+
+
+def _connect(settings: Settings, role: str, http_session: requests.Session) -> trino.dbapi.Connection:
     login = credentials(settings, role)
+    return trino.dbapi.connect(
+        host=settings.trino_host,
+        port=settings.trino_port,
+        user=login.user,
+        auth=trino.auth.BasicAuthentication(login.user, login.password),
+        catalog=CATALOG,
+        http_scheme="https",
+        # Timestamps in results and in SQL such as current_timestamp do not depend on the machine.
+        timezone="UTC",
+        http_session=http_session,
+    )
+
+
+def _new_http_session(settings: Settings) -> requests.Session:
+    session = requests.Session()
     # Trino is reached directly (loopback locally, the cluster's address otherwise): ignore any
     # HTTP proxy configured in the environment.
-    session = requests.Session()
     session.trust_env = False
     ca_file = settings.trino_ca_path
     if ca_file is None:
@@ -82,25 +101,29 @@ def connect(settings: Settings, *, role: str = "admin") -> trino.dbapi.Connectio
         )
     else:
         session.verify = str(ca_file)
-    return trino.dbapi.connect(
-        host=settings.trino_host,
-        port=settings.trino_port,
-        user=login.user,
-        auth=trino.auth.BasicAuthentication(login.user, login.password),
-        catalog=CATALOG,
-        http_scheme="https",
-        # Timestamps in results and in SQL such as current_timestamp do not depend on the machine.
-        timezone="UTC",
-        http_session=session,
-    )
+    return session
+
+
+# query() and execute() share one HTTP session per server, CA file and user for the process: its
+# keep-alive connections spare each statement a TCP and TLS handshake, about 100 ms of a 300 ms
+# query on the loaded 2-core machine (docs/benchmarks.md, "Serving"). Keyed by user because the
+# client's basic authentication is set on the session. requests' pool is safe across threads.
+_SHARED_SESSIONS: dict[tuple[str, str, str], requests.Session] = {}
+
+
+def _shared_connection(settings: Settings, role: str) -> trino.dbapi.Connection:
+    key = (settings.trino_url, str(settings.trino_ca_path), settings.trino_login(role)[0])
+    if key not in _SHARED_SESSIONS:
+        _SHARED_SESSIONS[key] = _new_http_session(settings)
+    # Not closed after use: a trino Connection holds nothing but its HTTP session, kept here.
+    return _connect(settings, role, _SHARED_SESSIONS[key])
 
 
 def query(
     sql: str, params: Sequence[Any] | None = None, *, settings: Settings, role: str = "admin"
 ) -> pd.DataFrame:
     """Run a query and return all its rows; params fill the ? placeholders."""
-    with closing(connect(settings, role=role)) as connection:
-        columns, rows = _run(connection, sql, params, settings)
+    columns, rows = _run(_shared_connection(settings, role), sql, params, settings)
     return pd.DataFrame.from_records(rows, columns=columns)
 
 
@@ -108,8 +131,7 @@ def execute(
     sql: str, params: Sequence[Any] | None = None, *, settings: Settings, role: str = "admin"
 ) -> None:
     """Run a statement (DDL, CALL, ...) to completion."""
-    with closing(connect(settings, role=role)) as connection:
-        _run(connection, sql, params, settings)
+    _run(_shared_connection(settings, role), sql, params, settings)
 
 
 def register_table(schema: str, table: str, location: str, *, settings: Settings) -> bool:

@@ -3,8 +3,8 @@
 Delta's jars come from .work/cache/jvm/delta (fetched with mvn, see infra/jvm/pom.xml) and are
 passed as spark.jars, so nothing is resolved through Ivy at run time.
 
-The master: under spark-submit, its --master (and --jars, --driver-memory) win: the builder sets
-neither master nor driver options then. Otherwise `settings.spark_master` (local[2] by default,
+The master: under spark-submit, its --master (and --name, --jars, --driver-memory) win: the
+builder sets none of them then. Otherwise `settings.spark_master` (local[2] by default,
 LAKEHOUSE_SPARK_MASTER for a cluster). Only a local master binds the driver to 127.0.0.1: with a
 cluster master the executors must reach the driver, so its address is left to Spark
 (SPARK_LOCAL_IP / spark.driver.host, as spark-submit or the environment set them).
@@ -39,10 +39,10 @@ def spark_session(
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     local_dir = settings.work_dir / "spark"
-    builder = SparkSession.builder.appName(app_name)
+    builder = SparkSession.builder
     if not submitted:
-        # Under spark-submit the JVM already runs with its --master and --driver-memory.
-        builder = builder.master(settings.spark_master).config("spark.driver.memory", settings.spark_driver_memory)
+        # Under spark-submit the JVM already runs with its --master, --name and --driver-memory.
+        builder = builder.appName(app_name).master(settings.spark_master).config("spark.driver.memory", settings.spark_driver_memory)
     if local:
         # Embedded: nothing listens beyond loopback.
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")

@@ -25,7 +25,9 @@ from speed import pipeline as speed_pipeline
 
 from fixtures_engines import make_sensor_inputs
 
-pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.beam, pytest.mark.flink]
+# Four engine runs (two batch runs, two speed runs) and two clusters' start-up share the module
+# fixture's set-up, which pytest-timeout counts against the first test: allow twice the default.
+pytestmark = [pytest.mark.cluster, pytest.mark.spark, pytest.mark.beam, pytest.mark.flink, pytest.mark.timeout(1800)]
 
 DATASET = "sensor_events"
 SAME = {"rtol": 0, "atol": 1e-9}

@@ -17,7 +17,7 @@ export MPLCONFIGDIR := $(abspath $(WORK)/cache/matplotlib)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup jvm demo test test-fast notebooks bench up down status lock clean
+.PHONY: help setup jvm demo cluster-demo test test-fast notebooks bench up down status lock clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,11 +39,14 @@ jvm: $(INSTALLED) ## Fetch the pinned JVM artifacts (Delta with S3A, Trino, Kafk
 demo: setup ## The main job: one full Lambda cycle (generate, batch, speed, Trino merged view)
 	$(LAKEHOUSE) demo
 
+cluster-demo: setup ## The demo's cycle on the local cluster mode (Spark standalone, Flink session + Beam worker pool, Trino coordinator + worker); .work/cluster-demo.json
+	$(LAKEHOUSE) demo --cluster
+
 test: setup ## All tests, with real Spark + Delta, Beam, Trino and Kafka
 	$(PYTHON) -m pytest
 
 test-fast: $(INSTALLED) ## Only the tests that start no engine
-	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not flink and not e2e"
+	$(PYTHON) -m pytest -m "not spark and not trino and not kafka and not beam and not flink and not e2e and not cluster"
 
 notebooks: setup ## Execute notebooks/ on the current warehouse (after `make demo`); copies with outputs in .work/notebooks
 	$(PYTHON) -m app.notebooks
@@ -55,8 +58,8 @@ bench: setup ## Every benchmark (batch, speed, serving, quality) against its ref
 	$(PYTHON) -m bench.quality_bench
 	$(PYTHON) -m bench.report
 
-up: setup ## Start the local Trino and Kafka
-	$(LAKEHOUSE) up
+up: setup ## Start the local Trino and Kafka (CLUSTER=1: the local cluster mode)
+	$(LAKEHOUSE) up $${CLUSTER:+--cluster}
 
 down: $(INSTALLED) ## Stop the local Trino and Kafka
 	$(LAKEHOUSE) down

@@ -58,9 +58,20 @@ def demo(
     stop: Annotated[bool, typer.Option(help="Stop the services at the end.")] = False,
     sensors: Annotated[int, typer.Option(help="Sensors to generate.", min=1)] = 8,
     days: Annotated[float, typer.Option(help="Days of events to generate (the last two feed the speed layer).", min=3)] = 6.0,
+    cluster: Annotated[
+        bool,
+        typer.Option("--cluster", help="Run the cycle on the local cluster mode (`lakehouse up --cluster`) and write .work/cluster-demo.json."),
+    ] = False,
 ) -> dict:
     """The whole Lambda cycle: generate -> batch -> speed -> Trino merged view, with every count."""
     from app import demo as demo_module
+
+    if cluster:
+        from app import cluster_demo
+
+        if keep or stop:
+            raise typer.BadParameter("--cluster starts fresh and leaves the clusters up (`lakehouse down` stops them)")
+        return cluster_demo.run(get_settings(), sensors=sensors, days=days)
 
     # Returned for callers in this process (the tests' session fixture); the command line prints as it goes.
     return demo_module.run(get_settings(), fresh=not keep, stop_services=stop, sensors=sensors, days=days)

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from rich.panel import Panel
@@ -22,6 +24,10 @@ from lakehouse import generate as generator
 from lakehouse.errors import ConfigurationError
 from lakehouse.logs import console, frame_table
 from lakehouse.settings import Settings
+
+if TYPE_CHECKING:
+    from batch.run_log import RunRecord
+    from local_services.trino import TrinoServer
 
 DATASET = "sensor_events"
 
@@ -57,7 +63,15 @@ def write_inputs(out: Path, *, sensors: int = 8, days: float = 6.0, seed: int = 
     return files
 
 
-def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0) -> dict:
+def run(
+    settings: Settings, *, fresh: bool = True, stop_services: bool = False, sensors: int = 8, days: float = 6.0,
+    batch_runner: Callable[[list[Path]], RunRecord] | None = None, speed_arguments: Sequence[str] = (),
+    trino: "TrinoServer | None" = None, extra_summary: Callable[[dict], str] | None = None,
+) -> dict:
+    """The cycle on the embedded default. The cluster demo (app/cluster_demo.py) runs the very same
+    cycle with its own `batch_runner` (spark-submit to the standalone master), `speed_arguments`
+    (the Flink session cluster with external workers), its `trino` coordinator, and adds a line of
+    its own to the summary (`extra_summary`, given the summary so far)."""
     from batch.job import run_batch
     import schemas
     from lakehouse.constants import events_topic
@@ -73,7 +87,7 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
         raise ConfigurationError("the demo deletes and rewrites the sensor_events tables: not under the production profile")
     wiring.require_local(settings, "the demo")
     started = time.perf_counter()
-    trino = TrinoServer(settings)
+    trino = trino or TrinoServer(settings)
     console.rule("[bold]Lakehouse demo: one Lambda cycle")
     kafka = KafkaBroker(settings)
     topic = events_topic(DATASET)
@@ -89,13 +103,16 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
     console.print(f"generated inputs in {out}")
     from pyspark.sql import SparkSession
 
-    owns_spark = SparkSession.getActiveSession() is None
-    spark = wiring.spark_session(settings)
+    owns_spark = batch_runner is None and SparkSession.getActiveSession() is None
+    spark = wiring.spark_session(settings) if batch_runner is None else None
     summary: dict = {"batch": [], "speed": []}
 
     def batch(paths: list[Path], label: str) -> None:
         with console.status(f"{label}: Spark batch run"):
-            record = run_batch(DATASET, [str(path) for path in paths], settings=settings, spark=spark)
+            if batch_runner is None:
+                record = run_batch(DATASET, [str(path) for path in paths], settings=settings, spark=spark)
+            else:
+                record = batch_runner(paths)
         summary["batch"].append(record)
         console.print(
             f"[green]✓[/] {label}: input {record.input_rows} = valid {record.valid_rows} + quarantined "
@@ -107,7 +124,7 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
         with console.status(f"{label}: producing to Kafka"):
             sent = produce(schemas.load(DATASET), [path], topic, settings=settings)
         with console.status(f"{label}: Beam pipeline reading {topic}"):
-            result = run_speed(["--dataset", DATASET, "--kafka_topic", topic], settings=settings)
+            result = run_speed(["--dataset", DATASET, "--kafka_topic", topic, *speed_arguments], settings=settings)
         summary["speed"].append(result)
         summary.setdefault("produced", []).append(sent)
         console.print(
@@ -151,6 +168,8 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
         f"CROSS JOIN UNNEST(failed_rules) AS t(rule) WHERE dataset = '{DATASET}' GROUP BY layer, rule ORDER BY layer, rule"
     )
     _show(quarantine, "quarantine by layer and failed rule")
+    summary.update(merged=merged, flagged=flagged, quarantine=quarantine, files=files, spikes=spikes)
+    extra = f"{extra_summary(summary)}\n" if extra_summary is not None else ""
     elapsed = time.perf_counter() - started
     console.print(
         Panel.fit(
@@ -160,6 +179,7 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
             f"{int(merged.alerts.sum())} alerts (first alarm after {schemas.load(DATASET).detector.alert_quiet_events} quiet events).\n"
             f"Query it yourself:  lakehouse sql \"SELECT * FROM delta.{DATASET}.merged LIMIT 10\"  "
             f"(or --as analyst, read-only), lakehouse anomalies -d {DATASET} --hours 6, make notebooks\n"
+            f"{extra}"
             f"Measure it against the labels:  lakehouse eval run -d {DATASET} --labels {files['labels']}\n"
             f"Done in {elapsed:.0f}s. Trino ({settings.trino_url}) and Kafka ({settings.kafka_bootstrap}) stay up; `lakehouse down` stops them.",
             title="demo",
@@ -168,7 +188,7 @@ def run(settings: Settings, *, fresh: bool = True, stop_services: bool = False, 
     if stop_services:
         trino.stop()
         kafka.stop()
-    summary.update(merged=merged, flagged=flagged, quarantine=quarantine, files=files, trino=trino_status, spikes=spikes)
+    summary.update(trino=trino_status)
     return summary
 
 

@@ -29,6 +29,60 @@ def spark_session(settings: Settings, *, app_name: str = "lakehouse-batch"):
     return batch_spark_session(settings, jars=[str(jar) for jar in jvm.delta_jars(settings)], app_name=app_name)
 
 
+def spark_submit(
+    settings: Settings, dataset: str, inputs: list[str], *, master: str, run_id: str | None = None, driver_memory: str = "1g",
+):
+    """Run the batch job (batch/job.py) through spark-submit, as a scheduler does on a cluster, and
+    return its run record from the run log. Here: a client-mode driver in a child process and the
+    cached Delta jars with --jars; the local cluster mode passes its standalone master.
+
+    The child reads the same settings from LAKEHOUSE_* variables (warehouse, folders). On a
+    loopback cluster the executors find the project through spark.executorEnv.PYTHONPATH; on a
+    real one the image holds it (docs/deploy.md).
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from batch import run_log
+    from batch.job import new_run_id
+    from lakehouse.settings import PROJECT_ROOT
+    from local_services import jvm
+
+    run_id = run_id or new_run_id()
+    java = jvm.java17()
+    environment = {
+        **os.environ,
+        "JAVA_HOME": os.path.dirname(os.path.dirname(os.path.realpath(java))),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        "LAKEHOUSE_WAREHOUSE": settings.warehouse,
+        "LAKEHOUSE_WORK_DIR": str(settings.work_dir),
+        "LAKEHOUSE_SERVICES_ROOT": str(settings.services_dir),
+        "LAKEHOUSE_DATA_ROOT": str(settings.data_dir),
+    }
+    if master.startswith(("local", "spark://127.0.0.1")):
+        environment["SPARK_LOCAL_IP"] = "127.0.0.1"  # loopback only, as every local service
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master", master,
+        "--name", f"lakehouse-batch-{dataset}",
+        "--driver-memory", driver_memory,
+        "--executor-memory", settings.spark_executor_memory,
+        "--jars", ",".join(str(jar) for jar in jvm.delta_jars(settings)),
+        "--conf", f"spark.executorEnv.PYTHONPATH={PROJECT_ROOT}",
+        "--conf", f"spark.executorEnv.LAKEHOUSE_WAREHOUSE={settings.warehouse}",
+        str(PROJECT_ROOT / "batch" / "job.py"),
+        "--dataset", dataset, "--run-id", run_id,
+        *(argument for path in inputs for argument in ("--input", str(path))),
+    ]
+    log.info("spark-submit --master %s batch/job.py --dataset %s (run %s)", master, dataset, run_id)
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LakehouseError(f"spark-submit of the {dataset} batch run {run_id} failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    return run_log.stored_record(settings, run_id)
+
+
 def serving_refresh(settings: Settings) -> Callable[[str], None]:
     """The after-write hook of both layers: register the dataset's tables in Trino and refresh its
     views, when a Trino for this warehouse is there to serve them.

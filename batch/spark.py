@@ -1,8 +1,13 @@
 """The Spark session every batch job uses: local[*] by default, Delta from the cached jars.
 
 Delta's jars come from .work/cache/jvm/delta (fetched with mvn, see infra/jvm/pom.xml) and are
-passed as spark.jars, so nothing is resolved through Ivy at run time. Under spark-submit on a
-cluster the same builder is used; the cluster's master and jars settings win.
+passed as spark.jars, so nothing is resolved through Ivy at run time.
+
+The master: under spark-submit, its --master (and --name, --jars, --driver-memory) win: the
+builder sets none of them then. Otherwise `settings.spark_master` (local[2] by default,
+LAKEHOUSE_SPARK_MASTER for a cluster). Only a local master binds the driver to 127.0.0.1: with a
+cluster master the executors must reach the driver, so its address is left to Spark
+(SPARK_LOCAL_IP / spark.driver.host, as spark-submit or the environment set them).
 """
 
 from __future__ import annotations
@@ -26,20 +31,25 @@ def spark_session(
     """The session for batch jobs. `jars` are Delta's (and S3A's) jars: the composition root passes
     the cached ones for local runs; spark-submit passes them with --jars, and then none are needed
     here. JAVA_HOME is the caller's business too (the root points it at Java 17)."""
-    # Spark's Python workers must run the venv's interpreter; loopback only.
+    # Spark's Python workers must run the venv's interpreter.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    submitted = under_spark_submit()
+    local = not submitted and is_local_master(settings.spark_master)
+    if local:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     local_dir = settings.work_dir / "spark"
+    builder = SparkSession.builder
+    if not submitted:
+        # Under spark-submit the JVM already runs with its --master, --name and --driver-memory.
+        builder = builder.appName(app_name).master(settings.spark_master).config("spark.driver.memory", settings.spark_driver_memory)
+    if local:
+        # Embedded: nothing listens beyond loopback.
+        builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.spark_master)
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.local.dir", str(local_dir / "tmp"))
         .config("spark.sql.warehouse.dir", str(local_dir / "spark-warehouse"))
         .config("spark.ui.enabled", "false")
@@ -67,6 +77,16 @@ def spark_session(
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+def under_spark_submit() -> bool:
+    """True in a driver that spark-submit started: PySpark then connects to spark-submit's JVM
+    through the gateway port it was given."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def is_local_master(master: str) -> bool:
+    return master == "local" or master.startswith("local[")
 
 
 def s3a_options() -> dict[str, str]:

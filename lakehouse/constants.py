@@ -39,6 +39,21 @@ DEFAULT_KAFKA_CONTROLLER_PORT = 19093
 DEFAULT_S3_PORT = 19000
 # The Flink job server's job API; its artifact service listens on the next port.
 DEFAULT_FLINK_JOB_PORT = 18099
+# The local cluster mode (`lakehouse up --cluster`, docs/operations.md#local-cluster-mode), every
+# port in one place. Each is a setting (lakehouse/settings.py), so LAKEHOUSE_<NAME> moves it.
+DEFAULT_SPARK_MASTER_PORT = 17077
+DEFAULT_SPARK_MASTER_UI_PORT = 18070  # also the master's JSON API (/json/)
+DEFAULT_SPARK_WORKER_UI_PORT = 18071
+# Flink session cluster: the REST API (and --flink_master); the JobManager's RPC port, with the
+# blob server, the TaskManager's RPC and its data port on the next three.
+DEFAULT_FLINK_REST_PORT = 18081
+DEFAULT_FLINK_RPC_PORT = 16123
+# The Beam job server that submits to the session cluster (its artifact service on the next port).
+DEFAULT_FLINK_CLUSTER_JOB_PORT = 18097
+# Beam's Python SDK worker pool beside the TaskManager (EXTERNAL environment).
+DEFAULT_BEAM_WORKER_POOL_PORT = 15000
+# The Trino worker's HTTP port (internal: the coordinator and the worker only).
+DEFAULT_TRINO_WORKER_PORT = 18083
 
 
 def events_topic(dataset: str) -> str:

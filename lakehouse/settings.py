@@ -86,6 +86,24 @@ class Settings(BaseSettings):
     flink_job_port: int = Field(default=constants.DEFAULT_FLINK_JOB_PORT, ge=1, le=65534)
     flink_parallelism: int = Field(default=2, ge=1)
     flink_heap: str = "2g"
+    # The local cluster mode (`lakehouse up --cluster`): Spark standalone, a Flink session cluster
+    # with an external Beam worker pool, Trino coordinator + worker. Memory per process is listed
+    # in docs/operations.md (local cluster mode); all of it fits in 8 GiB.
+    spark_master_port: int = Field(default=constants.DEFAULT_SPARK_MASTER_PORT, ge=1, le=65535)
+    spark_master_ui_port: int = Field(default=constants.DEFAULT_SPARK_MASTER_UI_PORT, ge=1, le=65535)
+    spark_worker_ui_port: int = Field(default=constants.DEFAULT_SPARK_WORKER_UI_PORT, ge=1, le=65535)
+    spark_daemon_memory: str = "256m"
+    spark_worker_cores: int = Field(default=2, ge=1)
+    spark_worker_memory: str = "1536m"
+    spark_executor_memory: str = "1g"
+    flink_rest_port: int = Field(default=constants.DEFAULT_FLINK_REST_PORT, ge=1, le=65535)
+    flink_rpc_port: int = Field(default=constants.DEFAULT_FLINK_RPC_PORT, ge=1, le=65532)
+    flink_cluster_job_port: int = Field(default=constants.DEFAULT_FLINK_CLUSTER_JOB_PORT, ge=1, le=65534)
+    flink_jobmanager_memory: str = "768m"
+    flink_taskmanager_memory: str = "1280m"
+    beam_worker_pool_port: int = Field(default=constants.DEFAULT_BEAM_WORKER_POOL_PORT, ge=1, le=65535)
+    trino_worker_port: int = Field(default=constants.DEFAULT_TRINO_WORKER_PORT, ge=1, le=65535)
+    trino_worker_heap: str = "1G"
     # Where local services keep pid, logs and data; empty means <work_dir>/services. Tests point
     # it at a temporary folder so they never touch the services a developer has running.
     services_root: str = ""
@@ -202,6 +220,20 @@ class Settings(BaseSettings):
     @property
     def flink_job_endpoint(self) -> str:
         return f"localhost:{self.flink_job_port}"
+
+    @property
+    def spark_cluster_master(self) -> str:
+        """The local Spark standalone master (cluster mode), for spark-submit --master."""
+        return f"spark://127.0.0.1:{self.spark_master_port}"
+
+    @property
+    def flink_rest_address(self) -> str:
+        """The local Flink session cluster's REST API (cluster mode): its --flink_master."""
+        return f"127.0.0.1:{self.flink_rest_port}"
+
+    @property
+    def flink_cluster_job_endpoint(self) -> str:
+        return f"localhost:{self.flink_cluster_job_port}"
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -32,7 +32,13 @@ MAIN_CLASS = "io.trino.server.TrinoServer"
 
 
 class TrinoServer(Service):
+    """The coordinator. `cluster=True` (cluster mode) leaves every task to the worker."""
+
     name = "trino"
+
+    def __init__(self, settings: Settings, *, cluster: bool = False) -> None:
+        super().__init__(settings)
+        self.cluster = cluster
 
     # Folders ------------------------------------------------------------------------------
     @property
@@ -82,6 +88,8 @@ class TrinoServer(Service):
             "TRINO_LOG_DIR": str(self.log_file.parent),
             "TRINO_METASTORE_URI": metastore_uri(self.settings),
             "TRINO_FILE_SYSTEM": self.file_system(),
+            "TRINO_INCLUDE_COORDINATOR": str(not self.cluster).lower(),
+            "TRINO_WORKER_PORT": str(self.settings.trino_worker_port),
         }
 
     def render_configuration(self) -> None:
@@ -97,6 +105,15 @@ class TrinoServer(Service):
                 target.write_text(fill_placeholders(template.read_text(), values, source))
                 target.chmod(0o600)  # config.properties holds the internal shared secret
 
+    def prepare_etc(self) -> None:
+        """Certificates, the rendered etc folder and the password file (the coordinator's)."""
+        trino_security.ensure_certificates(self.settings)
+        self.render_configuration()
+        trino_security.write_password_file(self.settings, self.etc_dir / "password.db")
+
+    def ports(self) -> tuple[int, ...]:
+        return self.settings.trino_port, self.settings.trino_http_port
+
     def served_metastore(self) -> str | None:
         """The metastore the rendered catalog points at (the one a running server uses)."""
         catalog = self.etc_dir / "catalog" / "delta.properties"
@@ -106,14 +123,12 @@ class TrinoServer(Service):
 
     # Service ------------------------------------------------------------------------------
     def prepare(self) -> None:
-        self.require_free_ports((self.settings.trino_port, self.settings.trino_http_port), "trino_port")
+        self.require_free_ports(self.ports(), "trino_port / trino_worker_port")
         jvm.ensure("trino", self.settings)
         if not (self.server_dir / "lib").is_dir():
             raise ServiceError(self.name, f"no Trino server in {self.server_dir}; re-run `make setup`")
         restore_hard_links(self.server_dir, server_tarball(self.settings))
-        trino_security.ensure_certificates(self.settings)
-        self.render_configuration()
-        trino_security.write_password_file(self.settings, self.etc_dir / "password.db")
+        self.prepare_etc()
         for folder in (self.data_dir / "tmp", self.log_file.parent):
             folder.mkdir(parents=True, exist_ok=True)
         if self.settings.warehouse_is_local:
@@ -138,11 +153,14 @@ class TrinoServer(Service):
             MAIN_CLASS,
         ]
 
+    def http_port(self) -> int:
+        return self.settings.trino_http_port
+
     def probe(self) -> bool:
-        """Ready when the coordinator says it has finished starting (catalogs loaded)."""
+        """Ready when the node says it has finished starting (catalogs loaded)."""
         # Loopback never goes through an HTTP proxy, whatever the environment says.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{self.settings.trino_http_port}/v1/info", timeout=2) as response:
+        with opener.open(f"http://127.0.0.1:{self.http_port()}/v1/info", timeout=2) as response:
             return json.load(response).get("starting") is False
 
     def start(self, *, wait: bool = True) -> ServiceStatus:
@@ -154,4 +172,43 @@ class TrinoServer(Service):
                 f"already running for another warehouse (metastore {served}); "
                 "stop it with `lakehouse down` first",
             )
+        return super().start(wait=wait)
+
+
+WORKER_TEMPLATE = PROJECT_ROOT / "infra" / "trino" / "worker" / "config.properties"
+
+
+class TrinoWorker(TrinoServer):
+    """The worker of the local cluster mode: the coordinator's catalogs and JVM options, its own
+    node id, folders and HTTP port, and infra/trino/worker/config.properties (discovery through
+    the coordinator's HTTP port, the shared secret for internal requests)."""
+
+    name = "trino-worker"
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.settings.trino_worker_port} (internal; discovery via the coordinator)"
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.trino_worker_port,)
+
+    def http_port(self) -> int:
+        return self.settings.trino_worker_port
+
+    def placeholders(self) -> dict[str, str]:
+        return {**super().placeholders(), "TRINO_HEAP": self.settings.trino_worker_heap}
+
+    def prepare_etc(self) -> None:
+        """The coordinator's files, then the worker's config.properties and node id on top."""
+        self.render_configuration()
+        source = "infra/trino/worker/config.properties"
+        config = self.etc_dir / "config.properties"
+        config.write_text(fill_placeholders(WORKER_TEMPLATE.read_text(), self.placeholders(), source))
+        config.chmod(0o600)
+        node = self.etc_dir / "node.properties"
+        node.write_text(node.read_text().replace("node.id=lakehouse-local-trino", "node.id=lakehouse-local-trino-worker-1"))
+
+    def start(self, *, wait: bool = True) -> ServiceStatus:
+        if TrinoServer(self.settings).pid() is None:
+            raise ServiceError(self.name, "the Trino coordinator is not running: start it first (`lakehouse up --cluster`)")
         return super().start(wait=wait)

@@ -31,6 +31,41 @@ def _for_the_session(service) -> Iterator:
             service.stop()
 
 
+def _for_the_session_all(services: list) -> Iterator[list]:
+    """Several services that register with one another: started in order, stopped in reverse."""
+    started = []
+    try:
+        for service in services:
+            if service.pid() is None:
+                started.append(service)
+            service.start(wait=True)
+        yield services
+    finally:
+        if os.environ.get("LAKEHOUSE_TEST_KEEP_SERVICES") != "1":
+            for service in reversed(started):
+                service.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster():
+    """The cluster mode's Spark standalone master and worker."""
+    from local_services.spark_cluster import SparkMaster, SparkWorker
+
+    settings = get_settings()
+    yield from _for_the_session_all([SparkMaster(settings), SparkWorker(settings)])
+
+
+@pytest.fixture(scope="session")
+def flink_cluster():
+    """The cluster mode's Flink session cluster, Beam worker pool and job server."""
+    from local_services.flink_cluster import BeamWorkerPool, FlinkClusterJobServer, FlinkJobManager, FlinkTaskManager
+
+    settings = get_settings()
+    yield from _for_the_session_all(
+        [FlinkJobManager(settings), FlinkTaskManager(settings), BeamWorkerPool(settings), FlinkClusterJobServer(settings)]
+    )
+
+
 @pytest.fixture(scope="session")
 def trino_server():
     from local_services.trino import TrinoServer

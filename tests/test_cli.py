@@ -142,7 +142,10 @@ def test_up_reuses_the_running_trino_and_kafka_and_status_shows_them(trino_serve
     assert f"kafka already running (pid {kafka_broker.pid()})" in result.stderr
 
     every = _state(ok(lakehouse("status")))
-    assert list(every) == ["s3", "trino", "kafka", "flink"]
+    assert list(every) == [
+        "s3", "trino", "trino-worker", "kafka", "spark-master", "spark-worker",  # every process: the cluster mode's too
+        "flink-jobmanager", "flink-taskmanager", "beam-worker-pool", "flink-cluster-job-server", "flink",
+    ]
     assert every["trino"][:2] == ["ready", str(trino_server.pid())]
     assert every["kafka"][1] == str(kafka_broker.pid())
 

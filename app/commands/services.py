@@ -18,13 +18,39 @@ Service = Annotated[
 ]
 
 
-def _services(settings: Settings, only: list[str] | None, *, every: bool = False):
-    """The services named by --only; by default the ones the configured lakehouse needs (or every one)."""
+Cluster = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="The local cluster mode: Spark standalone (master + worker), a Flink session cluster (JobManager, "
+        "TaskManager, Beam worker pool, job server) and Trino coordinator + worker, all on loopback.",
+    ),
+]
+
+
+def _services(settings: Settings, only: list[str] | None, *, every: bool = False, cluster: bool = False):
+    """The services named by --only; by default the ones the configured lakehouse needs (or every
+    one: the embedded services and the cluster mode's processes)."""
     from lakehouse import storage
+    from local_services.cluster import cluster_services
     from local_services.flink import FlinkJobServer
     from local_services.kafka import KafkaBroker
     from local_services.s3 import S3Server
     from local_services.trino import TrinoServer
+
+    if cluster or every:
+        processes = cluster_services(settings)
+        known_processes = {service.name: service for service in processes}
+        unknown = [name for name in only or [] if name not in known_processes and name not in ("s3", "flink")]
+        if unknown:
+            raise typer.BadParameter(f"unknown service(s) {unknown}; choose from {list(known_processes)}")
+        if cluster:
+            if not settings.warehouse_is_local and storage.aws_endpoint() == settings.s3_endpoint:
+                processes.insert(0, S3Server(settings))
+            return [service for service in processes if not only or service.name in only]
+        # Every process this project may have started: S3, the embedded job server, the cluster's.
+        every_service = [S3Server(settings), *processes, FlinkJobServer(settings)]
+        return [service for service in every_service if not only or service.name in only]
 
     # S3 first: Trino reads the warehouse as soon as it is up.
     known = {"s3": S3Server, "trino": TrinoServer, "kafka": KafkaBroker, "flink": FlinkJobServer}
@@ -59,11 +85,12 @@ def setup(
 
 
 @app.command()
-def up(only: Service = None) -> None:
-    """Start the local Trino and Kafka (and the S3 server) on loopback, reused when already running."""
+def up(only: Service = None, cluster: Cluster = False) -> None:
+    """Start the local Trino and Kafka (and the S3 server) on loopback, reused when already running;
+    with --cluster, the local cluster mode's processes (docs/operations.md#local-cluster-mode)."""
     settings = get_settings()
     wiring.require_local(settings, "lakehouse up")
-    services = _services(settings, only)
+    services = _services(settings, only, cluster=cluster)
     for service in services:
         with console.status(f"starting {service.name}"):
             service.start()
@@ -84,7 +111,8 @@ def down(only: Service = None) -> None:
     """Stop the local services."""
     settings = get_settings()
     wiring.require_local(settings, "lakehouse down")
-    for service in _services(settings, only, every=True):
+    # The cluster's processes in reverse start order: workers before what they registered with.
+    for service in reversed(_services(settings, only, every=True)):
         stopped = service.stop()
         console.print(f"{service.name}: {'stopped' if stopped else 'was not running'}")
 

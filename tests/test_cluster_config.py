@@ -8,8 +8,14 @@ from local_services.base import read_properties
 from local_services.trino import TrinoServer, TrinoWorker
 
 
-def test_the_worker_registers_with_the_coordinator_and_shares_its_secret():
-    settings = get_settings()
+def _elsewhere(tmp_path):
+    # Rendered in a folder of the test's own: the suite's running Trino reads its configuration
+    # (and its password file) from the services folder, which rendering rewrites.
+    return get_settings().model_copy(update={"services_root": str(tmp_path / "services")})
+
+
+def test_the_worker_registers_with_the_coordinator_and_shares_its_secret(tmp_path):
+    settings = _elsewhere(tmp_path)
     coordinator, worker = TrinoServer(settings, cluster=True), TrinoWorker(settings)
     coordinator.render_configuration()
     worker.prepare_etc()
@@ -29,7 +35,7 @@ def test_the_worker_registers_with_the_coordinator_and_shares_its_secret():
     assert f"-Xmx{settings.trino_worker_heap}" in (worker.etc_dir / "jvm.config").read_text()
 
 
-def test_the_embedded_coordinator_still_runs_every_task_itself():
-    server = TrinoServer(get_settings())
+def test_the_embedded_coordinator_still_runs_every_task_itself(tmp_path):
+    server = TrinoServer(_elsewhere(tmp_path))
     server.render_configuration()
     assert read_properties(server.etc_dir / "config.properties")["node-scheduler.include-coordinator"] == "true"

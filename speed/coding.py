@@ -8,6 +8,9 @@ Declared as `Records`, a list is pickled whole, in one call.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
 from apache_beam import coders
 
 
@@ -16,3 +19,10 @@ class Records(list):
 
 
 coders.registry.register_coder(Records, coders.PickleCoder)
+
+
+def in_lists(items: Iterable, size: int) -> Iterator[list]:
+    """The items as consecutive lists of at most `size` (the sources' batches)."""
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch

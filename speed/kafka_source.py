@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from lakehouse.errors import ServiceError
-from speed.coding import Records
+from speed.coding import Records, in_lists
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +127,7 @@ class _ReadPartitionRange(beam.DoFn):
         self.messages = Metrics.counter("speed", "kafka_messages")
 
     def process(self, item: PartitionRange) -> Iterable[list[tuple[str, str, float]]]:
-        batch = []
-        for message in self._messages(item):
-            batch.append(message)
-            if len(batch) >= self.batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        yield from in_lists(self._messages(item), self.batch_size)
 
     def _messages(self, item: PartitionRange) -> Iterable[tuple[str, str, float]]:
         if item.end <= item.start:

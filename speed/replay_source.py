@@ -9,7 +9,7 @@ import apache_beam as beam
 
 from lakehouse import storage, system_tables
 from lakehouse.errors import ConfigurationError
-from speed.coding import Records
+from speed.coding import Records, in_lists
 
 
 class ReadReplay(beam.PTransform):
@@ -35,15 +35,13 @@ class ReadReplay(beam.PTransform):
 
 
 def _read_lines(path: str, batch_size: int):
-    batch = []
+    yield from in_lists(_lines(path), batch_size)
+
+
+def _lines(path: str):
     with storage.open_input_file(path) as stream:
         for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), start=1):
             line = line.rstrip("\n")
             if line.strip():
                 # `<file>:<line>`, as the batch layer names a record's source in the quarantine.
-                batch.append((system_tables.record_source(path, number), line, time.time()))
-                if len(batch) >= batch_size:
-                    yield batch
-                    batch = []
-    if batch:
-        yield batch
+                yield system_tables.record_source(path, number), line, time.time()

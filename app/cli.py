@@ -15,7 +15,7 @@ import typer
 
 from app.commands import batch, evaluation, serving, services, speed
 from app.output import console, results
-from lakehouse import logs
+from lakehouse import logs, process
 from lakehouse.errors import LakehouseError
 from lakehouse.settings import get_settings
 
@@ -78,6 +78,10 @@ def demo(
 
 
 def main() -> None:
+    process.run_then_exit(_run)  # ends without Arrow's native teardown: see lakehouse/process.py
+
+
+def _run() -> None:
     try:
         app()
     except LakehouseError as error:

@@ -328,4 +328,6 @@ def run(argv: list[str] | None = None) -> run_log.RunRecord:
 
 
 if __name__ == "__main__":
-    run()
+    from lakehouse import process
+
+    process.run_then_exit(run)

@@ -315,7 +315,7 @@ def _counts(result) -> SpeedResult:
 
 
 if __name__ == "__main__":
-    from lakehouse import logs
+    from lakehouse import logs, process
 
     logs.configure(cache_dir=get_settings().cache_dir)
-    print(run(sys.argv[1:]))
+    process.run_then_exit(lambda: print(run(sys.argv[1:])))

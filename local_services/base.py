@@ -102,6 +102,11 @@ class Service(ABC):
                         f"stop it or change {settings_names}",
                     )
 
+    def all_interfaces_ports(self) -> tuple[int, ...]:
+        """Ports the service binds on every interface although told loopback (an engine without a
+        bind option). Every other port it opens listens on 127.0.0.1 only (tests/test_loopback.py)."""
+        return ()
+
     def working_directory(self) -> Path:
         return self.home
 

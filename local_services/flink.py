@@ -48,6 +48,12 @@ class FlinkJobServer(Service):
     def ports(self) -> tuple[int, int]:
         return self.settings.flink_job_port, self.settings.flink_job_port + 1
 
+    def all_interfaces_ports(self) -> tuple[int, ...]:
+        # Beam 2.62's gRPC servers bind with NettyServerBuilder.forPort (ServerFactory.createServer):
+        # every interface, whatever --job-host says, and no option changes it. On a shared host,
+        # keep the job and artifact ports behind a firewall (docs/operations.md).
+        return self.ports
+
     def prepare(self) -> None:
         self.require_free_ports(self.ports, "flink_job_port")
         jvm.ensure("flink", self.settings)

@@ -4,8 +4,8 @@ Four processes, started in this order by `lakehouse up --cluster`:
 
 - JobManager: Flink's `StandaloneSessionClusterEntrypoint` (what bin/jobmanager.sh runs);
 - TaskManager: `TaskManagerRunner` (bin/taskmanager.sh), a separate JVM registering with it;
-- the Beam worker pool: `python -m apache_beam.runners.worker.worker_pool_main`, the EXTERNAL
-  environment the TaskManager asks for Python SDK workers (a Kubernetes sidecar in production,
+- the Beam worker pool: Beam's worker pool servicer on loopback (local_services/beam_worker_pool.py),
+  the EXTERNAL environment the TaskManager asks for Python SDK workers (a Kubernetes sidecar in production,
   infra/k8s/flink-session.yaml);
 - the Beam Flink job server (`FlinkJobServerDriver --flink-master=127.0.0.1:<rest port>`), which
   translates the portable pipeline and submits it to the session cluster.
@@ -16,8 +16,7 @@ module is built against), the same classpath the embedded job server runs. The J
 come from Flink's own BashJavaUtils, as its start scripts compute them from
 `jobmanager.memory.process.size` / `taskmanager.memory.process.size` (infra/flink/session-cluster.yaml).
 
-The worker pool binds all interfaces: worker_pool_main has no bind-address flag. Its SDK workers
-are `python` processes found on PATH, so the pool runs with the venv's bin/ first on PATH and the
+The worker pool's SDK workers are `python` processes found on PATH, so the pool runs with the venv's bin/ first on PATH and the
 project on PYTHONPATH, as the sidecar image has them.
 """
 
@@ -201,7 +200,8 @@ class BeamWorkerPool(Service):
         return environment
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={self.settings.beam_worker_pool_port}"]
+        # Not Beam's worker_pool_main: it binds every interface (see local_services/beam_worker_pool.py).
+        return [sys.executable, "-m", "local_services.beam_worker_pool", f"--service_port={self.settings.beam_worker_pool_port}"]
 
     def probe(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.settings.beam_worker_pool_port), timeout=1.0):

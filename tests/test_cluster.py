@@ -24,6 +24,7 @@ from local_services.spark_cluster import master_state
 from speed import pipeline as speed_pipeline
 
 from fixtures_engines import make_sensor_inputs
+from listening import open_beyond_loopback
 
 # Four engine runs (two batch runs, two speed runs) and two clusters' start-up share the module
 # fixture's set-up, which pytest-timeout counts against the first test: allow twice the default.
@@ -91,3 +92,9 @@ def test_a_speed_run_on_the_flink_session_cluster_with_external_workers_matches_
     np.testing.assert_allclose(found.score.to_numpy(), expected.score.to_numpy(), **SAME)
     assert (found.is_anomaly == expected.is_anomaly).all()
     assert (found.model_version == expected.model_version).all()
+
+
+def test_every_cluster_process_listens_on_loopback_only(spark_cluster, flink_cluster):
+    """Masters, workers, the job server and the Beam worker pool (with any SDK worker it started)."""
+    for service in [*spark_cluster, *flink_cluster]:
+        assert open_beyond_loopback(service) == [], service.name

@@ -2,7 +2,9 @@
 
 - batch: spark-submit of batch/job.py to the Spark standalone master (executors in the worker's
   JVM, Python workers forked there) against the embedded local[2] session, on the same inputs:
-  the same counts, the same model versions and the same batch view scores;
+  the same counts, the same model versions and the same batch view scores. This is also the
+  suite's check of the spark-submit entry point (batch/job.py's argument parsing, the Delta jars
+  given with --jars, the session under spark-submit), the way a scheduler runs the job;
 - speed: the Beam pipeline on the Flink session cluster through the cluster's job server, its
   Python DoFns in the EXTERNAL worker pool, over the models the Spark cluster trained, against the
   in-process runner over the embedded warehouse: the same events, features and scores.

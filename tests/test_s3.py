@@ -91,11 +91,8 @@ def test_batch_then_speed_on_an_s3_warehouse(s3_lakehouse, tmp_path):
     loaded = registry.load_latest(settings, "sensor_events")
     assert set(loaded) == set(silver.entity_id)
 
-    # Re-running the same input on S3 changes nothing.
-    silver_version = storage.open_table(silver_uri).version()
-    _lakehouse("batch", "run", "--dataset", "sensor_events", "--input", source)
-    assert storage.open_table(silver_uri).version() == silver_version
-    assert len(storage.open_table(silver_uri).to_pandas()) == len(silver)
+    # (A re-run of the same input changes no table: tests/test_batch.py checks it on the local
+    # warehouse; the S3 path runs the same code, so it is not run a second time here.)
 
     # The speed layer seeds its state from silver on S3 and upserts the hot table there.
     _lakehouse("speed", "run", "--dataset", "sensor_events", "--input", str(inputs.recent_file))

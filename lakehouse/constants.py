@@ -46,7 +46,7 @@ DEFAULT_SPARK_MASTER_UI_PORT = 18070  # also the master's JSON API (/json/)
 DEFAULT_SPARK_WORKER_UI_PORT = 18071
 # Flink session cluster: the REST API (and --flink_master); the JobManager's RPC port, with the
 # blob server, the TaskManager's RPC and its data port on the next three.
-DEFAULT_FLINK_REST_PORT = 18081
+DEFAULT_FLINK_REST_PORT = 18085  # not 18081: the Trino coordinator's plain-HTTP port (trino_port + 1)
 DEFAULT_FLINK_RPC_PORT = 16123
 # The Beam job server that submits to the session cluster (its artifact service on the next port).
 DEFAULT_FLINK_CLUSTER_JOB_PORT = 18097

@@ -90,6 +90,11 @@ class Service(ABC):
     def probe(self) -> bool:
         """True when the service answers clients."""
 
+    @abstractmethod
+    def ports(self) -> tuple[int, ...]:
+        """Every fixed port the service listens on (ports an engine picks at random aside); the
+        defaults of all services must not overlap (tests/test_ports.py)."""
+
     def require_free_ports(self, ports: tuple[int, ...], settings_names: str) -> None:
         """Refuse to start when another process already listens on one of the service's ports."""
         for port in ports:

@@ -44,18 +44,17 @@ class FlinkJobServer(Service):
     def address(self) -> str:
         return self.settings.flink_job_endpoint
 
-    @property
-    def ports(self) -> tuple[int, int]:
+    def ports(self) -> tuple[int, ...]:
         return self.settings.flink_job_port, self.settings.flink_job_port + 1
 
     def all_interfaces_ports(self) -> tuple[int, ...]:
         # Beam 2.62's gRPC servers bind with NettyServerBuilder.forPort (ServerFactory.createServer):
         # every interface, whatever --job-host says, and no option changes it. On a shared host,
         # keep the job and artifact ports behind a firewall (docs/operations.md).
-        return self.ports
+        return self.ports()
 
     def prepare(self) -> None:
-        self.require_free_ports(self.ports, "flink_job_port")
+        self.require_free_ports(self.ports(), "flink_job_port")
         jvm.ensure("flink", self.settings)
         shutil.rmtree(self.artifacts_dir, ignore_errors=True)
         for folder in (self.conf_dir, self.tmp_dir, self.checkpoint_dir, self.artifacts_dir):
@@ -69,7 +68,7 @@ class FlinkJobServer(Service):
         (self.conf_dir / "flink-conf.yaml").write_text("# Generated from infra/flink/flink-conf.yaml at each start.\n" + text)
 
     def command(self) -> list[str]:
-        job_port, artifact_port = self.ports
+        job_port, artifact_port = self.ports()
         return [
             jvm.java17(),
             f"-Xmx{self.settings.flink_heap}",

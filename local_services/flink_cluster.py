@@ -75,9 +75,6 @@ class _FlinkProcess(Service):
         self.tmp_dir = self.home / "tmp"
         self._resource_flags: tuple[list[str], list[str]] = ([], [])
 
-    def ports(self) -> tuple[int, ...]:
-        raise NotImplementedError
-
     def prepare(self) -> None:
         self.require_free_ports(self.ports(), "flink_rest_port / flink_rpc_port")
         jvm.ensure("flink", self.settings)
@@ -185,8 +182,11 @@ class BeamWorkerPool(Service):
     def address(self) -> str:
         return f"localhost:{self.settings.beam_worker_pool_port} (--environment_config)"
 
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.beam_worker_pool_port,)
+
     def prepare(self) -> None:
-        self.require_free_ports((self.settings.beam_worker_pool_port,), "beam_worker_pool_port")
+        self.require_free_ports(self.ports(), "beam_worker_pool_port")
         self.home.mkdir(parents=True, exist_ok=True)
 
     def working_directory(self) -> Path:
@@ -217,8 +217,7 @@ class FlinkClusterJobServer(FlinkJobServer):
     def address(self) -> str:
         return f"{self.settings.flink_cluster_job_endpoint} (submits to {self.settings.flink_rest_address})"
 
-    @property
-    def ports(self) -> tuple[int, int]:
+    def ports(self) -> tuple[int, ...]:
         return self.settings.flink_cluster_job_port, self.settings.flink_cluster_job_port + 1
 
     def command(self) -> list[str]:

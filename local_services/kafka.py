@@ -55,10 +55,11 @@ class KafkaBroker(Service):
     def address(self) -> str:
         return bootstrap_servers(self.settings)
 
+    def ports(self) -> tuple[int, ...]:
+        return self.settings.kafka_port, self.settings.kafka_controller_port
+
     def prepare(self) -> None:
-        self.require_free_ports(
-            (self.settings.kafka_port, self.settings.kafka_controller_port), "kafka_port / kafka_controller_port"
-        )
+        self.require_free_ports(self.ports(), "kafka_port / kafka_controller_port")
         jvm.ensure("kafka", self.settings)
         self.render_config()
         self.format_storage()

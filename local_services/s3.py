@@ -34,8 +34,11 @@ class S3Server(Service):
     def address(self) -> str:
         return self.settings.s3_endpoint
 
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.s3_port,)
+
     def prepare(self) -> None:
-        self.require_free_ports((self.settings.s3_port,), "s3_port")
+        self.require_free_ports(self.ports(), "s3_port")
         jvm.ensure("s3", self.settings)
         # A bucket of the filesystem backend is a folder: the default bucket exists from the start.
         (self.data_dir / self.settings.s3_bucket).mkdir(parents=True, exist_ok=True)

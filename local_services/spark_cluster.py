@@ -74,8 +74,11 @@ class SparkMaster(_SparkDaemon):
     def address(self) -> str:
         return f"{self.settings.spark_cluster_master} (UI and /json/ on :{self.settings.spark_master_ui_port})"
 
+    def ports(self) -> tuple[int, ...]:
+        return self.settings.spark_master_port, self.settings.spark_master_ui_port
+
     def prepare(self) -> None:
-        self.require_free_ports((self.settings.spark_master_port, self.settings.spark_master_ui_port), "spark_master_port / spark_master_ui_port")
+        self.require_free_ports(self.ports(), "spark_master_port / spark_master_ui_port")
         super().prepare()
 
     def command(self) -> list[str]:
@@ -100,8 +103,11 @@ class SparkWorker(_SparkDaemon):
             f"{self.settings.spark_worker_memory} (UI :{self.settings.spark_worker_ui_port})"
         )
 
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.spark_worker_ui_port,)  # its RPC port is Spark's random pick
+
     def prepare(self) -> None:
-        self.require_free_ports((self.settings.spark_worker_ui_port,), "spark_worker_ui_port")
+        self.require_free_ports(self.ports(), "spark_worker_ui_port")
         super().prepare()
         (self.home / "work").mkdir(parents=True, exist_ok=True)
 

@@ -9,8 +9,10 @@ Text normalisation shared by both engines: spaces and tabs around the value of a
 fields are kept as written.
 
 Record-level rules come before the field rules: a JSON line that is not valid JSON
-(`record.json`) or not one object (`record.object`), or a CSV row whose field count differs from
-its header's (`record.field_count`), is one rejected record with that rule alone.
+(`record.json`) or not one object (`record.object`), a CSV row whose field count differs from
+its header's (`record.field_count`), or a message that is not UTF-8 text (`record.encoding`, the
+speed layer: a file that is not UTF-8 is quarantined whole by the batch layer, `file.unreadable`),
+is one rejected record with that rule alone.
 """
 
 from __future__ import annotations
@@ -47,15 +49,22 @@ TRIMMED = " \t"
 RECORD_JSON = "record.json"
 RECORD_OBJECT = "record.object"
 RECORD_FIELD_COUNT = "record.field_count"
-RECORD_RULES = (RECORD_JSON, RECORD_OBJECT, RECORD_FIELD_COUNT)
+RECORD_ENCODING = "record.encoding"
+RECORD_RULES = (RECORD_JSON, RECORD_OBJECT, RECORD_FIELD_COUNT, RECORD_ENCODING)
 
 
-def parse_json_record(text: str, where: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
+def parse_json_record(text: str | bytes, where: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """One JSON line as (record, None, None), or (None, record rule, message) when it is not one object.
 
     Both layers decode lines with this (NaN and Infinity are accepted as JSON numbers, as Python
-    does, and then fail their field's type rule as non-finite).
+    does, and then fail their field's type rule as non-finite). Bytes (a Kafka message, a replayed
+    line) must be UTF-8: decoding them with replacement characters would invent text.
     """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return None, RECORD_ENCODING, f"record at {where}: not UTF-8 text (byte 0x{text[error.start]:02x} at position {error.start})"
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:

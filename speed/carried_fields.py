@@ -14,6 +14,9 @@ ARRIVED_AT = "_arrived_at"
 REVISION = "_revision"
 # Where a record was read ("kafka://topic/partition@offset" or a replay file), carried to the sinks.
 SOURCE = "_source"
+# The record's text as it arrived, for a dead letter decided after validation (an entity without a
+# model, speed/scoring.py): the quarantine keeps what arrived, not a re-serialised copy.
+RAW = "_raw"
 # What a row acknowledges when its sink commits it: (source of the record read, "k/n"), the k-th
 # of the n outputs that reading the record caused (0: its own row; 1..n-1: rows of later events
 # revised because it arrived late). Its offset is done only once all n are durable

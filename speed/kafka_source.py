@@ -154,7 +154,7 @@ class _ReadPartitionRange(beam.DoFn):
                 if message.offset() >= item.end:
                     break
                 self.messages.inc()
-                value = message.value().decode("utf-8", errors="replace") if message.value() is not None else ""
+                value = message.value() if message.value() is not None else b""  # decoded by the validator (record.encoding)
                 # The record's timestamp (producer's create time) is when the event entered the system.
                 timestamp_type, timestamp_ms = message.timestamp()
                 arrived_at = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()

@@ -146,7 +146,7 @@ class _FollowPartition(beam.DoFn):
             position = offset + 1
             _, timestamp_ms = message.timestamp()
             arrived_at = timestamp_ms / 1000 if timestamp_ms and timestamp_ms > 0 else time.time()
-            value = message.value().decode("utf-8", errors="replace") if message.value() is not None else ""
+            value = message.value() if message.value() is not None else b""  # decoded by the validator (record.encoding)
             messages.append((source_of(item.topic, item.partition, offset), value, arrived_at))
         if gaps:
             yield beam.pvalue.TaggedOutput(GAPS, gaps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import time
 
@@ -39,9 +40,14 @@ def _read_lines(path: str, batch_size: int):
 
 
 def _lines(path: str):
+    """Each non-blank line as bytes, as a Kafka message arrives: the validator decodes it
+    (record.encoding when it is not UTF-8). A byte-order mark before the first line and CR before
+    LF belong to the file, not to the record, and are dropped, as the batch layer reads them."""
     with storage.open_input_file(path) as stream:
-        for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8", errors="replace"), start=1):
-            line = line.rstrip("\n")
+        for number, line in enumerate(io.BufferedReader(stream), start=1):  # Arrow's files do not iterate lines
+            if number == 1 and line.startswith(codecs.BOM_UTF8):
+                line = line[len(codecs.BOM_UTF8):]
+            line = line.rstrip(b"\n").removesuffix(b"\r")
             if line.strip():
                 # `<file>:<line>`, as the batch layer names a record's source in the quarantine.
                 yield system_tables.record_source(path, number), line, time.time()

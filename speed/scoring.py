@@ -3,7 +3,6 @@ registry changes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -17,7 +16,7 @@ from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, REVISION, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, RAW, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
@@ -78,8 +77,7 @@ class ScoreBatch(beam.DoFn):
                         letters.append({ACK: record.get(ACK), ACK_ONLY: True})
                         continue
                     self.unknown.inc(1)
-                    # Only the record's own fields: a replay of it then hashes (and is quarantined) the same.
-                    raw = json.dumps({key: _jsonable(value) for key, value in record.items() if not key.startswith("_")})
+                    raw = record[RAW]  # as it arrived: a replay of it hashes (and is quarantined) the same
                     message = (
                         f"record {record[dataset.event_id]}: field '{dataset.entity}' names an entity with no "
                         f"registered model (rule {dataset.entity}.known_entity), got '{entity_id}'"
@@ -129,6 +127,3 @@ class ScoreBatch(beam.DoFn):
                 self.prometheus_scored_latency.observe(latency)
                 metrics.SCORED_LATENCY_SAMPLES.append((record.get(SOURCE), latency))
 
-
-def _jsonable(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value

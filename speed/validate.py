@@ -17,7 +17,7 @@ from lakehouse import constants, system_tables
 from schemas.declaration import Dataset
 from schemas.rules import RecordValidator, parse_json_record
 from speed import metrics
-from speed.carried_fields import ARRIVED_AT, SOURCE
+from speed.carried_fields import ARRIVED_AT, RAW, SOURCE
 
 DEAD_LETTER = "dead_letter"
 
@@ -31,7 +31,7 @@ def dead_letter(dataset: Dataset, raw: str, source: str, event_id: str | None, r
 
 
 class ParseAndValidate(beam.DoFn):
-    """A batch of (source, JSON text[, arrival]) -> one list of typed records on the main output,
+    """A batch of (source, JSON text or its UTF-8 bytes[, arrival]) -> one list of typed records on the main output,
     and one list of dead letters with their reasons (tag `dead_letter`) when any was rejected."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -55,6 +55,7 @@ class ParseAndValidate(beam.DoFn):
                 else:
                     output[ARRIVED_AT] = arrived_at
                     output[SOURCE] = source
+                    output[RAW] = text.decode("utf-8") if isinstance(text, bytes) else text  # valid: UTF-8
                     valid.append(output)
         self.prometheus_valid.inc(len(valid))
         if letters:
@@ -63,8 +64,11 @@ class ParseAndValidate(beam.DoFn):
         if valid:
             yield valid
 
-    def _validate(self, source: str, text: str) -> Iterable[Any]:
+    def _validate(self, source: str, text: str | bytes) -> Iterable[Any]:
         record, rule, message = parse_json_record(text, source)
+        if isinstance(text, bytes):
+            # What arrived, kept exactly: bytes that are not UTF-8 as \x escapes.
+            text = text.decode("utf-8", errors="backslashreplace")
         if record is None:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, [rule], [message]))

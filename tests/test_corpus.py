@@ -1,6 +1,6 @@
 """A malformed-input corpus of our own (#15): each file's expected counts, in tests/corpus/manifest.json,
 asserted through `lakehouse batch run --json` (real Spark and Delta) and, for the JSON lines, through
-the speed layer's validator.
+the whole speed pipeline (Beam's in-process runner).
 
 One batch run per dataset reads every file of its corpus folder: the run's totals are the manifest's
 sums, each file's own counts are in the run record, and silver and the quarantine hold each file's
@@ -109,26 +109,45 @@ def test_the_corpus_through_lakehouse_batch_run_json(dataset, spark, tmp_path):
         assert len(DeltaTable(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()) == len(rows)
 
 
-def test_the_json_corpus_through_the_speed_layers_validator():
-    import apache_beam as beam
+@pytest.mark.beam
+def test_the_json_corpus_through_the_speed_pipeline(tmp_path):
+    """Every JSON-lines file of the corpus replayed through the whole speed pipeline (Beam's
+    in-process runner: the replay source, validation, the sinks) into an empty warehouse, where no
+    entity has a model yet: each valid message is then a dead letter of `entity_id.known_entity`
+    (and landed), each invalid one a dead letter of its own rules, one per line as it arrived.
 
-    import schemas
-    from speed.validate import ParseAndValidate
+    The speed layer keeps repeats and other versions as messages (the hot table upserts by event
+    id), so a file's valid count here is the batch layer's valid + duplicates + conflicts. A file
+    the batch layer quarantines whole is, in a stream, lines like any other (its `speed` entry)."""
+    from speed import pipeline
 
-    step = ParseAndValidate(schemas.load("sensor_events"))
-    step.setup()
+    folder = tmp_path / "stream"
+    folder.mkdir()
+    expected = {}
     for name, item in MANIFEST["sensor_events"].items():
-        path = CORPUS / "sensor_events" / name
-        if item["file_rule"] or not name.endswith(".jsonl"):
-            continue  # not a stream of messages: a Kafka record is one line of text
-        text = path.read_bytes().decode("utf-8-sig")
-        outputs = [output for line in text.splitlines() if line.strip() for output in step._validate(f"corpus/{name}", line)]
-        rejected = sum(isinstance(output, beam.pvalue.TaggedOutput) for output in outputs)
-        # The speed layer keeps repeats and other versions (the hot table upserts by event id):
-        # they count as valid here.
-        assert (len(outputs), len(outputs) - rejected, rejected) == (
-            item["input"], item["valid"] + item["duplicates"] + item["conflicts"], item["quarantined"]
-        ), name
+        if name.endswith(".jsonl"):
+            (folder / name).write_bytes((CORPUS / "sensor_events" / name).read_bytes())
+            speed = item.get("speed") or {"input": item["input"], "quarantined": item["quarantined"],
+                                          "valid": item["valid"] + item["duplicates"] + item["conflicts"]}
+            expected[name] = speed
+    with _warehouse(tmp_path / "warehouse") as settings:
+        result = pipeline.run(["--dataset", "sensor_events", "--input", str(folder / "*.jsonl")], settings=settings)
+        rows = DeltaTable(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)).to_pandas()
+
+    assert result.scored == 0 and result.dead_letters == sum(item["input"] for item in expected.values())
+    assert result.unknown_entity == sum(item["valid"] for item in expected.values())
+    unknown = rows.failed_rules.map(lambda rules: list(rules) == ["entity_id.known_entity"])
+    for name, item in expected.items():
+        of_file = rows.source.map(lambda source: _file_and_line(source)[0]) == name
+        assert (of_file.sum(), (of_file & unknown).sum(), (of_file & ~unknown).sum()) == (
+            item["input"], item["valid"], item["quarantined"]), name
+    # Each dead letter is its line as it arrived (without the file's byte-order mark and CR), at
+    # the line its source names; bytes that are not UTF-8 are kept as \\x escapes.
+    for row in rows.itertuples():
+        name, line = _file_and_line(row.source)
+        arrived = (CORPUS / "sensor_events" / name).read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")[line - 1].removesuffix(b"\r")
+        assert row.raw == arrived.decode("utf-8", errors="backslashreplace"), (name, line)
+    assert rows[rows.failed_rules.map(lambda rules: "record.encoding" in rules)].source.map(lambda source: _file_and_line(source)).tolist() == [("bad_utf8.jsonl", 2)]
 
 
 def test_a_failed_run_prints_its_record_and_exits_non_zero(spark, tmp_path, monkeypatch):

@@ -79,19 +79,22 @@ def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Res
     latest = dataset.duplicates == "latest"
     order = [F.col(SOURCE_FILE), F.col(LINE_NUMBER)]
     order = [column.desc_nulls_last() for column in order] if latest else [column.asc_nulls_last() for column in order]
-    records = valid.withColumn(VALUES, values_hash(dataset)).withColumn(
-        _RANK, F.row_number().over(Window.partitionBy(key).orderBy(*order))
+    # One window over the run's records gives each its rank and the run's winning values (the first
+    # in the policy's order), so the winners need no join of their own; silver's version, where it
+    # has one, is joined on the same key (one row per id in silver).
+    by_id = Window.partitionBy(key).orderBy(*order)
+    records = valid.withColumn(VALUES, values_hash(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
+        "_run_values", F.first(VALUES).over(by_id)
     )
-    run_winner = records.where(F.col(_RANK) == 1).select(key, F.col(VALUES).alias("_run_values"))
-    if silver is None:
-        in_silver = run_winner.sparkSession.createDataFrame([], f"`{key}` string, {_SILVER_VALUES} string")
+    if silver is not None:
+        records = records.join(silver.select(key, values_hash(dataset).alias(_SILVER_VALUES)), key, "left")
     else:
-        in_silver = silver.select(key, values_hash(dataset).alias(_SILVER_VALUES)).join(run_winner.select(key), key, "left_semi")
-    winners = run_winner.join(in_silver, key, "left").withColumn(
+        records = records.withColumn(_SILVER_VALUES, F.lit(None).cast("string"))
+    records = records.withColumn(
         _WINNER_VALUES,
         F.col("_run_values") if latest else F.coalesce(F.col(_SILVER_VALUES), F.col("_run_values")),
     )
-    judged = records.join(winners.select(key, _WINNER_VALUES, _SILVER_VALUES), key, "left")
+    winners = records.where(F.col(_RANK) == 1).select(key, _WINNER_VALUES, _SILVER_VALUES)
     # The run's winning record is written unless silver already holds those very values.
     written = (F.col(_RANK) == 1) & (F.col(VALUES) == F.col(_WINNER_VALUES)) & ~F.coalesce(
         F.col(_SILVER_VALUES) == F.col(VALUES), F.lit(False)
@@ -104,12 +107,12 @@ def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Res
     )
     outcome = F.when(written, F.lit(WRITE)).when(duplicate, F.lit(DUPLICATE)).otherwise(F.lit(CONFLICT))
     judged = (
-        judged.withColumn(OUTCOME, outcome)
+        records.withColumn(OUTCOME, outcome)
         .withColumn(FAILED_RULES, F.when(conflict, F.array(F.lit(CONFLICT_RULE))))
         .withColumn(ERRORS, F.when(conflict, F.array(message)))
     )
     superseded = _superseded(silver, winners, dataset) if latest and silver is not None else None
-    return Resolution(judged=judged.drop(VALUES, _RANK, _WINNER_VALUES, _SILVER_VALUES), superseded=superseded)
+    return Resolution(judged=judged.drop(VALUES, _RANK, "_run_values", _WINNER_VALUES, _SILVER_VALUES), superseded=superseded)
 
 
 def _superseded(silver: DataFrame, winners: DataFrame, dataset: Dataset) -> DataFrame:

@@ -28,7 +28,7 @@ from batch.ingest import SOURCE_FILE, read_files, read_raw
 from batch.score import score
 from batch.spark import spark_session
 from batch.train import train
-from batch.validation import parsed, split, validate
+from batch.validation import FAILED_RULES, parsed, split, validate
 from lakehouse import constants, storage, system_tables
 from lakehouse.errors import ConfigurationError, CountMismatchError, LakehouseError, RunError
 from lakehouse.settings import Settings, get_settings
@@ -177,29 +177,30 @@ def _run_steps(
 ) -> None:
     timings = record.timings
     with _timed(timings, "ingest", progress):
+        # The records are read once, lazily: the validated frame below is the one cached.
         if input_format == "delta":
-            raw = read_raw(spark, dataset, paths, input_format="delta").persist()
+            raw = read_raw(spark, dataset, paths, input_format="delta")
             files = None
         else:
             files = [source.scan(dataset, path, input_format) for path in paths]
             _quarantine_files(spark, dataset, [scan for scan in files if scan.quarantined], settings, record)
-            raw = read_files(spark, dataset, [scan for scan in files if not scan.quarantined]).persist()
-        read_by_file = {row[SOURCE_FILE]: int(row["count"]) for row in raw.groupBy(SOURCE_FILE).count().collect()}
-        if files is None:
-            record.input_rows = sum(read_by_file.values())  # a Delta snapshot: its rows are its records
-        else:
+            raw = read_files(spark, dataset, [scan for scan in files if not scan.quarantined])
             record.input_rows = sum(scan.records for scan in files if not scan.quarantined)
-            record.report["files"] = _file_counts(files, read_by_file)
     with _timed(timings, "validate", progress):
         validated = validate(raw, dataset).persist()
         suite = expectations.run_suite(parsed(validated), dataset)
         rule_counts = expectations.cross_check(suite, validated)
         record.report.update({"great_expectations": suite.to_json(), "failed_rules": rule_counts})
+        read_by_file, record.quarantined_rows = _read_counts(validated)
+        if files is None:
+            record.input_rows = sum(read_by_file.values())  # a Delta snapshot: its rows are its records
+        else:
+            record.report["files"] = _file_counts(files, read_by_file)
         valid, rejected = split(validated, dataset)
-        record.quarantined_rows = rejected.count()
-        tables.merge_quarantine(spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings)
+        tables.merge_quarantine(
+            spark, tables.quarantine_rows(rejected, dataset, record.run_id), settings, count=record.quarantined_rows
+        )
     with _timed(timings, "silver", progress):
-        valid = valid.persist()
         # Duplicates and conflicts are counted where they are decided (batch/duplicates.py): exact
         # repeats of the winning version are dropped, other versions kept in the quarantine (rule
         # event_id.conflict). Losers are quarantined before silver changes, so a crash in between
@@ -209,12 +210,13 @@ def _run_steps(
         counts = resolution.counts()
         record.duplicate_rows, record.conflict_rows = counts[duplicates.DUPLICATE], counts[duplicates.CONFLICT]
         writes, conflicts = resolution.writes, resolution.conflicts
-        losers = tables.quarantine_rows(conflicts, dataset, record.run_id)
+        losers, lost = tables.quarantine_rows(conflicts, dataset, record.run_id), record.conflict_rows
         if resolution.superseded is not None:
             superseded = resolution.superseded.persist()
             record.report["superseded_in_silver"] = superseded.count()
             losers = losers.unionByName(tables.quarantine_rows(superseded, dataset, record.run_id))
-        tables.merge_quarantine(spark, losers, settings)
+            lost += record.report["superseded_in_silver"]
+        tables.merge_quarantine(spark, losers, settings, count=lost)
         crash_point("silver:quarantined")
         # The accounting is checked before silver changes: a run whose counts disagree with the
         # source writes nothing into silver, no batch view, and moves no watermark.
@@ -225,8 +227,6 @@ def _run_steps(
             raise CountMismatchError(f"silver took {written} row(s) of the {record.valid_rows} the run wrote (Delta's own count)")
         judged.unpersist()
     validated.unpersist()
-    raw.unpersist()
-    valid.unpersist()
 
     silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))
     features = batch_features.compute(silver, dataset).persist()
@@ -261,6 +261,13 @@ def check_counts(record: run_log.RunRecord) -> None:
             f"counts do not add up: input {record.input_rows} (counted in the source) != valid {record.valid_rows} "
             f"+ quarantined {record.quarantined_rows} + duplicates {record.duplicate_rows} + conflicts {record.conflict_rows}",
         )
+
+
+def _read_counts(validated: DataFrame) -> tuple[dict[str, int], int]:
+    """(records read per source file, records rejected): one aggregation over the validated records."""
+    rejected = (F.size(F.col(FAILED_RULES)) != 0).cast("long")  # as split() tells them apart
+    rows = validated.groupBy(SOURCE_FILE).agg(F.count(F.lit(1)).alias("read"), F.sum(rejected).alias("rejected")).collect()
+    return {row[SOURCE_FILE]: int(row["read"]) for row in rows}, sum(int(row["rejected"] or 0) for row in rows)
 
 
 def _file_counts(files: list[source.FileScan], read_by_file: dict[str, int]) -> list[dict]:

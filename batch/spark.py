@@ -56,6 +56,8 @@ def spark_session(
         # Small data on two cores: a few shuffle partitions beat the default 200.
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Python workers fork from a daemon that has imported Great Expectations (batch/worker_daemon.py).
+        .config("spark.python.daemon.module", "batch.worker_daemon")
         # Delta replays its log with 50 tasks by default: minutes of overhead on small tables.
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "false")

@@ -37,23 +37,13 @@ def conform(frame: DataFrame, schema: pa.Schema) -> DataFrame:
     return frame.select(*[F.col(field.name).cast(field.dataType) for field in spark_schema(schema)])
 
 
-def _last_commit(spark: SparkSession, uri: str) -> tuple[int, dict[str, str]]:
-    row = DeltaTable.forPath(spark, uri).history(1).collect()[0]
-    return int(row["version"]), row["operationMetrics"] or {}
-
-
-def _committed_metric(spark: SparkSession, uri: str, metric: str, operation, also: tuple[str, ...] = ()) -> int:
-    """Run a Delta operation and return one of its metrics (plus those named in `also`); 0 when it committed nothing.
-
-    Delta skips the commit of a MERGE or DELETE that changes nothing, so the newest commit's
-    metrics would belong to an earlier operation: compare versions first.
-    """
-    version_before, _ = _last_commit(spark, uri)
-    operation()
-    version_after, metrics = _last_commit(spark, uri)
-    if version_after == version_before:
-        return 0
-    return sum(int(metrics.get(name, 0)) for name in (metric, *also))
+def _merge_metric(merge, *names: str) -> int:
+    """Execute a Delta MERGE and add up the named counts of what it did (Delta returns them as a
+    one-row frame: num_inserted_rows, num_updated_rows, num_deleted_rows; all 0 when nothing
+    changed and nothing was committed). Read from the MERGE itself, not from the table's history
+    before and after it: that was two more snapshot loads and Spark jobs per write."""
+    row = merge.execute().collect()[0]
+    return sum(int(row[name] or 0) for name in names)
 
 
 def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> int:
@@ -83,7 +73,7 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
     merge = merge.whenNotMatchedInsertAll()
     # The commit names its run, so a run that does not succeed can be rolled back (batch/recovery.py).
     with _commit_metadata(spark, commit_metadata(run_id)):
-        return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute, also=("numTargetRowsUpdated",))
+        return _merge_metric(merge, "num_inserted_rows", "num_updated_rows")
 
 
 @contextmanager
@@ -130,12 +120,17 @@ def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataF
     return conform(rows, system_tables.QUARANTINE_SCHEMA)
 
 
-def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -> int:
-    """Add rejected records not quarantined before (same dataset, same record from the same source)."""
+def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings, *, count: int | None = None) -> int:
+    """Add rejected records not quarantined before (same dataset, same record from the same source).
+
+    `count`, when the caller has counted `rows` already: with 0 the MERGE is skipped (the table is
+    still created, as a run always leaves one)."""
     uri = settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)
     rows = rows.dropDuplicates(list(system_tables.QUARANTINE_KEY))
     if not storage.table_exists(uri):
         rows.limit(0).write.format("delta").save(uri)
+    if count == 0:
+        return 0
     merge = (
         DeltaTable.forPath(spark, uri)
         .alias("quarantine")
@@ -145,7 +140,7 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings) -
         )
         .whenNotMatchedInsertAll()
     )
-    return _committed_metric(spark, uri, "numTargetRowsInserted", merge.execute)
+    return _merge_metric(merge, "num_inserted_rows")
 
 
 # Rows per batch-view file: a day up to this size is one file; a bigger one is split, each file
@@ -190,12 +185,12 @@ def expire_hot_rows(spark: SparkSession, dataset: Dataset, settings: Settings, w
     # The bound on the hot side alone (the batch view holds nothing later) lets Delta skip the
     # files the speed layer adds meanwhile with newer events, so those commits do not conflict.
     condition = (F.col(f"hot.`{key}`") == F.col(f"covered.`{key}`")) & (F.col(f"hot.`{event_time}`") <= F.lit(watermark))
-    expire = lambda: table.alias("hot").merge(covered.alias("covered"), condition).whenMatchedDelete().execute()  # noqa: E731
+    expire = lambda: table.alias("hot").merge(covered.alias("covered"), condition).whenMatchedDelete()  # noqa: E731
     # The speed layer keeps committing to the hot table: a conflicting commit is retried, since
     # the delete is idempotent and only has to win once.
     for attempt in range(1, _EXPIRY_ATTEMPTS + 1):
         try:
-            return _committed_metric(spark, uri, "numTargetRowsDeleted", expire)
+            return _merge_metric(expire(), "num_deleted_rows")
         except Exception as error:  # noqa: BLE001 - Delta's conflict errors arrive as Py4J/captured errors
             if "Concurrent" not in type(error).__name__ + str(error)[:500] or attempt == _EXPIRY_ATTEMPTS:
                 raise

@@ -53,18 +53,30 @@ RECORD_ENCODING = "record.encoding"
 RECORD_RULES = (RECORD_JSON, RECORD_OBJECT, RECORD_FIELD_COUNT, RECORD_ENCODING)
 
 
+def decode_message(data: str | bytes, where: str) -> tuple[str, str | None, str | None]:
+    """A message's text as (text, None, None), or (text with \\x escapes, record rule, message) when
+    its bytes are not UTF-8. Decoding with replacement characters would invent text; the escaped
+    text keeps what arrived, exactly, for the dead letter."""
+    if isinstance(data, str):
+        return data, None, None
+    try:
+        return data.decode("utf-8"), None, None
+    except UnicodeDecodeError as error:
+        message = f"record at {where}: not UTF-8 text (byte 0x{data[error.start]:02x} at position {error.start})"
+        return data.decode("utf-8", errors="backslashreplace"), RECORD_ENCODING, message
+
+
 def parse_json_record(text: str | bytes, where: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """One JSON line as (record, None, None), or (None, record rule, message) when it is not one object.
 
     Both layers decode lines with this (NaN and Infinity are accepted as JSON numbers, as Python
-    does, and then fail their field's type rule as non-finite). Bytes (a Kafka message, a replayed
-    line) must be UTF-8: decoding them with replacement characters would invent text.
+    does, and then fail their field's type rule as non-finite). Bytes must be UTF-8 (decode_message);
+    a caller that also needs the text decodes once with decode_message and passes the text.
     """
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return None, RECORD_ENCODING, f"record at {where}: not UTF-8 text (byte 0x{text[error.start]:02x} at position {error.start})"
+        text, rule, message = decode_message(text, where)
+        if rule is not None:
+            return None, rule, message
     try:
         record = json.loads(text)
     except json.JSONDecodeError as error:

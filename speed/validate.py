@@ -15,7 +15,7 @@ from apache_beam.metrics import Metrics
 
 from lakehouse import constants, system_tables
 from schemas.declaration import Dataset
-from schemas.rules import RecordValidator, parse_json_record
+from schemas.rules import RecordValidator, decode_message, parse_json_record
 from speed import metrics
 from speed.carried_fields import ARRIVED_AT, RAW, SOURCE
 
@@ -55,7 +55,6 @@ class ParseAndValidate(beam.DoFn):
                 else:
                     output[ARRIVED_AT] = arrived_at
                     output[SOURCE] = source
-                    output[RAW] = text.decode("utf-8") if isinstance(text, bytes) else text  # valid: UTF-8
                     valid.append(output)
         self.prometheus_valid.inc(len(valid))
         if letters:
@@ -64,11 +63,11 @@ class ParseAndValidate(beam.DoFn):
         if valid:
             yield valid
 
-    def _validate(self, source: str, text: str | bytes) -> Iterable[Any]:
-        record, rule, message = parse_json_record(text, source)
-        if isinstance(text, bytes):
-            # What arrived, kept exactly: bytes that are not UTF-8 as \x escapes.
-            text = text.decode("utf-8", errors="backslashreplace")
+    def _validate(self, source: str, data: str | bytes) -> Iterable[Any]:
+        text, rule, message = decode_message(data, source)  # decoded once; the text is what arrived
+        record = None
+        if rule is None:
+            record, rule, message = parse_json_record(text, source)
         if record is None:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self.dataset, text, source, None, [rule], [message]))
@@ -83,4 +82,5 @@ class ParseAndValidate(beam.DoFn):
             )
             return
         self.valid.inc()
+        typed[RAW] = text  # carried to scoring: an unknown entity's dead letter keeps the line as it arrived
         yield typed

@@ -156,7 +156,8 @@ def compact(uri: str, min_files: int = 16, sort_by: list[str] | None = None) -> 
         if sorted_rewrite:
             metrics = optimizer.z_order(
                 sort_by, target_size=COMPACTED_FILE_BYTES,
-                writer_properties=WriterProperties(max_row_group_size=SORTED_ROW_GROUP_ROWS),
+                # ZSTD level 4: what delta-rs optimize writes when given no writer properties.
+                writer_properties=WriterProperties(max_row_group_size=SORTED_ROW_GROUP_ROWS, compression="ZSTD", compression_level=4),
             )
         else:
             metrics = optimizer.compact(target_size=COMPACTED_FILE_BYTES)

@@ -3,9 +3,10 @@
 An event raises an alert when it is an alarm (`is_anomaly`) and none of the entity's previous
 `quiet_events` events was. The rule looks only at stored flags, so it gives the same answer
 whenever it is evaluated, late events included: the batch job flags the batch view's alerts with
-this function (batch/score.py), the serving layer's `alerts` view computes the speed side's in
-SQL (serving/views.py), and the quality evaluation uses this function; Trino and Spark tests
-check they agree.
+this function (batch/score.py), the speed layer flags hot rows from each entity's previous flags
+in its state, writing later rows again when a late event changes them (speed/alert_flags.py),
+the serving layer's `alerts` view reads both flags (serving/views.py), and the quality
+evaluation uses this function; Beam, Spark and Trino tests check they agree.
 """
 
 from __future__ import annotations

@@ -182,10 +182,11 @@ SCORED_AT = pa.field("scored_at", TIMESTAMP)
 # Which computation of an event's features a hot row holds (nanoseconds, increasing per entity):
 # the hot table keeps the highest, whatever order parallel writers commit in.
 REVISION = pa.field("revision", pa.int64())
-# In the batch view only: whether the event is the first alarm of an episode (lakehouse/alerts.py)
-# over the batch view's history. The batch job knows each entity's whole history when it writes
-# the view, so the `alerts` view reads this flag for batch rows instead of running a window over
-# all of history in every query; only the speed side's rows get the window (serving/views.py).
+# Whether the event is the first alarm of an episode (lakehouse/alerts.py), in both scored tables:
+# the batch job flags the batch view over each entity's whole history (batch/score.py), the speed
+# layer flags hot rows from each entity's recent flags in its state, revising later rows when a
+# late event changes them (speed/alert_flags.py). The `alerts` view reads the column on both
+# sides instead of running a window over history in every query (serving/views.py).
 IS_ALERT = pa.field("is_alert", pa.bool_())
 # The batch view's partition column: the event's date.
 EVENT_DATE = pa.field("event_date", pa.date32())
@@ -226,7 +227,7 @@ def batch_scores_schema(dataset: Dataset) -> pa.Schema:
 
 
 def hot_scores_schema(dataset: Dataset) -> pa.Schema:
-    return pa.schema([*scored_fields(dataset), SCORED_AT, REVISION])
+    return pa.schema([*scored_fields(dataset), SCORED_AT, REVISION, IS_ALERT])
 
 
 def hot_row(
@@ -238,8 +239,10 @@ def hot_row(
     model_version: int,
     scored_at: datetime,
     revision: int,
+    is_alert: bool = False,
 ) -> dict[str, Any]:
-    """A scored event as a hot-table row: the record's event fields plus its score."""
+    """A scored event as a hot-table row: the record's event fields plus its score. `is_alert` is
+    set by the speed layer's alert step from the entity's previous flags (speed/alert_flags.py)."""
     return {
         **{name: record[name] for name in _event_field_names(dataset)},
         "score": float(score),
@@ -247,4 +250,5 @@ def hot_row(
         "model_version": model_version,
         SCORED_AT.name: scored_at,
         REVISION.name: revision,
+        IS_ALERT.name: bool(is_alert),
     }

@@ -62,15 +62,19 @@ def timestamp_literal(value: datetime | None) -> str:
 
 def merged_view_sql(
     dataset: Dataset, *, has_batch: bool, has_hot: bool, watermark: datetime | None,
-    lagging: tuple[tuple[str, datetime | None], ...] = (),
+    lagging: tuple[tuple[str, datetime | None], ...] = (), alert_column: bool = False,
 ) -> str:
     """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist, with the
     boundary `watermark` (None: no successful batch run, the speed layer answers everything).
 
     `lagging` lists the entities with hot rows whose newest batch row is older than the watermark
     (or that have none: None), with that row's time: their hot rows after it answer too
-    (`lagging_entities`, computed at refresh, so no query aggregates the batch view)."""
-    selected = ", ".join(f'side."{name}"' for name in system_tables.served_columns(dataset))
+    (`lagging_entities`, computed at refresh, so no query aggregates the batch view).
+
+    `alert_column`: every side carries `is_alert` (system_tables.IS_ALERT, written by both
+    layers), served after the declared columns; the `alerts` view then reads it."""
+    names = [*system_tables.served_columns(dataset), *([system_tables.IS_ALERT.name] if alert_column else [])]
+    selected = ", ".join(f'side."{name}"' for name in names)
     boundary = timestamp_literal(watermark)
     event_time = f'side."{dataset.event_time}"'
     parts = []
@@ -149,11 +153,14 @@ class Boundary:
     rows: from there on the `alerts` view runs its window, so that every speed-side row sees the
     batch rows before it (None: no batch side, the window runs over every speed row).
     batch_alerts: the batch view carries its own alert flags (system_tables.IS_ALERT).
+    alert_column: the merged view serves `is_alert` from both sides (the hot table's written by
+    the speed layer, speed/alert_flags.py): the `alerts` view is a filter on it, no window.
     """
 
     watermark: datetime | None = None
     tail_start: datetime | None = None
     batch_alerts: bool = False
+    alert_column: bool = False
 
 
 def convenience_views_sql(dataset: Dataset, boundary: Boundary = Boundary()) -> dict[str, str]:
@@ -190,7 +197,12 @@ def convenience_views_sql(dataset: Dataset, boundary: Boundary = Boundary()) -> 
 
 
 def _alerts_body(dataset: Dataset, merged: str, columns: str, boundary: Boundary) -> str:
-    """Batch rows answer from the flag the batch job wrote over the whole history; speed rows
+    """Where both sides carry `is_alert` (the batch job's over each entity's whole history, the
+    speed layer's from each entity's previous flags in its state, revised after late events), a
+    filter on that column, as cheap as the `anomalies` view's.
+
+    Otherwise (tables from before the speed layer wrote the flag), batch rows answer from the
+    flag the batch job wrote; speed rows
     from a window over the speed side plus each entity's batch tail (the rows from
     `boundary.tail_start` on, enough to look `alert_quiet_events` events back across the
     boundary). A window over all history, as before, cannot have a filter on time pushed below
@@ -200,6 +212,8 @@ def _alerts_body(dataset: Dataset, merged: str, columns: str, boundary: Boundary
     quiet = dataset.detector.alert_quiet_events
     if quiet == 0:
         return f"SELECT {columns} FROM {merged} WHERE is_anomaly"
+    if boundary.alert_column:
+        return f"SELECT {columns} FROM {merged} WHERE {system_tables.IS_ALERT.name}"
     entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
     recent = (
         f"max(CAST(is_anomaly AS integer)) OVER (PARTITION BY {entity} ORDER BY {event_time}, {event_id} "
@@ -282,11 +296,17 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
     if has_batch or has_hot:
         watermark = current_watermark(dataset, settings) if has_runs else None
         lagging = lagging_entities(dataset, watermark, settings) if has_batch and has_hot and watermark is not None else ()
-        sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark, lagging=lagging)
+        flag = system_tables.IS_ALERT.name
+        batch_alerts = has_batch and _has_column(dataset.name, constants.BATCH_SCORES, flag, settings)
+        # Every side the view reads carries the flag (a hot table from before it gets the column
+        # when the speed layer next starts, speed/tables.ensure_table).
+        alert_column = (batch_alerts or not has_batch) and (not has_hot or _has_column(dataset.name, constants.HOT_SCORES, flag, settings))
+        sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark, lagging=lagging,
+                              alert_column=alert_column)
         trino_client.execute(sql, settings=settings)
         messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark})")
-        boundary = Boundary(watermark=watermark)
-        if has_batch and watermark is not None and _has_column(dataset.name, constants.BATCH_SCORES, system_tables.IS_ALERT.name, settings):
+        boundary = Boundary(watermark=watermark, alert_column=alert_column)
+        if not alert_column and batch_alerts and watermark is not None:
             boundary = Boundary(watermark, alert_tail_start(dataset, watermark, settings), batch_alerts=True)
         for name, sql in convenience_views_sql(dataset, boundary).items():
             trino_client.execute(sql, settings=settings)

@@ -1,5 +1,5 @@
 """The speed pipeline's graph: read (file replay, Kafka range or followed topic) -> validate ->
-features -> score -> sinks, every step labelled. Running it is speed/pipeline.py's.
+features -> score -> alert flags -> sinks, every step labelled. Running it is speed/pipeline.py's.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import schemas
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import kafka_stream
+from speed.alert_flags import FlagAlerts, shard_rows
 from speed.alerts import PublishAlerts
 from speed.coding import Records
 from speed.kafka_source import ReadKafkaRange
@@ -163,5 +164,12 @@ class ScoreEvents(beam.PTransform):
         scored = featured | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_output_types(
             Records
         ).with_outputs(DEAD_LETTER, main=VALID)
+        # Each row's `is_alert` from its entity's previous flags, kept per shard like the features'
+        # history (speed/alert_flags.py); a late event's later rows written again when it changes theirs.
+        flagged = (
+            scored[VALID]
+            | "ShardScored" >> beam.FlatMap(shard_rows, dataset.entity, self.state_shards).with_output_types(tuple[int, Records])
+            | "FlagAlerts" >> beam.ParDo(FlagAlerts(dataset, self.settings, self.state_ttl_seconds)).with_output_types(Records)
+        )
         dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-        return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}
+        return {VALID: flagged, DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

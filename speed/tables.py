@@ -8,7 +8,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError
 
 from lakehouse import constants, storage, system_tables
@@ -122,28 +122,49 @@ def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
 # rewrote the whole hot table into one file (delta-rs's default target is 100 MB), a cost that
 # grew with the table, and one file spanning every event time defeats the MERGE's pruning.
 COMPACTED_FILE_BYTES = 16 * 1024 * 1024
+# A table up to this size is rewritten whole, sorted, when compacted (`sort_by`); a bigger one has
+# only its small files bin-packed, unsorted (delta-rs sorts only by rewriting every file, and a
+# rewrite of the whole table every few seconds of streaming would grow with the table).
+SORTED_TABLE_BYTES = 64 * 1024 * 1024
+# Row groups of a sorted rewrite: each holds a range of the sort key, and Trino skips those whose
+# statistics exclude a query's filter (one entity reads one or two of them).
+SORTED_ROW_GROUP_ROWS = 16 * 1024
 
 
-def compact(uri: str, min_files: int = 16) -> int:
+def compact(uri: str, min_files: int = 16, sort_by: list[str] | None = None) -> int:
     """Compact the table's small files once it has at least `min_files` of them; files removed.
 
     A streaming sink commits every fraction of a second, one small file each; readers (MERGE,
     Trino) slow down with the file count: each file is a split Trino schedules and opens.
     Checkpoints: every 10 commits (STREAMING_TABLE_PROPERTIES).
+
+    sort_by: columns to cluster the compacted rows by (the hot table: its entity), as the batch
+    view is sorted (batch/tables.write_batch_view), so that Trino reads only the row groups and
+    files of the entities a query asks for. delta-rs's `z_order` over one column sorts by it; it
+    rewrites every file, so it is used while the table is at most SORTED_TABLE_BYTES.
     """
     table = DeltaTable(uri, storage_options=storage.storage_options(uri))
-    if sum(1 for size in table.get_add_actions(flatten=True).column("size_bytes").to_pylist() if size < COMPACTED_FILE_BYTES) < min_files:
+    sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+    if sum(1 for size in sizes if size < COMPACTED_FILE_BYTES) < min_files:
         return 0
+    sorted_rewrite = bool(sort_by) and sum(sizes) <= SORTED_TABLE_BYTES
     removed = 0
 
     def optimize() -> None:
         nonlocal removed
-        removed = DeltaTable(uri, storage_options=storage.storage_options(uri)).optimize.compact(
-            target_size=COMPACTED_FILE_BYTES
-        )["numFilesRemoved"]
+        optimizer = DeltaTable(uri, storage_options=storage.storage_options(uri)).optimize
+        if sorted_rewrite:
+            metrics = optimizer.z_order(
+                sort_by, target_size=COMPACTED_FILE_BYTES,
+                # ZSTD level 4: what delta-rs optimize writes when given no writer properties.
+                writer_properties=WriterProperties(max_row_group_size=SORTED_ROW_GROUP_ROWS, compression="ZSTD", compression_level=4),
+            )
+        else:
+            metrics = optimizer.compact(target_size=COMPACTED_FILE_BYTES)
+        removed = metrics["numFilesRemoved"]
 
     _with_retries(optimize, f"compact {uri}")
-    log.info("%s: compacted %d small files", uri, removed)
+    log.info("%s: compacted %d small files%s", uri, removed, f", sorted by {sort_by}" if sorted_rewrite else "")
     return removed
 
 

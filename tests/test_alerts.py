@@ -45,3 +45,87 @@ def test_no_alarm_no_alert_and_alerts_are_alarms(quiet):
     assert not alerts[~flags].any()
     assert not first_of_episodes(np.zeros(30, dtype=bool), quiet).any()
     assert first_of_episodes(np.zeros(0, dtype=bool), quiet).shape == (0,)
+
+
+# --- the speed layer's flag (speed/alert_flags.py), on Beam's local runner ---
+
+
+def _scored(entity: str, index: int, alarm: bool, revision: int) -> dict:
+    from datetime import datetime, timedelta, timezone
+
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    return {
+        "event_id": f"{entity}-{index:04d}", "entity_id": entity, "event_time": start + timedelta(minutes=5 * index),
+        "temperature": 60.0 + index, "pressure": 5.0, "vibration": 2.0, "score": 0.9 if alarm else 0.1,
+        "is_anomaly": alarm, "model_version": 1, "scored_at": start, "revision": revision,
+    }
+
+
+class _Collect:
+    """Every row the step emits, as (event id, revision, is_alert, is_anomaly)."""
+
+    @staticmethod
+    def rows(rows):
+        for row in rows:
+            yield row["event_id"], row["revision"], row["is_alert"], row["is_anomaly"]
+
+
+def _run_flag_alerts(warehouse, tmp_path, elements) -> list[tuple]:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    import schemas
+    from speed.alert_flags import FlagAlerts
+    from speed.pipeline import LOCAL_RUNNER
+
+    output = tmp_path / "flags"
+    with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
+        (
+            pipeline
+            | beam.Create(elements, reshuffle=False)
+            | beam.ParDo(FlagAlerts(schemas.load("sensor_events"), warehouse))
+            | beam.FlatMap(_Collect.rows)
+            | beam.Map(repr)
+            | beam.io.WriteToText(str(output), shard_name_template="")
+        )
+    return [eval(line) for line in open(output)]  # noqa: S307 - our own repr output
+
+
+@pytest.mark.beam
+def test_the_speed_layer_flags_alerts_as_the_batch_rule_does_after_a_late_event(warehouse, tmp_path):
+    """sensor_events: quiet 12, window 24. Event 70 arrives 39 events late, an alarm; the stateful features
+    step revises the 24 events after it (71..94), and their new scores clear the alarm of 93. The
+    alarm of 105 (beyond the revised rows) was 12 events after 93, not an alert; it is now 35
+    after 70, an alert: the step must write its row again. Another entity's events interleave."""
+    import schemas
+
+    assert schemas.load("sensor_events").detector.alert_quiet_events == 12
+    first = {60, 80, 93, 105, 140}
+    final = {60, 70, 80, 105, 140}  # 70 late; 93 cleared by its revision
+    other = {3, 4, 30}
+    # 70 arrives once 109 has (39 events late: within the 2 x window events the features step keeps).
+    elements = []
+    for start in range(0, 150, 10):
+        rows = [_scored("sensor-001", index, index in first, 1000 + index) for index in range(start, start + 10) if index != 70]
+        rows += [_scored("sensor-002", index, index in other, 1000 + index) for index in range(start, start + 10) if index < 40]
+        elements.append((0, rows))
+        if start == 100:
+            late = [_scored("sensor-001", 70, True, 5000)]
+            late += [_scored("sensor-001", index, index in final, 5000 + index) for index in range(71, 95)]
+            elements.append((0, late))
+    # A replay of the newest rows changes nothing.
+    elements.append((0, [_scored("sensor-001", index, index in first, 1000 + index) for index in range(145, 150)]))
+    emitted = _run_flag_alerts(warehouse, tmp_path, elements)
+    newest: dict[str, tuple] = {}
+    for event_id, revision, alert, alarm in emitted:
+        if event_id not in newest or revision >= newest[event_id][0]:
+            newest[event_id] = (revision, alert, alarm)
+    for entity, alarms, count in (("sensor-001", final, 150), ("sensor-002", other, 40)):
+        ids = [f"{entity}-{index:04d}" for index in range(count)]
+        assert [newest[event_id][2] for event_id in ids] == [index in alarms for index in range(count)]
+        expected = first_of_episodes(np.array([index in alarms for index in range(count)]), 12)
+        assert [newest[event_id][1] for event_id in ids] == expected.tolist(), entity
+    # 105 was written again, with a revision above its first row's, though no step revised it.
+    rewrites = [row for row in emitted if row[0] == "sensor-001-0105"]
+    assert [alert for _, _, alert, _ in rewrites] == [False, True] and rewrites[1][1] > rewrites[0][1]
+    assert np.flatnonzero(first_of_episodes(np.array([index in final for index in range(150)]), 12)).tolist() == [60, 105, 140]

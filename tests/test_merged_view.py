@@ -9,6 +9,7 @@ job's, checked with real runs in test_end_to_end.py.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from app.wiring import serving_refresh
 from serving import trino_client, views
 from speed import tables
 
-pytestmark = pytest.mark.trino
+pytestmark = [pytest.mark.trino, pytest.mark.beam]  # beam: hot rows go through the speed layer's alert step
 
 DATASET = "metrics"
 START = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -75,14 +76,30 @@ def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str
 
 
 def _speed(settings, events: list[dict], alarms: frozenset = frozenset()) -> None:
-    """Speed-layer upserts into the hot table (by event id, as the pipeline commits)."""
+    """Scored events through the speed layer's last steps, as the pipeline runs them on Beam's
+    local runner: alert flags from each entity's previous flags (seeded from the tables, late
+    events put in place, speed/alert_flags.py), then the hot-table sink's upsert by event id."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from speed.alert_flags import FlagAlerts
+    from speed.pipeline import LOCAL_RUNNER
+    from speed.sinks import UpsertHotScores
+
     dataset = schemas.load(DATASET)
     uri = tables.hot_table_uri(settings, dataset)
     tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
+    revision = time.time_ns()
     rows = [{**event, "score": 0.2, "is_anomaly": event["event_id"] in alarms, "model_version": 1, "scored_at": datetime.now(timezone.utc),
-             "revision": 1} for event in events]
+             "revision": revision + number} for number, event in enumerate(events)]
     if rows:
-        tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=system_tables.hot_scores_schema(dataset)), "event_id", newest="revision")
+        with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
+            (
+                pipeline
+                | beam.Create([(0, rows)], reshuffle=False)
+                | beam.ParDo(FlagAlerts(dataset, settings))
+                | beam.ParDo(UpsertHotScores(dataset, settings))
+            )
 
 
 def _merged(settings) -> dict[str, str]:
@@ -136,7 +153,8 @@ def test_both_sides_serve_the_declared_columns(settings):
     _speed(settings, _events(5, 5))
     views.refresh(DATASET, settings)
     served = trino_client.query(f"SELECT * FROM {DATASET}.merged ORDER BY event_time", settings=settings)
-    assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "layer", "watermark"]
+    # is_alert: both sides carry the first-alarm-of-an-episode flag (the alerts view reads it).
+    assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "is_alert", "layer", "watermark"]
     assert list(served.layer) == ["batch"] * 5 + ["speed"] * 5
 
 
@@ -214,9 +232,16 @@ def test_alerts_are_first_alarms_of_episodes_across_the_boundary_and_after_a_lat
     # event, and one 199 events later.
     assert _alerts(settings) == {"cpu@5", "cpu@60", "mem@0", "mem@199"}
     # An event that arrives late between 125 and 173 puts 173 49 events after 125: an alert now.
+    # The speed layer writes 173's row again with the new flag (a new pipeline run: its state is
+    # seeded from the tables).
     late = {"event_id": "cpu@late", "entity_id": "cpu", "event_time": _at(130) + timedelta(seconds=30), "value": 1.0}
     _speed(settings, [late])
     assert _alerts(settings) == {"cpu@5", "cpu@60", "cpu@173", "mem@0", "mem@199"}
+    hot = DeltaTable(settings.table_uri(DATASET, constants.HOT_SCORES)).to_pandas().set_index("event_id")
+    assert hot.is_alert["cpu@173"] and not hot.is_alert["cpu@late"]
+    # The view reads the flag: no window over the merged history.
+    views.refresh(DATASET, settings)
+    assert "OVER" not in trino_client.query(f"SHOW CREATE VIEW {DATASET}.alerts", settings=settings).iloc[0, 0]
 
 
 def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, tmp_path):
@@ -234,8 +259,9 @@ def test_layers_register_their_tables_when_trino_serves_the_warehouse(settings, 
 
 
 def test_speed_alerts_look_back_exactly_the_quiet_period_into_the_batch_side(settings):
-    """The alerts view runs its window over the speed rows and each entity's last 48 batch rows:
-    an alarm 48 events before the first speed row still silences it, one 49 events before does not."""
+    """The speed layer flags its rows from each entity's previous flags, the batch view's
+    included: an alarm 48 events before the first speed row still silences it, one 49 events
+    before does not."""
     events = _events(0, 130, "disk") + _events(0, 130, "net")
     batch = [e for e in events if e["event_time"] <= _at(119)]
     _batch_run(settings, batch, watermark=_at(119), alarms=frozenset({"disk@72", "net@71"}))

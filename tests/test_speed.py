@@ -103,8 +103,9 @@ def test_the_speed_layer_flags_the_recent_planted_spikes(lambda_cycle):
     assert hot.loc[sorted(clean), "is_anomaly"].mean() < 0.02
 
 
-def test_batch_and_speed_give_the_same_scores_for_the_same_events(lambda_cycle, spark):
-    """Parity: the batch layer, given the same history, computes the features the stream computed.
+def test_batch_and_speed_give_the_same_scores_and_alerts_for_the_same_events(lambda_cycle, spark):
+    """Parity: the batch layer, given the same history, computes the features the stream computed,
+    and the batch job's alert rule gives the alert flags the stream wrote.
 
     Run batch over history + the recent events, compute its features, score them with the model
     version the speed layer used, and compare with the hot table.
@@ -129,8 +130,10 @@ def test_batch_and_speed_give_the_same_scores_for_the_same_events(lambda_cycle, 
     from lakehouse.features import feature_names
     from lakehouse import storage
 
+    from lakehouse.alerts import first_of_episodes
+
     names = feature_names(inputs_dataset())
-    compared = 0
+    compared = alerts = 0
     for row in used.itertuples():
         model = FittedModel.from_bytes(storage.read_bytes(row.artifact_uri))
         entity = features[(features.entity_id == row.entity_id) & features.event_id.isin(hot.index)]
@@ -139,7 +142,17 @@ def test_batch_and_speed_give_the_same_scores_for_the_same_events(lambda_cycle, 
         np.testing.assert_allclose(scores, expected.score.to_numpy(), rtol=0, atol=1e-12)
         assert (flags == expected.is_anomaly.to_numpy()).all()
         compared += len(entity)
+        # The alert flag: the batch job's rule (batch/score.py) over the entity's whole history
+        # scored by the same model, against what the speed layer wrote from its state (seeded
+        # from the batch view's flags of the history).
+        history = features[features.entity_id == row.entity_id].sort_values(["event_time", "event_id"])
+        _, all_flags = model.score(history[names].to_numpy())
+        batch_alerts = dict(zip(history.event_id, first_of_episodes(np.asarray(all_flags, dtype=bool), inputs_dataset().detector.alert_quiet_events)))
+        speed_alerts = hot.loc[entity.event_id].is_alert
+        assert [batch_alerts[event_id] for event_id in entity.event_id] == speed_alerts.tolist(), row.entity_id
+        alerts += int(speed_alerts.sum())
     assert compared == len(hot)
+    assert alerts >= 1, "the recent events' planted spikes raise alerts"
 
 
 def inputs_dataset():

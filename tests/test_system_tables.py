@@ -58,6 +58,62 @@ def test_speed_tables_checkpoint_every_ten_commits_old_ones_too(tmp_path):
         assert any(name.endswith(".checkpoint.parquet") for name in os.listdir(f"{uri}/_delta_log"))
 
 
+def _hot_commits(uri: str, dataset, commits: int, per_commit: int) -> set[str]:
+    """Streaming-like commits: each a MERGE of events of every entity, as the sink writes them."""
+    from datetime import timedelta
+
+    ids = set()
+    for commit in range(commits):
+        rows = []
+        for number in range(per_commit):
+            minute = commit * per_commit + number
+            entity = f"host-{(minute * 7) % 13:02d}"
+            record = {"event_id": f"{entity}@{minute}", "entity_id": entity, "event_time": NOW + timedelta(minutes=minute), "value": 1.0}
+            rows.append(system_tables.hot_row(dataset, record, score=0.5, is_anomaly=False, model_version=1, scored_at=NOW, revision=1))
+            ids.add(record["event_id"])
+        tables.upsert_by_key(uri, pa.Table.from_pylist(rows, schema=system_tables.hot_scores_schema(dataset)), "event_id", newest="revision")
+    return ids
+
+
+def test_the_hot_table_is_compacted_sorted_by_entity_into_row_groups_trino_can_skip(warehouse, monkeypatch):
+    """Its compacted file holds the rows sorted by entity (as the batch view is laid out), in row
+    groups whose statistics each cover a narrow range of entities; every row kept."""
+    import pyarrow.parquet as pq
+
+    dataset = schemas.load("metrics")
+    uri = tables.hot_table_uri(warehouse, dataset)
+    tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
+    monkeypatch.setattr(tables, "SORTED_ROW_GROUP_ROWS", 100)  # 800 rows: 8 row groups
+    ids = _hot_commits(uri, dataset, commits=16, per_commit=50)
+    assert tables.compact(uri, min_files=32, sort_by=["entity_id"]) == 0  # too few small files yet
+    assert tables.compact(uri, min_files=16, sort_by=["entity_id"]) >= 16
+    table = DeltaTable(uri)
+    [path] = table.file_uris()
+    assert set(table.to_pandas().event_id) == ids
+    parquet = pq.ParquetFile(path.removeprefix("file://"))
+    entities = parquet.read(columns=["entity_id"]).column("entity_id").to_pylist()
+    assert entities == sorted(entities)
+    groups = [parquet.metadata.row_group(index) for index in range(parquet.metadata.num_row_groups)]
+    assert len(groups) == 8
+    column = parquet.schema_arrow.get_field_index("entity_id")
+    spans = [(group.column(column).statistics.min, group.column(column).statistics.max) for group in groups]
+    # One entity is in at most two row groups of the eight.
+    assert max(sum(low <= f"host-{entity:02d}" <= high for low, high in spans) for entity in range(13)) <= 2
+
+
+def test_a_hot_table_too_big_to_rewrite_whole_is_compacted_unsorted(warehouse, monkeypatch):
+    dataset = schemas.load("metrics")
+    uri = tables.hot_table_uri(warehouse, dataset)
+    tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
+    ids = _hot_commits(uri, dataset, commits=16, per_commit=50)
+    monkeypatch.setattr(tables, "SORTED_TABLE_BYTES", 1024)
+    assert tables.compact(uri, min_files=16, sort_by=["entity_id"]) >= 16
+    table = DeltaTable(uri)
+    assert len(table.file_uris()) == 1 and set(table.to_pandas().event_id) == ids
+    entities = table.to_pandas().entity_id.tolist()
+    assert entities != sorted(entities)  # bin-packed as committed
+
+
 def test_rows_built_for_the_speed_layer_hold_exactly_the_declared_columns():
     dataset = schemas.load("sensor_events")
     record = {"event_id": "e", "entity_id": "sensor-000", "event_time": NOW, "temperature": 1.0, "pressure": 2.0,

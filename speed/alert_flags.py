@@ -1,0 +1,410 @@
+"""The speed layer's alert flags: each scored event's `is_alert` (the first alarm of an episode,
+lakehouse/alerts.py) from its entity's previous flags, kept in Beam state; a batch of rows at a
+time, after scoring.
+
+An event is an alert when it is an alarm (`is_anomaly`) and none of the entity's previous
+`alert_quiet_events` events was, by event time then event id: the rule the batch job applies to
+the batch view (batch/score.py). With the flag written on both sides, the serving layer's
+`alerts` view reads a column instead of running a window over history (serving/views.py).
+
+State holds, per entity, its newest 2 x `window` + `alert_quiet_events` events: time, id, alarm
+flag, the alert flag last written, and what is needed to write its hot row again. Rows nearly
+always follow what state holds and are flagged in one pass over arrays. A late event (and the
+later events the stateful features step revised after it, speed/stateful_features.py, which come
+in the same element) is put in its place; every later event whose alert flag that changes, and
+that is not among the rows coming in, is written again with the new flag and a higher revision.
+The re-written rows go in the same list as the rows that caused them, so they are committed in
+the same Delta commit (speed/graph.py's batching never splits a list) and carry no
+acknowledgement of their own. A late event beyond state (further back than state reaches) gets
+its flag from the entity's flags in the tables and changes no other row, as its features do.
+
+State is seeded from the tables: the batch view (`is_anomaly` of the rows it answers) and the
+hot table (earlier speed runs). An event in both takes the batch view's flag, since the merged
+view answers it from the batch view. Where the batch layer later scores events with other
+flags (a new model), hot rows already written keep the flags they were given, like their scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date, timedelta
+from typing import Iterable, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from lakehouse import constants, storage, system_tables
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+from speed.stateful_features import instant, micros, shard_of
+
+log = logging.getLogger(__name__)
+
+IS_ALERT = system_tables.IS_ALERT.name
+REVISION = system_tables.REVISION.name
+SCORED_AT = system_tables.SCORED_AT.name
+
+
+class AlertHistory(NamedTuple):
+    """An entity's newest events in (event time, event id) order, as arrays (cheap to size and pickle)."""
+
+    times: np.ndarray  # int64 microseconds since the epoch
+    ids: np.ndarray  # event ids (numpy str)
+    flags: np.ndarray  # bool: is_anomaly
+    alerts: np.ndarray  # bool: is_alert as last written (or read)
+    hot: np.ndarray  # bool: the event has a hot row this step can write again (not a batch-view row)
+    values: np.ndarray  # (events, feature fields) float64
+    scores: np.ndarray  # float64
+    versions: np.ndarray  # int64 model versions
+    scored_at: np.ndarray  # int64 microseconds
+    revisions: np.ndarray  # int64
+    complete: bool  # the events reach back to the entity's first event
+    seen_at: float  # processing time of its last row, for the TTL
+
+
+def empty_history(fields: int, complete: bool) -> AlertHistory:
+    return AlertHistory(
+        np.empty(0, np.int64), np.array([], dtype="U1"), np.empty(0, bool), np.empty(0, bool), np.empty(0, bool),
+        np.empty((0, fields)), np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+        complete, 0.0,
+    )
+
+
+def alerts_at(flags: np.ndarray, start: int, quiet: int) -> np.ndarray:
+    """Alert flags of positions start.. of `flags` (an entity's alarms in event order): an alarm
+    none of the `quiet` flags before it raised (fewer at the start of a complete history)."""
+    flags = np.asarray(flags, dtype=bool)
+    if quiet <= 0:
+        return flags[start:].copy()
+    counts = np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    positions = np.arange(start, len(flags))
+    recent = counts[positions] - counts[np.maximum(positions - quiet, 0)]
+    return flags[start:] & (recent == 0)
+
+
+class FlagAlerts(beam.DoFn):
+    """(shard, scored hot rows) -> one list: the rows with `is_alert` set, plus the rows of later
+    events whose flag a late event changed (module docstring)."""
+
+    STATE = ReadModifyWriteStateSpec("alerts", PickleCoder())
+    # A late event beyond state reads its entity's flags from the tables at most this often.
+    TABLES_REFRESH_SECONDS = 30.0
+
+    def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.state_ttl_seconds = state_ttl_seconds
+        self.rewritten = Metrics.counter("speed", "alert_flags_rewritten")
+        self.beyond = Metrics.counter("speed", "alert_flags_beyond_state")
+
+    def setup(self) -> None:
+        self.fields = list(self.dataset.features.fields)
+        self.quiet = self.dataset.detector.alert_quiet_events
+        self.keep = 2 * self.dataset.features.window + self.quiet
+        self.batch_version = self._batch_version()
+        self.checked_at = time.monotonic()
+        self.latest_batch_version = self.batch_version
+        # Each entity's newest `keep` events, and one more to tell whether there are that many.
+        self.startup = read_flags(self.settings, self.dataset, newest=self.keep + 1)
+        self.tables_read_at: dict[str, tuple[float, pd.DataFrame]] = {}
+
+    def process(self, element: tuple[int, list[dict]], state=beam.DoFn.StateParam(STATE)) -> Iterable[list[dict]]:
+        _, rows = element
+        entity = self.dataset.entity
+        now = time.time()
+        entities, expired = state.read() or ({}, set())
+        if self.state_ttl_seconds > 0:
+            for entity_id in [name for name, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]:
+                del entities[entity_id]
+                expired.add(entity_id)
+        by_entity: dict[str, list[dict]] = {}
+        for row in rows:
+            by_entity.setdefault(row[entity], []).append(row)
+        out: list[dict] = []
+        for entity_id, incoming in by_entity.items():
+            history = entities.get(entity_id)
+            if history is None:
+                history = self._seed(entity_id, fresh=entity_id in expired)
+                expired.discard(entity_id)
+            history = self._flag(entity_id, history, incoming, out)
+            entities[entity_id] = history._replace(seen_at=now)
+        state.write((entities, expired))
+        yield out
+
+    # --- flagging ---
+
+    def _flag(self, entity_id: str, history: AlertHistory, incoming: list[dict], out: list[dict]) -> AlertHistory:
+        dataset = self.dataset
+        times = np.fromiter((micros(row[dataset.event_time]) for row in incoming), dtype=np.int64, count=len(incoming))
+        ids = [row[dataset.event_id] for row in incoming]
+        in_order = all((times[i], ids[i]) < (times[i + 1], ids[i + 1]) for i in range(len(incoming) - 1))
+        if in_order and (not len(history.times) or (times[0], ids[0]) > (history.times[-1], history.ids[-1])):
+            # Nearly always: every row follows what state holds.
+            history = _concat(history, self._arrays(incoming, times, ids))
+            start = len(history.times) - len(incoming)
+            alerts = alerts_at(history.flags, start, self.quiet)
+            history.alerts[start:] = alerts
+            for row, alert in zip(incoming, alerts):
+                row[IS_ALERT] = bool(alert)
+                out.append(row)
+            return self._trim(history)
+        return self._place(entity_id, history, incoming, times, ids, out)
+
+    def _place(self, entity_id, history: AlertHistory, incoming, times, ids, out: list[dict]) -> AlertHistory:
+        """Rows that may be late, replays or revisions: each put in its place, then every flag
+        from the earliest of them on computed again."""
+        first_changed = None
+        placed: dict[str, dict] = {}
+        beyond: list[dict] = []
+        for index, row in enumerate(incoming):
+            key = (times[index], ids[index])
+            position = _insertion_point(history.times, history.ids, key)
+            if position < len(history.times) and (history.times[position], history.ids[position]) == key:
+                if history.hot[position] and row[REVISION] < history.revisions[position]:
+                    placed.setdefault(ids[index], row)  # an older version: flagged, the table keeps the newer
+                    continue
+                history = _replace_at(history, position, self._arrays([row], times[index : index + 1], ids[index : index + 1]))
+            elif position < self.quiet and not history.complete:
+                beyond.append(row)
+                continue
+            else:
+                history = _insert_at(history, position, self._arrays([row], times[index : index + 1], ids[index : index + 1]))
+            placed[ids[index]] = row
+            first_changed = position if first_changed is None else min(first_changed, position)
+        if first_changed is not None and not history.complete:
+            # State's oldest `quiet` events lack the flags before them: theirs stay as written.
+            first_changed = max(first_changed, self.quiet)
+        if first_changed is not None and first_changed < len(history.times):
+            alerts = alerts_at(history.flags, first_changed, self.quiet)
+            revision = max(int(history.revisions.max(initial=0)) + 1, time.time_ns())
+            for offset, alert in enumerate(alerts):
+                position = first_changed + offset
+                event_id = str(history.ids[position])
+                if event_id in placed:
+                    history.alerts[position] = alert
+                    continue
+                if alert != history.alerts[position] and history.hot[position]:
+                    # A later event whose flag the late one changed: its row again, new flag only.
+                    history.alerts[position] = alert
+                    history.revisions[position] = revision
+                    out.append(self._row(entity_id, history, position))
+                    revision += 1
+                    self.rewritten.inc()
+        beyond_ids = {id(row) for row in beyond}
+        for row in incoming:
+            if id(row) in beyond_ids:
+                row[IS_ALERT] = self._alert_from_tables(entity_id, row)
+            else:
+                key = (micros(row[self.dataset.event_time]), row[self.dataset.event_id])
+                row[IS_ALERT] = bool(history.alerts[_insertion_point(history.times, history.ids, key)])
+            out.append(row)
+        return self._trim(history)
+
+    def _arrays(self, rows: list[dict], times: np.ndarray, ids) -> AlertHistory:
+        return AlertHistory(
+            times=np.asarray(times, dtype=np.int64),
+            ids=np.array(ids, dtype=str),
+            flags=np.fromiter((bool(row["is_anomaly"]) for row in rows), dtype=bool, count=len(rows)),
+            alerts=np.zeros(len(rows), dtype=bool),
+            hot=np.ones(len(rows), dtype=bool),
+            values=np.array([[row[name] for name in self.fields] for row in rows], dtype=np.float64).reshape(len(rows), len(self.fields)),
+            scores=np.fromiter((row["score"] for row in rows), dtype=np.float64, count=len(rows)),
+            versions=np.fromiter((row["model_version"] for row in rows), dtype=np.int64, count=len(rows)),
+            scored_at=np.fromiter((micros(row[SCORED_AT]) for row in rows), dtype=np.int64, count=len(rows)),
+            revisions=np.fromiter((row[REVISION] for row in rows), dtype=np.int64, count=len(rows)),
+            complete=True,
+            seen_at=0.0,
+        )
+
+    def _row(self, entity_id: str, history: AlertHistory, position: int) -> dict:
+        dataset = self.dataset
+        return {
+            dataset.event_id: str(history.ids[position]),
+            dataset.entity: entity_id,
+            dataset.event_time: instant(history.times[position]),
+            **{name: float(history.values[position, index]) for index, name in enumerate(self.fields)},
+            "score": float(history.scores[position]),
+            "is_anomaly": bool(history.flags[position]),
+            "model_version": int(history.versions[position]),
+            SCORED_AT: instant(history.scored_at[position]),
+            REVISION: int(history.revisions[position]),
+            IS_ALERT: bool(history.alerts[position]),
+        }
+
+    def _trim(self, history: AlertHistory) -> AlertHistory:
+        if len(history.times) <= self.keep:
+            return history
+        cut = len(history.times) - self.keep
+        return AlertHistory(*(array[cut:].copy() for array in history[:10]), complete=False, seen_at=history.seen_at)
+
+    # --- seeding from the tables ---
+
+    def _batch_version(self) -> int | None:
+        uri = self.settings.table_uri(self.dataset.name, constants.BATCH_SCORES)
+        return storage.open_table(uri).version() if storage.table_exists(uri) else None
+
+    def _batch_changed(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked_at >= self.TABLES_REFRESH_SECONDS:
+            self.checked_at = now
+            self.latest_batch_version = self._batch_version()
+        return self.latest_batch_version != self.batch_version
+
+    def _seed(self, entity_id: str, *, fresh: bool) -> AlertHistory:
+        """The entity's newest `keep` events from the start-up read, or from its own read of the
+        tables when that may lack them (state expired, the batch view changed since start-up, or
+        fewer events than needed in the start-up read's lookback)."""
+        frame = None if fresh or self._batch_changed() else self.startup.get(entity_id)
+        complete = False
+        if frame is None or len(frame) < self.keep:
+            frame = read_flags(self.settings, self.dataset, entity=entity_id, lookback_days=None).get(entity_id)
+            complete = True
+            self.startup.pop(entity_id, None)
+        if frame is None or not len(frame):
+            return empty_history(len(self.fields), complete=True)
+        if len(frame) > self.keep:
+            frame, complete = frame.iloc[-self.keep :], False
+        return _history_of(self.dataset, frame, complete)
+
+    def _alert_from_tables(self, entity_id: str, row: dict) -> bool:
+        """The flag of an event beyond state, from the entity's flags in the tables before it."""
+        self.beyond.inc()
+        if not row["is_anomaly"]:
+            return False
+        now = time.monotonic()
+        read_at, frame = self.tables_read_at.get(entity_id, (-self.TABLES_REFRESH_SECONDS, None))
+        if frame is None or now - read_at >= self.TABLES_REFRESH_SECONDS:
+            frame = read_flags(self.settings, self.dataset, entity=entity_id, lookback_days=None).get(entity_id, _EMPTY)
+            self.tables_read_at[entity_id] = (now, frame)
+        if not len(frame) or self.quiet <= 0:
+            return True
+        dataset = self.dataset
+        key = (micros(row[dataset.event_time]), row[dataset.event_id])
+        times = _micros_of(frame[dataset.event_time])
+        ids = frame[dataset.event_id].to_numpy(dtype=str)
+        before = np.flatnonzero([(t, i) < key for t, i in zip(times, ids)])
+        return not frame.is_anomaly.to_numpy(dtype=bool)[before[-self.quiet :]].any()
+
+
+_EMPTY = pd.DataFrame()
+
+
+def read_flags(
+    settings: Settings, dataset: Dataset, *, entity: str | None = None, lookback_days: int | None = 7, newest: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """entity -> its scored events in the batch view and the hot table, in event order (one
+    entity's only, when `entity` is given; its `newest` only, when given), with `hot` saying which
+    have a hot row to write again. The lookback counts back from the batch view's newest day;
+    None reads all of it."""
+    key = [dataset.event_id, dataset.entity, dataset.event_time]
+    only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
+    frames = []
+    batch_uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
+    if storage.table_exists(batch_uri):
+        table = storage.open_table(batch_uri)
+        conditions = [only] if only is not None else []
+        partitioned = "event_date" in table.metadata().partition_columns
+        days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()] if partitioned else []
+        if days and lookback_days is not None:
+            conditions.append(pc.field("event_date") >= pc.scalar(max(days) - timedelta(days=lookback_days)))
+        condition = conditions[0] if len(conditions) == 1 else (conditions[0] & conditions[1] if conditions else None)
+        present = set(table.schema().to_arrow().names)
+        columns = [*key, "is_anomaly", *([IS_ALERT] if IS_ALERT in present else [])]
+        batch = table.to_pyarrow_dataset().to_table(columns=columns, filter=condition).to_pandas()
+        batch["hot"] = False
+        frames.append(batch)
+    hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
+    if storage.table_exists(hot_uri):
+        table = storage.open_table(hot_uri)
+        present = set(table.schema().to_arrow().names)
+        columns = [name for name in system_tables.hot_scores_schema(dataset).names if name in present]
+        hot = table.to_pyarrow_dataset().to_table(columns=columns, filter=only).to_pandas()
+        hot["hot"] = True
+        if frames:
+            # An event in both answers from the batch view in the merged view: its flag is that one.
+            hot = hot[~hot[dataset.event_id].isin(frames[0][dataset.event_id])]
+        frames.append(hot)
+    frames = [frame for frame in frames if len(frame)]
+    if not frames:
+        return {}
+    rows = pd.concat(frames, ignore_index=True)
+    if IS_ALERT not in rows:
+        rows[IS_ALERT] = False
+    rows[IS_ALERT] = rows[IS_ALERT].fillna(False).astype(bool)
+    rows = rows.sort_values([dataset.entity, dataset.event_time, dataset.event_id], kind="stable")
+    if newest is not None:
+        rows = rows.groupby(dataset.entity, sort=False).tail(newest)
+    return {str(name): group for name, group in rows.groupby(dataset.entity, sort=False)}
+
+
+def _micros_of(column: pd.Series) -> np.ndarray:
+    if getattr(column.dt, "tz", None) is not None:
+        column = column.dt.tz_convert("UTC").dt.tz_localize(None)
+    return column.to_numpy(dtype="datetime64[us]").astype(np.int64)
+
+
+def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool) -> AlertHistory:
+    fields = list(dataset.features.fields)
+    count = len(frame)
+
+    def column(name, dtype, default):
+        return frame[name].fillna(default).to_numpy(dtype=dtype) if name in frame else np.full(count, default, dtype=dtype)
+
+    # Batch-view rows have no scoring time here (they are never written again): 0.
+    scored_at = _micros_of(pd.to_datetime(frame[SCORED_AT], utc=True).fillna(pd.Timestamp(0, tz="UTC"))) if SCORED_AT in frame else np.zeros(count, np.int64)
+    return AlertHistory(
+        times=_micros_of(frame[dataset.event_time]),
+        ids=frame[dataset.event_id].to_numpy(dtype=str),
+        flags=frame.is_anomaly.fillna(False).to_numpy(dtype=bool),
+        alerts=frame[IS_ALERT].to_numpy(dtype=bool),
+        hot=frame.hot.to_numpy(dtype=bool),
+        values=np.column_stack([column(name, np.float64, np.nan) for name in fields]) if count else np.empty((0, len(fields))),
+        scores=column("score", np.float64, np.nan),
+        versions=column("model_version", np.int64, 0),
+        scored_at=scored_at,
+        revisions=column(REVISION, np.int64, 0),
+        complete=complete,
+        seen_at=0.0,
+    )
+
+
+def _concat(history: AlertHistory, new: AlertHistory) -> AlertHistory:
+    return AlertHistory(*(np.concatenate([old, more]) for old, more in zip(history[:10], new[:10])),
+                        complete=history.complete, seen_at=history.seen_at)
+
+
+def _insert_at(history: AlertHistory, position: int, new: AlertHistory) -> AlertHistory:
+    return AlertHistory(*(np.concatenate([old[:position], more, old[position:]]) for old, more in zip(history[:10], new[:10])),
+                        complete=history.complete, seen_at=history.seen_at)
+
+
+def _replace_at(history: AlertHistory, position: int, new: AlertHistory) -> AlertHistory:
+    arrays = [old.copy() for old in history[:10]]
+    for array, more in zip(arrays, new[:10]):
+        array[position] = more[0]
+    arrays[3][position] = history.alerts[position]  # the flag last written, to see whether it changes
+    return AlertHistory(*arrays, complete=history.complete, seen_at=history.seen_at)
+
+
+def _insertion_point(times: np.ndarray, ids: np.ndarray, key: tuple) -> int:
+    if not len(times) or (times[-1], ids[-1]) < key:
+        return len(times)
+    position = len(times)
+    while position > 0 and (times[position - 1], ids[position - 1]) >= key:
+        position -= 1
+    return position
+
+
+def shard_rows(rows: list[dict], entity: str, shards: int):
+    """Scored rows -> (shard, its rows) per state shard present (order kept)."""
+    by_shard: dict[int, list[dict]] = {}
+    for row in rows:
+        by_shard.setdefault(shard_of(row[entity], shards), []).append(row)
+    yield from by_shard.items()

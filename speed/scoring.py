@@ -16,7 +16,7 @@ from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, RAW, REVISION, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, NEW, RAW, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class ScoreBatch(beam.DoFn):
                     ARRIVED_AT: record.get(ARRIVED_AT),
                     SOURCE: record.get(SOURCE),
                     ACK: record.get(ACK),
+                    NEW: record.get(NEW),
                     **system_tables.hot_row(
                         dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
                         scored_at=scored_at, revision=record.get(REVISION, 0),

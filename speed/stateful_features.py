@@ -33,7 +33,7 @@ from lakehouse.features import compute_features, features_from_windows, previous
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import acks, metrics
-from speed.carried_fields import ACK, REVISION, SOURCE
+from speed.carried_fields import ACK, NEW, REVISION, SOURCE
 from speed.history import recent_history
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class ComputeFeatures(beam.DoFn):
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable[list[dict]]:
         shard, records = element
+        metrics.trace("keyed_in", records, SOURCE)
         entity = self.dataset.entity
         now = time.time()
         if self.state_ttl_seconds > 0 and self.timer_due.get(shard, 0.0) <= now:
@@ -206,7 +207,7 @@ class ComputeFeatures(beam.DoFn):
             revision = max(history.revision + 1, time.time_ns())
             for number, event in enumerate(events):
                 out.append({**event, "_features": features[start + number], REVISION: revision + number,
-                            ACK: (event.get(SOURCE), acks.unit(0, 1))})
+                            ACK: (event.get(SOURCE), acks.unit(0, 1)), NEW: True})
             start += len(events)
             yield entity_id, EntityHistory(
                 times=np.concatenate([history.times, times])[-kept:],

@@ -57,6 +57,7 @@ class ParseAndValidate(beam.DoFn):
                     output[SOURCE] = source
                     output[RAW] = text.decode("utf-8") if isinstance(text, bytes) else text  # valid: UTF-8
                     valid.append(output)
+        metrics.trace("validated", valid, SOURCE)
         self.prometheus_valid.inc(len(valid))
         if letters:
             self.prometheus_rejected.inc(len(letters))

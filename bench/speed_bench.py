@@ -289,7 +289,8 @@ def _only_latency(arguments) -> dict:
     note = "--only latency. " + "; ".join(f"{stage}: {load}" for stage, load in loads.items())
     parameters = {key.replace("-", "_"): value for key, value in vars(arguments).items()}
     report.write("speed", figures, parameters, extra={"targets": targets, "target": TARGET, "met": met, "reasons": reasons,
-                                                      "note": note, "latency_stages": latency.get("stages")})
+                                                      "note": note, "latency_stages": latency.get("stages"),
+                                                      "latency_stacks": latency.get("stacks")})
     print(json.dumps({"targets": {key: targets[key] for key in ("commit_p99_ms_at_1k", "scored_p99_ms_at_1k", "freshness_p99_ms_at_1k")},
                       "stages": latency.get("stages"), "note": note}, indent=1))
     return {"targets": targets, "target": TARGET, "reasons": reasons, "note": note, "stages": latency.get("stages")}
@@ -342,6 +343,60 @@ def stage_breakdown(topic: str) -> dict:
         }
         previous = stage
     return result
+
+
+class StackSampler:
+    """A poor man's sampling profiler of this process's threads (py-spy is not installed here):
+    every `interval` seconds, per thread, the innermost frame and the innermost frame of the
+    project's own code (speed/, lakehouse/, schemas/). Threads waiting (locks, sockets, queues,
+    sleeps) show as their waiting frame; the counts are shares of wall-clock samples per thread."""
+
+    PROJECT = ("/speed/", "/lakehouse/", "/schemas/")
+
+    def __init__(self, interval: float = 0.05) -> None:
+        from collections import Counter
+
+        self.interval = interval
+        self.innermost: Counter = Counter()
+        self.project: Counter = Counter()
+        self.samples = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def _run(self) -> None:
+        import sys
+
+        me = threading.get_ident()
+        while not self.stopping.wait(self.interval):
+            self.samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                inner = f"{frame.f_code.co_filename.rsplit('/', 2)[-2:][-1]}:{frame.f_code.co_name}"
+                own = None
+                walker = frame
+                while walker is not None:
+                    name = walker.f_code.co_filename
+                    if any(part in name for part in self.PROJECT):
+                        own = f"{name.rsplit('/', 2)[-2]}/{name.rsplit('/', 1)[-1]}:{walker.f_code.co_name}"
+                        break
+                    walker = walker.f_back
+                self.innermost[inner] += 1
+                if own is not None:
+                    self.project[(own, inner)] += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def top(self, count: int = 30) -> dict:
+        return {"samples": self.samples, "interval_s": self.interval,
+                "project_frames": [[own, inner, hits] for (own, inner), hits in self.project.most_common(count)],
+                "innermost": [[inner, hits] for inner, hits in self.innermost.most_common(count)]}
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -596,6 +651,7 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             metrics.OFFSET_COMMITS.clear()
             metrics.TRACE_STAGES = True
             poller.start()
+            sampler = StackSampler().__enter__()
             started = time.perf_counter()
             for index, line in enumerate(lines):
                 record = json.loads(line)
@@ -612,8 +668,10 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             sending.clear()
             while len(metrics.samples_of(metrics.LATENCY_SAMPLES, topic)) < count and time.perf_counter() < deadline:
                 time.sleep(0.2)
+            sampler.__exit__()
             poller.join(timeout=max(0.0, deadline - time.perf_counter()) + 5)
             time.sleep(2)  # the offset commits behind the last hot-table commit
+            result["stacks"] = sampler.top()
         finally:
             metrics.TRACE_STAGES = False
             _stop(job)

@@ -60,6 +60,11 @@ class _CompactsPeriodically:
         self.compaction = threading.Thread(target=_compact_logged, args=(uri,), name=f"compact {uri}", daemon=True)
         self.compaction.start()
 
+    def teardown(self) -> None:
+        running = getattr(self, "compaction", None)
+        if running is not None:
+            running.join()
+
 
 def _compact_logged(uri: str) -> None:
     try:
@@ -78,11 +83,13 @@ class UpsertHotScores(_CompactsPeriodically, beam.DoFn):
     a commit against tens of milliseconds for an append (docs/benchmarks.md, "Speed").
     """
 
-    def __init__(self, dataset: Dataset, settings: Settings, append_new: bool = False) -> None:
+    def __init__(self, dataset: Dataset, settings: Settings, append_new: bool = False, compact_in_background: bool = False) -> None:
         self.dataset = dataset
         self.settings = settings
         self.append_new = append_new
-        self.compact_in_background = append_new
+        # A job without end only: a bounded job's caller may take the table over (read, remove)
+        # as soon as the job is done, and must not race a compaction still running.
+        self.compact_in_background = compact_in_background
         self.committed = Metrics.counter("speed", "hot_rows_committed")
         self.latency = Metrics.distribution("speed", "commit_latency_ms")
 

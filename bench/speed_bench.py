@@ -119,7 +119,16 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--freshness-every", type=int, default=500, help="in the latency run, time every Nth event in Trino")
     parser.add_argument("--batch-size", type=int, default=5000, help="--max_batch_size of the pipeline runs (its default)")
     parser.add_argument("--work-folder", help="keep the bench's warehouse and files here (default: a temporary folder, removed)")
+    parser.add_argument("--pipeline-arg", action="append", default=[],
+                        help="one more flag for the Flink jobs (e.g. --pipeline-arg=--commit_seconds=0.05); repeatable")
+    parser.add_argument(
+        "--only", choices=("latency",),
+        help="latency: only items 2 and 3 (the latency run on Flink), with the per-stage breakdown of arrival-to-commit; "
+             "with --work-folder, a warehouse the bench trained before is reused (no batch run)",
+    )
     arguments = parser.parse_args(argv)
+    if arguments.only:
+        return _only_latency(arguments)
 
     from app.wiring import spark_session
     from batch.job import run_batch
@@ -218,6 +227,180 @@ def run(argv: list[str] | None = None) -> dict:
     parameters = {key.replace("-", "_"): value for key, value in vars(arguments).items()}
     report.write("speed", figures, parameters, extra={"targets": targets, "target": TARGET, "met": met, "reasons": reasons, "note": note})
     return {"targets": targets, "target": TARGET, "reasons": reasons, "note": note}
+
+
+def _only_latency(arguments) -> dict:
+    """`--only latency`: the latency run alone (items 2 and 3), its stages broken down; the JSON
+    keeps the `targets` keys, the others null with their reason."""
+    from app.wiring import spark_session
+    from batch.job import run_batch
+    from lakehouse import constants, storage
+    from lakehouse.settings import get_settings
+    from local_services.flink import FlinkJobServer
+    from local_services.kafka import KafkaBroker
+
+    dataset = schemas.load(DATASET)
+    base = get_settings()
+    folder = Path(arguments.work_folder or tempfile.mkdtemp(prefix="lakehouse-speed-bench-")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = base.model_copy(update={"warehouse": str(folder / "warehouse")})
+    loads: dict[str, str] = {"start": report.load_note()}
+    trained = folder / "trained.json"
+    started_here = []
+    try:
+        if trained.exists():
+            after = pd.Timestamp(json.loads(trained.read_text())["newest"])
+        else:
+            start = pd.Timestamp("2024-01-01T00:00:00Z")
+            history = live_events(arguments.sensors, int(arguments.sensors * 288 * arguments.history_days), start, seed=5)
+            history_file = _write_lines(json_lines(history), folder / "history.jsonl")
+            run_batch(DATASET, [str(history_file)], settings=settings, spark=spark_session(settings))
+            after = history.event_time.max()
+            trained.write_text(json.dumps({"newest": after.isoformat()}))
+        hot = settings.table_uri(DATASET, constants.HOT_SCORES)
+        if storage.table_exists(hot):
+            # A reused warehouse: the run continues after the hot table's newest events, with new ids.
+            newest = storage.open_table(hot).to_pyarrow_table(columns=[dataset.event_time]).column(0)
+            if len(newest):
+                import pyarrow.compute as pc
+
+                after = max(after, pd.Timestamp(pc.max(newest).as_py()))
+        for service in (KafkaBroker(base), FlinkJobServer(base)):
+            if service.pid() is None:
+                started_here.append(service)
+            service.start()
+        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder,
+                                        seeds=(int(time.time()) % 1_000_000) * 2 + 100)
+        loads["latency"] = report.load_note()
+    finally:
+        for service in reversed(started_here):
+            service.stop()
+        if not arguments.work_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    targets: dict[str, float | None] = dict.fromkeys(TARGET)
+    reasons = {key: "not run: --only latency" for key in TARGET if key not in ("commit_p99_ms_at_1k", "scored_p99_ms_at_1k", "freshness_p99_ms_at_1k")}
+    figures = []
+    for key in ("commit_p99_ms_at_1k", "scored_p99_ms_at_1k", "freshness_p99_ms_at_1k"):
+        targets[key] = latency.get(key)
+        if latency.get(key) is None:
+            reasons[key] = latency.get("reason", "no sample")
+    figures += latency["other_figures"]
+    met = {key: _met(key, value) for key, value in targets.items()}
+    note = "--only latency. " + "; ".join(f"{stage}: {load}" for stage, load in loads.items())
+    parameters = {key.replace("-", "_"): value for key, value in vars(arguments).items()}
+    report.write("speed", figures, parameters, extra={"targets": targets, "target": TARGET, "met": met, "reasons": reasons,
+                                                      "note": note, "latency_stages": latency.get("stages"),
+                                                      "latency_stacks": latency.get("stacks")})
+    print(json.dumps({"targets": {key: targets[key] for key in ("commit_p99_ms_at_1k", "scored_p99_ms_at_1k", "freshness_p99_ms_at_1k")},
+                      "stages": latency.get("stages"), "note": note}, indent=1))
+    return {"targets": targets, "target": TARGET, "reasons": reasons, "note": note, "stages": latency.get("stages")}
+
+
+# The stages an event passes on its way from Kafka to the committed offset, in order
+# (speed/metrics.py records them under --only latency).
+STAGES = ("arrived", "polled", "validated", "keyed_in", "scored", "sink_in", "committed", "offset_committed")
+
+
+def stage_breakdown(topic: str) -> dict:
+    """Per stage: p50 / p99 ms since arrival, and of the step from the stage before, over the
+    topic's events that reached the hot-table commit (the first time each stage saw the event)."""
+    from speed import metrics
+    from speed.kafka_stream import parse_source
+
+    prefix = f"kafka://{topic}/"
+    times: dict[str, dict[str, float]] = {}
+    for stage, source, at in list(metrics.STAGE_TIMES):
+        if source and source.startswith(prefix):
+            seen = times.setdefault(source, {})
+            if stage not in seen:
+                seen[stage] = at
+    for source, latency in list(metrics.SCORED_LATENCY_SAMPLES):
+        if source in times and "scored" not in times[source] and "arrived" in times[source]:
+            times[source]["scored"] = times[source]["arrived"] + latency
+    commits: dict[str, list[tuple[int, int, float]]] = {}
+    for partition_key, first, end, at in list(metrics.OFFSET_COMMITS):
+        commits.setdefault(partition_key, []).append((first, end, at))
+    for source, seen in times.items():
+        parsed = parse_source(source)
+        if parsed is None:
+            continue
+        partition_key, offset = parsed
+        for first, end, at in commits.get(partition_key, ()):
+            if first <= offset < end:
+                seen["offset_committed"] = at
+                break
+    complete = [seen for seen in times.values() if "arrived" in seen and "committed" in seen]
+    result = {"events": len(complete)}
+    previous = None
+    for stage in STAGES[1:]:
+        since_arrival = [seen[stage] - seen["arrived"] for seen in complete if stage in seen]
+        step_from = previous or "arrived"
+        step = [seen[stage] - seen[step_from] for seen in complete if stage in seen and step_from in seen]
+        result[stage] = {
+            "events": len(since_arrival),
+            "since_arrival_p50_ms": _ms(_percentile(since_arrival, 50)), "since_arrival_p99_ms": _ms(_percentile(since_arrival, 99)),
+            f"step_from_{step_from}_p50_ms": _ms(_percentile(step, 50)), f"step_from_{step_from}_p99_ms": _ms(_percentile(step, 99)),
+        }
+        previous = stage
+    return result
+
+
+class StackSampler:
+    """A poor man's sampling profiler of this process's threads (py-spy is not installed here):
+    every `interval` seconds, per thread, the innermost frame and the innermost frame of the
+    project's own code (speed/, lakehouse/, schemas/). Threads waiting (locks, sockets, queues,
+    sleeps) show as their waiting frame; the counts are shares of wall-clock samples per thread."""
+
+    PROJECT = ("/speed/", "/lakehouse/", "/schemas/")
+
+    def __init__(self, interval: float = 0.05) -> None:
+        from collections import Counter
+
+        self.interval = interval
+        self.innermost: Counter = Counter()
+        self.project: Counter = Counter()
+        self.samples = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stack-sampler", daemon=True)
+
+    def _run(self) -> None:
+        import sys
+
+        me = threading.get_ident()
+        while not self.stopping.wait(self.interval):
+            self.samples += 1
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                inner = f"{frame.f_code.co_filename.rsplit('/', 2)[-2:][-1]}:{frame.f_code.co_name}"
+                own = None
+                walker = frame
+                while walker is not None:
+                    name = walker.f_code.co_filename
+                    if any(part in name for part in self.PROJECT):
+                        own = f"{name.rsplit('/', 2)[-2]}/{name.rsplit('/', 1)[-1]}:{walker.f_code.co_name}"
+                        break
+                    walker = walker.f_back
+                self.innermost[inner] += 1
+                if own is not None:
+                    self.project[(own, inner)] += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def top(self, count: int = 30) -> dict:
+        return {"samples": self.samples, "interval_s": self.interval,
+                "project_frames": [[own, inner, hits] for (own, inner), hits in self.project.most_common(count)],
+                "innermost": [[inner, hits] for inner, hits in self.innermost.most_common(count)]}
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _met(key: str, value: float | None) -> bool | None:
@@ -328,7 +511,7 @@ def _start_following(settings, dataset, arguments, after: pd.Timestamp, *, seed:
     create_topic(topic, partitions=2, settings=settings)
     job = speed_pipeline.follow(
         ["--dataset", DATASET, "--kafka_topic", topic, "--landing", "off", "--runner", "FlinkRunner",
-         "--max_batch_size", str(arguments.batch_size)],
+         "--max_batch_size", str(arguments.batch_size), *getattr(arguments, "pipeline_arg", [])],
         settings=settings, hooks=speed_hooks(settings),
     )
     warm = live_events(arguments.sensors, arguments.sensors, after, seed=seed)
@@ -411,7 +594,8 @@ def _stop(job, timeout: float = 180.0) -> None:
         time.sleep(3)
 
 
-def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None) -> dict:
+def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None,
+                          seeds: int = 10) -> dict:
     """Items 2 and 3: one Flink job following a topic fed at the latency rate; every Nth event is
     also timed from its send to its row in Trino's merged view. The serving bench calls it too,
     with the Trino it already runs (`trino_settings`), so freshness is measured one way only."""
@@ -429,11 +613,11 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
         trino.start()
     result: dict = {"other_figures": []}
     try:
-        topic, job, after = _start_following(settings, dataset, arguments, after, seed=10)
+        topic, job, after = _start_following(settings, dataset, arguments, after, seed=seeds)
         try:
             views.refresh(DATASET, trino_settings)
             count = int(arguments.latency_rate * arguments.latency_seconds)
-            lines = json_lines(live_events(arguments.sensors, count, after, seed=11))
+            lines = json_lines(live_events(arguments.sensors, count, after, seed=seeds + 1))
             producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
             sampled: dict[str, float] = {}  # event id -> send time, of the events timed in Trino
             seen: dict[str, float] = {}
@@ -463,7 +647,11 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             poller = threading.Thread(target=poll_trino, daemon=True)
             metrics.LATENCY_SAMPLES.clear()
             metrics.SCORED_LATENCY_SAMPLES.clear()
+            metrics.STAGE_TIMES.clear()
+            metrics.OFFSET_COMMITS.clear()
+            metrics.TRACE_STAGES = True
             poller.start()
+            sampler = StackSampler().__enter__()
             started = time.perf_counter()
             for index, line in enumerate(lines):
                 record = json.loads(line)
@@ -480,8 +668,12 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             sending.clear()
             while len(metrics.samples_of(metrics.LATENCY_SAMPLES, topic)) < count and time.perf_counter() < deadline:
                 time.sleep(0.2)
+            sampler.__exit__()
             poller.join(timeout=max(0.0, deadline - time.perf_counter()) + 5)
+            time.sleep(2)  # the offset commits behind the last hot-table commit
+            result["stacks"] = sampler.top()
         finally:
+            metrics.TRACE_STAGES = False
             _stop(job)
     finally:
         if trino is not None:
@@ -503,6 +695,7 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
         if median is not None:
             result["other_figures"].append({"name": f"Flink following Kafka at {arguments.latency_rate:,.0f} events/s: {name} p50",
                                             "value": median * 1000, "unit": "ms"})
+    result["stages"] = stage_breakdown(topic)
     result["other_figures"].append({"name": "Flink following Kafka: events committed in the latency run",
                                     "value": float(len(commits)), "unit": f"of {count}"})
     result["other_figures"].append({"name": "freshness: sampled events seen in the merged view",

@@ -26,3 +26,8 @@ ACK = "_ack"
 # revised by a late one. The event was dead-lettered when it arrived (its own row); a second
 # letter would hold a partial copy of it (speed/scoring.py, speed/sinks.py).
 ACK_ONLY = "_ack_only"
+# The event's first row, new to the hot table: its (event time, event id) follows everything its
+# entity's state holds, and state is seeded from silver and the hot table and sees every row this
+# job commits, so no row of the hot table has its id. The streaming sink appends such rows (one
+# writer, rows in the order state emitted them) instead of MERGEing them (speed/sinks.py).
+NEW = "_new"

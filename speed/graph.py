@@ -54,7 +54,9 @@ def build(pipeline: beam.Pipeline, options: SpeedOptions, settings: Settings, ka
     acks = [
         outputs[VALID]
         | "BatchForCommit" >> _CommitBatches(options, streaming)
-        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings)),
+        # Streaming: one writer gets the rows in state's order, so an event's first row is appended.
+        | "UpsertHotScores" >> beam.ParDo(UpsertHotScores(dataset, settings, append_new=streaming and options.hot_appends == "auto",
+                                                         compact_in_background=unbounded and options.hot_appends == "auto")),
         outputs[DEAD_LETTER]
         | "BatchDeadLetters" >> _CommitBatches(options, streaming)
         | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(settings)),

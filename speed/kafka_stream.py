@@ -151,6 +151,10 @@ class _FollowPartition(beam.DoFn):
         if gaps:
             yield beam.pvalue.TaggedOutput(GAPS, gaps)
         if messages:
+            if metrics.TRACE_STAGES:
+                polled = time.time()
+                metrics.STAGE_TIMES.extend(("arrived", source, arrived) for source, _, arrived in messages)
+                metrics.STAGE_TIMES.extend(("polled", source, polled) for source, _, _ in messages)
             self.messages.inc(len(messages))
             yield TimestampedValue(messages, messages[0][2])
         if stopped:
@@ -242,6 +246,8 @@ class _CommitFrontier(beam.DoFn):
             metrics.COMMITTED_OFFSET.labels(topic, partition).set(advanced)
             offsets = [TopicPartition(topic, int(partition), advanced)]
             retrying_coordinator(lambda: self.consumer.commit(offsets=offsets, asynchronous=False), f"commit offsets of {self.group}")
+            if metrics.TRACE_STAGES:
+                metrics.OFFSET_COMMITS.append((partition_key, next_offset, advanced, time.time()))
             self.commits.inc()
             log.debug("%s: committed offset %d for group %s (%d acknowledged beyond)", partition_key, advanced, self.group, len(pending))
 

@@ -87,6 +87,26 @@ LATENCY_SAMPLES: deque[tuple[str, float]] = deque(maxlen=500_000)
 SCORED_LATENCY_SAMPLES: deque[tuple[str, float]] = deque(maxlen=500_000)
 
 
+# Per-stage wall-clock times of each event, for a benchmark's breakdown of the latency
+# (bench/speed_bench.py --only latency): (stage, source, seconds since the epoch), recorded only
+# while TRACE_STAGES is on, in the process that runs the steps (LOOPBACK: the caller's).
+# Stages: arrived (the Kafka timestamp), polled, validated, featured, scored, sink_in, committed.
+TRACE_STAGES = False
+STAGE_TIMES: deque[tuple[str, str, float]] = deque(maxlen=2_000_000)
+# Kafka offset commits: (partition key "topic/partition", first offset, end offset, time).
+OFFSET_COMMITS: deque[tuple[str, int, int, float]] = deque(maxlen=200_000)
+
+
+def trace(stage: str, rows, source_key: str, at: float | None = None) -> None:
+    """Record `stage` at `at` (now) for each row (dict with the source under `source_key`)."""
+    if not TRACE_STAGES:
+        return
+    import time
+
+    at = time.time() if at is None else at
+    STAGE_TIMES.extend((stage, row.get(source_key), at) for row in rows)
+
+
 def samples_of(samples, topic: str) -> list[float]:
     """The latencies (seconds) of the events read from a Kafka topic."""
     prefix = f"kafka://{topic}/"

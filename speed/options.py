@@ -43,6 +43,11 @@ class SpeedOptions(PipelineOptions):
             "--commit_seconds", type=float, default=0.2,
             help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",
         )
+        parser.add_argument(
+            "--hot_appends", choices=("auto", "off"), default="auto",
+            help="auto: a streaming job appends each event's first row to the hot table and MERGEs only revisions "
+                 "and replays; off: every commit is a MERGE",
+        )
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
         parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")
         parser.add_argument(

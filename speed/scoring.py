@@ -4,6 +4,7 @@ registry changes."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -16,10 +17,29 @@ from lakehouse import registry, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, RAW, REVISION, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, NEW, RAW, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
+
+
+# The models of a registry version, shared by the DoFn instances of a process: the SDK harness
+# makes a new instance (setup) for each new bundle processor, and unpickling 1,000 models took
+# seconds of CPU in the middle of a followed stream (docs/benchmarks.md, "Speed"). A registry
+# version's models never change; only the newest version is kept.
+_MODELS: dict[tuple[str, str], tuple[int, dict]] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _models_of(settings: Settings, dataset: str, version: int) -> dict:
+    key = (str(settings.warehouse), dataset)
+    with _MODELS_LOCK:
+        cached = _MODELS.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        models = registry.load_latest(settings, dataset)
+        _MODELS[key] = (version, models)
+        return models
 
 
 class ScoreBatch(beam.DoFn):
@@ -55,7 +75,7 @@ class ScoreBatch(beam.DoFn):
         self.checked_at = now
         version = registry.registry_version(self.settings)
         if version is not None and version != self.loaded_version:
-            self.models = registry.load_latest(self.settings, self.dataset.name)
+            self.models = _models_of(self.settings, self.dataset.name, version)
             self.loaded_version = version
             self.reloads.inc()
             log.info("speed: loaded %d models of %s (registry version %s)", len(self.models), self.dataset.name, version)
@@ -106,6 +126,7 @@ class ScoreBatch(beam.DoFn):
                     ARRIVED_AT: record.get(ARRIVED_AT),
                     SOURCE: record.get(SOURCE),
                     ACK: record.get(ACK),
+                    NEW: record.get(NEW),
                     **system_tables.hot_row(
                         dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
                         scored_at=scored_at, revision=record.get(REVISION, 0),

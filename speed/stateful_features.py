@@ -16,7 +16,9 @@ their features in one call over arrays; anything else goes the per-event way bel
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import uuid
 import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, NamedTuple
@@ -33,13 +35,18 @@ from lakehouse.features import compute_features, features_from_windows, previous
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import acks, metrics
-from speed.carried_fields import ACK, REVISION, SOURCE
+from speed.carried_fields import ACK, NEW, REVISION, SOURCE
 from speed.history import recent_history
 
 log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+# The start-up history of the newest job in this process (ComputeFeatures.setup).
+_HISTORY: dict[str, tuple] = {}
+_HISTORY_LOCK = threading.Lock()
 
 
 def shard_of(entity_id: str, shards: int) -> int:
@@ -93,6 +100,7 @@ class ComputeFeatures(beam.DoFn):
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
+        self.job = uuid.uuid4().hex  # names this pipeline's instances (pickled with them)
         self.dataset = dataset
         self.settings = settings
         self.state_ttl_seconds = state_ttl_seconds
@@ -106,10 +114,19 @@ class ComputeFeatures(beam.DoFn):
     HISTORY_REFRESH_SECONDS = 30.0
 
     def setup(self) -> None:
-        # The version first: silver changing during the read then counts as changed.
-        self.silver_version = self._silver_version()
-        self.silver_checked_at = time.monotonic()
-        self.silver_history = recent_history(self.settings, self.dataset)
+        # The version first: silver changing during the read then counts as changed. Read once
+        # per job and process, shared by the instances the SDK harness makes for new bundle
+        # processors (it read all of it again, seconds of CPU, mid-stream): an entity is seeded
+        # from it only while it has no state in this job, so this job committed none of its rows
+        # (an expired entity, and silver changed since, read afresh; see _seed).
+        with _HISTORY_LOCK:
+            cached = _HISTORY.get(self.job)
+            if cached is None:
+                version = self._silver_version()
+                cached = (version, time.monotonic(), recent_history(self.settings, self.dataset))
+                _HISTORY.clear()  # the newest job's only: bounded memory
+                _HISTORY[self.job] = cached
+        self.silver_version, self.silver_checked_at, self.silver_history = cached
         self.full_history: set[str] = set()  # entities whose whole history has been read
         self.history_read_at: dict[str, float] = {}
         # When this worker's timer of each shard is due: setting a timer costs more than checking.
@@ -124,6 +141,7 @@ class ComputeFeatures(beam.DoFn):
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable[list[dict]]:
         shard, records = element
+        metrics.trace("keyed_in", records, SOURCE)
         entity = self.dataset.entity
         now = time.time()
         if self.state_ttl_seconds > 0 and self.timer_due.get(shard, 0.0) <= now:
@@ -206,7 +224,7 @@ class ComputeFeatures(beam.DoFn):
             revision = max(history.revision + 1, time.time_ns())
             for number, event in enumerate(events):
                 out.append({**event, "_features": features[start + number], REVISION: revision + number,
-                            ACK: (event.get(SOURCE), acks.unit(0, 1))})
+                            ACK: (event.get(SOURCE), acks.unit(0, 1)), NEW: True})
             start += len(events)
             yield entity_id, EntityHistory(
                 times=np.concatenate([history.times, times])[-kept:],

@@ -105,6 +105,15 @@ def upsert_by_key(uri: str, rows: pa.Table, key: str, newest: str | None = None,
     _with_retries(merge, f"upsert into {uri}")
 
 
+def append(uri: str, rows: pa.Table) -> None:
+    """Append rows whose keys the caller knows to be in no row of the table (a blind append: it
+    reads no data file, and concurrent writers never make it conflict)."""
+    if rows.num_rows == 0:
+        return
+    _with_retries(lambda: write_deltalake(uri, rows, mode="append", storage_options=storage.storage_options(uri)),
+                  f"append to {uri}")
+
+
 def insert_new(uri: str, rows: pa.Table, keys: list[str]) -> None:
     """Insert rows whose keys are not in the table yet (idempotent append)."""
     if rows.num_rows == 0:

@@ -56,6 +56,7 @@ class ParseAndValidate(beam.DoFn):
                     output[ARRIVED_AT] = arrived_at
                     output[SOURCE] = source
                     valid.append(output)
+        metrics.trace("validated", valid, SOURCE)
         self.prometheus_valid.inc(len(valid))
         if letters:
             self.prometheus_rejected.inc(len(letters))

@@ -159,3 +159,48 @@ def inputs_dataset():
     import schemas
 
     return schemas.load("sensor_events")
+
+
+def test_the_streaming_sink_appends_first_rows_and_merges_revisions_and_replays(tmp_path):
+    """The one streaming writer appends an event's first row (NEW: no row of the table has its id)
+    and MERGEs the rest: the table still holds one row per event id, the newest revision."""
+    from datetime import datetime, timedelta, timezone
+
+    import schemas
+    from lakehouse import system_tables
+    from lakehouse.settings import get_settings
+    from speed import tables
+    from speed.carried_fields import ACK, NEW
+    from speed.sinks import UpsertHotScores
+
+    settings = get_settings().model_copy(update={"warehouse": str(tmp_path / "warehouse")})
+    dataset = schemas.load("sensor_events")
+    uri = tables.hot_table_uri(settings, dataset)
+    tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
+    start = datetime(2024, 3, 1, tzinfo=timezone.utc)
+
+    def row(event_id: str, minute: int, revision: int, score: float, new: bool) -> dict:
+        record = {"event_id": event_id, "entity_id": "sensor-001", "event_time": start + timedelta(minutes=minute),
+                  "temperature": 50.0 + minute, "pressure": 5.0, "vibration": 2.0}
+        return {ACK: (f"kafka://t/0@{minute}", "0/1"), NEW: new or None, **system_tables.hot_row(
+            dataset, record, score=score, is_anomaly=False, model_version=1, scored_at=start, revision=revision)}
+
+    sink = UpsertHotScores(dataset, settings, append_new=True)
+    sink.setup()
+    acknowledged = list(sink.process([row("a", 1, 1, 0.1, True), row("b", 2, 2, 0.2, True), row("c", 3, 3, 0.3, True)]))
+    table = DeltaTable(uri)
+    assert table.history(1)[0]["operation"] == "WRITE"  # an append: no MERGE read the table
+    assert len(acknowledged) == 1 and len(acknowledged[0]) == 3
+    # A revision of a (late event before it), a replay of b with an older revision, a new event d.
+    list(sink.process([row("a", 1, 9, 0.9, False), row("b", 2, 1, 0.5, False), row("d", 4, 10, 0.4, True)]))
+    operations = [entry["operation"] for entry in DeltaTable(uri).history(2)]
+    assert sorted(operations) == ["MERGE", "WRITE"]
+    hot = DeltaTable(uri).to_pandas().set_index("event_id").sort_index()
+    assert hot.index.is_unique and list(hot.index) == ["a", "b", "c", "d"]
+    assert hot.loc["a", "score"] == 0.9 and hot.loc["a", "revision"] == 9
+    assert hot.loc["b", "score"] == 0.2 and hot.loc["b", "revision"] == 2  # the older revision lost
+    # Without append_new (bounded runs: parallel writers), every commit is a MERGE.
+    bounded = UpsertHotScores(dataset, settings)
+    bounded.setup()
+    list(bounded.process([row("e", 5, 11, 0.5, True)]))
+    assert DeltaTable(uri).history(1)[0]["operation"] == "MERGE"

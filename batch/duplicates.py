@@ -40,30 +40,11 @@ WRITE, DUPLICATE, CONFLICT = "write", "duplicate", "conflict"
 
 @dataclass
 class Resolution:
-    """One run's valid records sorted out against silver: each record's OUTCOME decided once.
+    """One run's valid records sorted out against silver: each record's OUTCOME decided once, so
+    the three parts and their counts come from one pass (persist `judged`)."""
 
-    Only records whose event id is *contested* (it repeats in the run, or silver holds it) need the
-    window that ranks versions; every other valid record is written as it is. `contested` holds the
-    contested records with their OUTCOME (persist it: it feeds the counts, the conflicts and the
-    writes); `uncontested` the others, all of them writes."""
-
-    uncontested: DataFrame | None  # valid records whose id is neither repeated nor in silver (None: there are none)
-    contested: DataFrame | None  # the other valid records, with OUTCOME (None: there are none)
+    judged: DataFrame  # every valid record with its OUTCOME (write, duplicate or conflict)
     superseded: DataFrame | None  # silver versions the run replaces (`latest`), as quarantine-ready records
-    contested_ids: DataFrame | None = None  # the contested event ids (persisted by resolve)
-
-    @property
-    def judged(self) -> DataFrame:
-        """Every valid record with its OUTCOME (write, duplicate or conflict)."""
-        parts = [part for part in (self._uncontested_judged(), self.contested) if part is not None]
-        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
-
-    def _uncontested_judged(self) -> DataFrame | None:
-        if self.uncontested is None:
-            return None
-        return (self.uncontested.withColumn(OUTCOME, F.lit(WRITE))
-                .withColumn(FAILED_RULES, F.lit(None).cast("array<string>"))
-                .withColumn(ERRORS, F.lit(None).cast("array<string>")))
 
     @property
     def writes(self) -> DataFrame:
@@ -78,29 +59,12 @@ class Resolution:
     @property
     def conflicts(self) -> DataFrame:
         """The run's records that lost to another version, with _failed_rules, _errors, _raw."""
-        if self.contested is None:
-            return self._uncontested_judged().limit(0).drop(OUTCOME)
-        return self.contested.where(F.col(OUTCOME) == CONFLICT).drop(OUTCOME)
-
-    def persist(self) -> "Resolution":
-        if self.contested is not None:
-            self.contested = self.contested.persist()
-        return self
-
-    def unpersist(self) -> None:
-        for frame in (self.contested, self.contested_ids):
-            if frame is not None:
-                frame.unpersist()
+        return self.judged.where(F.col(OUTCOME) == CONFLICT).drop(OUTCOME)
 
     def counts(self) -> dict[str, int]:
-        """Records per outcome: the uncontested ones counted, the contested ones aggregated."""
-        found = {WRITE: 0, DUPLICATE: 0, CONFLICT: 0}
-        if self.uncontested is not None:
-            found[WRITE] += self.uncontested.count()
-        if self.contested is not None:
-            for row in self.contested.groupBy(OUTCOME).count().collect():
-                found[row[OUTCOME]] += int(row["count"])
-        return found
+        """Records per outcome (one aggregation over `judged`)."""
+        found = {row[OUTCOME]: int(row["count"]) for row in self.judged.groupBy(OUTCOME).count().collect()}
+        return {outcome: found.get(outcome, 0) for outcome in (WRITE, DUPLICATE, CONFLICT)}
 
 
 def values_hash(dataset: Dataset) -> Column:
@@ -108,38 +72,9 @@ def values_hash(dataset: Dataset) -> Column:
     return F.sha2(F.to_json(F.struct(*[F.col(field.name) for field in dataset.fields])), 256)
 
 
-_CONTESTED = "_contested"
-
-
 def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Resolution:
     """Sort a run's valid records (declared fields, SOURCE_FILE, LINE_NUMBER, RAW) into writes,
-    duplicates and conflicts; `silver` is the table as it is (None when it does not exist yet).
-
-    The contested ids (repeated in the run, or in silver) are found first, from the ids alone (an
-    aggregation of the run's ids, joined with silver's), and collected once: usually a few, so
-    the records are split by a broadcast join and only theirs are ranked."""
-    key = dataset.event_id
-    ids = valid.groupBy(key).agg(F.count(F.lit(1)).alias("_records"))
-    if silver is not None:
-        ids = ids.join(silver.select(key).withColumn("_in_silver", F.lit(True)), key, "left")
-        contested_ids = ids.where((F.col("_records") > 1) | F.col("_in_silver").isNotNull()).select(key)
-    else:
-        contested_ids = ids.where(F.col("_records") > 1).select(key)
-    contested_ids = contested_ids.persist()
-    if contested_ids.count() == 0:
-        contested_ids.unpersist()
-        return Resolution(uncontested=valid, contested=None, superseded=None)
-    marked = valid.join(contested_ids.withColumn(_CONTESTED, F.lit(True)), key, "left")
-    uncontested = marked.where(F.col(_CONTESTED).isNull()).drop(_CONTESTED)
-    records = marked.where(F.col(_CONTESTED).isNotNull()).drop(_CONTESTED)
-    if silver is not None:
-        silver = silver.join(contested_ids, key, "left_semi")
-    judged, superseded = _judge(records, silver, dataset)
-    return Resolution(uncontested=uncontested, contested=judged, superseded=superseded, contested_ids=contested_ids)
-
-
-def _judge(records: DataFrame, silver: DataFrame | None, dataset: Dataset) -> tuple[DataFrame, DataFrame | None]:
-    """Each contested record's OUTCOME, and the silver versions the run replaces (`latest`)."""
+    duplicates and conflicts; `silver` is the table as it is (None when it does not exist yet)."""
     key = dataset.event_id
     latest = dataset.duplicates == "latest"
     order = [F.col(SOURCE_FILE), F.col(LINE_NUMBER)]
@@ -148,7 +83,7 @@ def _judge(records: DataFrame, silver: DataFrame | None, dataset: Dataset) -> tu
     # in the policy's order), so the winners need no join of their own; silver's version, where it
     # has one, is joined on the same key (one row per id in silver).
     by_id = Window.partitionBy(key).orderBy(*order)
-    records = records.withColumn(VALUES, values_hash(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
+    records = valid.withColumn(VALUES, values_hash(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
         "_run_values", F.first(VALUES).over(by_id)
     )
     if silver is not None:
@@ -177,7 +112,7 @@ def _judge(records: DataFrame, silver: DataFrame | None, dataset: Dataset) -> tu
         .withColumn(ERRORS, F.when(conflict, F.array(message)))
     )
     superseded = _superseded(silver, winners, dataset) if latest and silver is not None else None
-    return judged.drop(VALUES, _RANK, "_run_values", _WINNER_VALUES, _SILVER_VALUES), superseded
+    return Resolution(judged=judged.drop(VALUES, _RANK, "_run_values", _WINNER_VALUES, _SILVER_VALUES), superseded=superseded)
 
 
 def _superseded(silver: DataFrame, winners: DataFrame, dataset: Dataset) -> DataFrame:

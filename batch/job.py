@@ -206,7 +206,7 @@ def _run_steps(
         # event_id.conflict). Losers are quarantined before silver changes, so a crash in between
         # loses none of them and a re-run finds them under the same keys.
         resolution = duplicates.resolve(valid, tables.read_silver(spark, dataset, settings), dataset)
-        resolution.persist()
+        judged = resolution.judged.persist()
         counts = resolution.counts()
         record.duplicate_rows, record.conflict_rows = counts[duplicates.DUPLICATE], counts[duplicates.CONFLICT]
         writes, conflicts = resolution.writes, resolution.conflicts
@@ -225,7 +225,7 @@ def _run_steps(
         written = tables.merge_silver(spark, writes, dataset, settings, record.run_id)
         if written != record.valid_rows:
             raise CountMismatchError(f"silver took {written} row(s) of the {record.valid_rows} the run wrote (Delta's own count)")
-        resolution.unpersist()
+        judged.unpersist()
     validated.unpersist()
 
     silver = spark.read.format("delta").load(settings.table_uri(dataset.name, constants.SILVER))

@@ -100,6 +100,16 @@ def _write_lines(lines: list[str], path: Path) -> Path:
     return path
 
 
+def _train_on_history(settings, arguments, folder: Path) -> pd.DataFrame:
+    """The bench's history (`--history-days` of every sensor), written and run through the batch
+    layer, which trains the models the speed runs score with; returns the history."""
+    start = pd.Timestamp("2024-01-01T00:00:00Z")
+    history = live_events(arguments.sensors, int(arguments.sensors * 288 * arguments.history_days), start, seed=5)
+    history_file = _write_lines(json_lines(history), folder / "history.jsonl")
+    run_batch(DATASET, [str(history_file)], settings=settings, spark=spark_session(settings))
+    return history
+
+
 def _percentile(samples, q: float) -> float | None:
     values = np.asarray(list(samples), dtype=float)
     return float(np.percentile(values, q)) if values.size else None
@@ -147,10 +157,7 @@ def run(argv: list[str] | None = None) -> dict:
     loads: dict[str, str] = {"start": report.load_note()}
     started_here = []
     try:
-        start = pd.Timestamp("2024-01-01T00:00:00Z")
-        history = live_events(arguments.sensors, int(arguments.sensors * 288 * arguments.history_days), start, seed=5)
-        history_file = _write_lines(json_lines(history), folder / "history.jsonl")
-        run_batch(DATASET, [str(history_file)], settings=settings, spark=spark_session(settings))
+        history = _train_on_history(settings, arguments, folder)
         newest = history.event_time.max()
         stream = live_events(arguments.sensors, arguments.events, newest, seed=6)
         replay = _write_lines(json_lines(stream), folder / "stream.jsonl")
@@ -251,11 +258,7 @@ def _only_latency(arguments) -> dict:
         if trained.exists():
             after = pd.Timestamp(json.loads(trained.read_text())["newest"])
         else:
-            start = pd.Timestamp("2024-01-01T00:00:00Z")
-            history = live_events(arguments.sensors, int(arguments.sensors * 288 * arguments.history_days), start, seed=5)
-            history_file = _write_lines(json_lines(history), folder / "history.jsonl")
-            run_batch(DATASET, [str(history_file)], settings=settings, spark=spark_session(settings))
-            after = history.event_time.max()
+            after = _train_on_history(settings, arguments, folder).event_time.max()
             trained.write_text(json.dumps({"newest": after.isoformat()}))
         hot = settings.table_uri(DATASET, constants.HOT_SCORES)
         if storage.table_exists(hot):

@@ -43,7 +43,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from speed.stateful_features import instant, micros, shard_of
+from speed.stateful_features import insertion_point, instant, micros, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class FlagAlerts(beam.DoFn):
         beyond: list[dict] = []
         for index, row in enumerate(incoming):
             key = (times[index], ids[index])
-            position = _insertion_point(history.times, history.ids, key)
+            position = insertion_point(history.times, history.ids, key)
             if position < len(history.times) and (history.times[position], history.ids[position]) == key:
                 if history.hot[position] and row[REVISION] < history.revisions[position]:
                     placed.setdefault(ids[index], row)  # an older version: flagged, the table keeps the newer
@@ -203,7 +203,7 @@ class FlagAlerts(beam.DoFn):
                 row[IS_ALERT] = self._alert_from_tables(entity_id, row)
             else:
                 key = (micros(row[self.dataset.event_time]), row[self.dataset.event_id])
-                row[IS_ALERT] = bool(history.alerts[_insertion_point(history.times, history.ids, key)])
+                row[IS_ALERT] = bool(history.alerts[insertion_point(history.times, history.ids, key)])
             out.append(row)
         return self._trim(history)
 
@@ -391,15 +391,6 @@ def _replace_at(history: AlertHistory, position: int, new: AlertHistory) -> Aler
         array[position] = more[0]
     arrays[3][position] = history.alerts[position]  # the flag last written, to see whether it changes
     return AlertHistory(*arrays, complete=history.complete, seen_at=history.seen_at)
-
-
-def _insertion_point(times: np.ndarray, ids: np.ndarray, key: tuple) -> int:
-    if not len(times) or (times[-1], ids[-1]) < key:
-        return len(times)
-    position = len(times)
-    while position > 0 and (times[position - 1], ids[position - 1]) >= key:
-        position -= 1
-    return position
 
 
 def shard_rows(rows: list[dict], entity: str, shards: int):

@@ -241,7 +241,7 @@ class ComputeFeatures(beam.DoFn):
         window = dataset.features.window
         times, ids, values, revision, complete, seen_at = history
         key = (micros(record[dataset.event_time]), record[dataset.event_id])
-        position = _insertion_point(times, ids, key)
+        position = insertion_point(times, ids, key)
         revision = max(revision + 1, time.time_ns())
         if position < window and not complete:
             # Its window reaches before the oldest event in state (a re-sent old event, or one
@@ -331,7 +331,7 @@ class ComputeFeatures(beam.DoFn):
     def _locate(self, entity_id: str, record: dict, count: int):
         times, ids, values = self.silver_history.get(entity_id, self._no_history())
         key = (micros(record[self.dataset.event_time]), record[self.dataset.event_id])
-        position = _insertion_point(times, ids, key)
+        position = insertion_point(times, ids, key)
         return times, ids, values, max(0, position - count), position
 
     def _seed(self, entity_id: str, record: dict, *, expired: bool = False) -> EntityHistory:
@@ -379,7 +379,8 @@ def _previous(values: np.ndarray, history: np.ndarray, window: int) -> np.ndarra
     return previous_windows(values, history, window)
 
 
-def _insertion_point(times, ids, key: tuple) -> int:
+def insertion_point(times, ids, key: tuple) -> int:
+    """Where (event time, event id) `key` goes in an entity's ordered arrays (speed/alert_flags.py too)."""
     # Fast path: in-order arrival appends at the end.
     if not len(times) or (times[-1], ids[-1]) < key:
         return len(times)

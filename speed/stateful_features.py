@@ -157,7 +157,7 @@ class ComputeFeatures(beam.DoFn):
         for entity_id, events in by_entity.items():
             history = entities.get(entity_id)
             if history is None:
-                history = self._seed(entity_id, events[0], expired=entity_id in expired)
+                history = self._seed(entity_id, expired=entity_id in expired)
                 expired.discard(entity_id)
             new = self._appendable(history, events)
             if new is None:
@@ -292,9 +292,9 @@ class ComputeFeatures(beam.DoFn):
         event_times = np.array([micros(event_time)], dtype=np.int64).astype("datetime64[us]")
         return compute_features(self.dataset, row, event_times, history)[0]
 
-    def _before(self, entity_id: str, record: dict, count: int):
-        """The entity's newest `count` events before this one in its known history, and whether
-        that reaches back to its first known event."""
+    def _before(self, entity_id: str, record: dict | None, count: int):
+        """The entity's newest `count` events before this one (record None: its newest `count`
+        events) in its known history, and whether that reaches back to its first known event."""
         times, ids, values, start, position = self._locate(entity_id, record, count)
         if start == 0 and entity_id not in self.full_history:
             # Fewer than `count` events before this one in the start-up history: the entity is
@@ -330,12 +330,19 @@ class ComputeFeatures(beam.DoFn):
 
     def _locate(self, entity_id: str, record: dict, count: int):
         times, ids, values = self.silver_history.get(entity_id, self._no_history())
+        if record is None:
+            return times, ids, values, max(0, len(times) - count), len(times)
         key = (micros(record[self.dataset.event_time]), record[self.dataset.event_id])
         position = insertion_point(times, ids, key)
         return times, ids, values, max(0, position - count), position
 
-    def _seed(self, entity_id: str, record: dict, *, expired: bool = False) -> EntityHistory:
-        """Initial state of an entity: its newest 2 x window known events before this one (speed/history.py).
+    def _seed(self, entity_id: str, *, expired: bool = False) -> EntityHistory:
+        """Initial state of an entity: its newest 2 x window known events (speed/history.py).
+
+        The newest, not those before the first event seen: after a restart that event may be one
+        the killed job had already committed (its Kafka offset had not moved yet). Seeded with only
+        the events before it, state took it for a new event and the hot table got its row twice
+        through the append path (NEW); seeded with it, it is a replay, upserted by key.
 
         From the history read at start-up, unless that may lack the entity's events: when its
         state expired (this job then committed rows of it to the hot table since), or when silver
@@ -345,7 +352,7 @@ class ComputeFeatures(beam.DoFn):
         refreshed = expired or self._silver_changed()
         if refreshed:
             self._refresh_history(entity_id, "state expired" if expired else "silver changed since start-up")
-        times, ids, values, complete = self._before(entity_id, record, 2 * self.dataset.features.window)
+        times, ids, values, complete = self._before(entity_id, None, 2 * self.dataset.features.window)
         if refreshed:
             # State holds what is needed from now on; the worker keeps no copy (bounded memory).
             self.silver_history.pop(entity_id, None)

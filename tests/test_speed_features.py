@@ -119,3 +119,38 @@ def test_an_event_resent_after_it_left_the_state_takes_its_history_from_the_tabl
     expected = dict(zip([event["event_id"] for event in events], compute_features(dataset, values, times).tolist()))
     for event_id, features in emitted:
         np.testing.assert_array_equal(features, expected[event_id])
+
+
+def test_events_the_hot_table_holds_are_replays_after_a_restart(warehouse, tmp_path):
+    """A killed job committed rows whose Kafka offsets had not moved: its successor reads them again.
+
+    State is seeded from the tables, so those events are replays (upserted by key), not new events
+    (NEW rows are appended blindly: the hot table would hold them twice); the events after them are new.
+    """
+    import pyarrow as pa
+
+    from speed import tables
+    from speed.carried_fields import NEW
+
+    dataset = schemas.load("sensor_events")
+    events = _events(130)
+    committed = events[:120]
+    hot = [{**event, "score": 0.0, "is_anomaly": False, "model_version": 1, "scored_at": event["event_time"], "revision": 1}
+           for event in committed]
+    hot_uri = tables.hot_table_uri(warehouse, dataset)
+    tables.ensure_table(hot_uri, system_tables.hot_scores_schema(dataset))
+    tables.upsert_by_key(hot_uri, pa.Table.from_pylist(hot, schema=system_tables.hot_scores_schema(dataset)), "event_id")
+    output = tmp_path / "flags"
+    with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
+        (
+            pipeline
+            # The successor resumes at the last committed offset: events 110 to 119 again, then new ones.
+            | beam.Create(_batches(events[110:], [6, 4, 10]), reshuffle=False)
+            | beam.ParDo(ComputeFeatures(dataset, warehouse))
+            | beam.FlatMap(lambda featured: [(row["event_id"], bool(row.get(NEW))) for row in featured])
+            | beam.Map(repr)
+            | beam.io.WriteToText(str(output), shard_name_template="")
+        )
+    emitted = dict(eval(line) for line in open(output))  # noqa: S307 - our own repr output
+    assert set(emitted) == {event["event_id"] for event in events[110:]}
+    assert {event_id for event_id, new in emitted.items() if new} == {event["event_id"] for event in events[120:]}

@@ -44,12 +44,13 @@ class SpeedOptions(PipelineOptions):
             help="streaming: longest wait to fill a commit batch (one writer per table, no commit conflicts)",
         )
         parser.add_argument(
-            # Off by default: with appends on, the SIGKILL follow test (tests/test_speed_follow.py) once
-            # found an event twice in the hot table after the restart (CI check of 2026-12-02); every
-            # commit a MERGE keeps exactly-once until that is understood (docs/benchmarks.md, "Speed").
-            "--hot_appends", choices=("auto", "off"), default="off",
+            # An event's first row is appended only when state says the table has none: state is
+            # seeded with each entity's newest known rows, so rows a killed job committed before
+            # its offsets moved are replays after the restart, upserted by key
+            # (speed/stateful_features._seed; the SIGKILL follow test checks it).
+            "--hot_appends", choices=("auto", "off"), default="auto",
             help="auto: a streaming job appends each event's first row to the hot table and MERGEs only revisions "
-                 "and replays (faster commits; see the known defect in docs/benchmarks.md); off: every commit is a MERGE",
+                 "and replays (faster commits); off: every commit is a MERGE",
         )
         parser.add_argument("--model_reload_seconds", type=float, default=30.0, help="how often to look for new models")
         parser.add_argument("--alerts_topic", help="publish anomalies to this Kafka topic (created if missing)")

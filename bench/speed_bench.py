@@ -103,6 +103,9 @@ def _write_lines(lines: list[str], path: Path) -> Path:
 def _train_on_history(settings, arguments, folder: Path) -> pd.DataFrame:
     """The bench's history (`--history-days` of every sensor), written and run through the batch
     layer, which trains the models the speed runs score with; returns the history."""
+    from app.wiring import spark_session
+    from batch.job import run_batch
+
     start = pd.Timestamp("2024-01-01T00:00:00Z")
     history = live_events(arguments.sensors, int(arguments.sensors * 288 * arguments.history_days), start, seed=5)
     history_file = _write_lines(json_lines(history), folder / "history.jsonl")
@@ -140,8 +143,6 @@ def run(argv: list[str] | None = None) -> dict:
     if arguments.only:
         return _only_latency(arguments)
 
-    from app.wiring import spark_session
-    from batch.job import run_batch
     from lakehouse.settings import get_settings
     from local_services.flink import FlinkJobServer
     from local_services.kafka import KafkaBroker
@@ -239,8 +240,6 @@ def run(argv: list[str] | None = None) -> dict:
 def _only_latency(arguments) -> dict:
     """`--only latency`: the latency run alone (items 2 and 3), its stages broken down; the JSON
     keeps the `targets` keys, the others null with their reason."""
-    from app.wiring import spark_session
-    from batch.job import run_batch
     from lakehouse import constants, storage
     from lakehouse.settings import get_settings
     from local_services.flink import FlinkJobServer
@@ -570,6 +569,31 @@ def _produce_elsewhere(path: Path, topic: str, rate: float, settings) -> int:
         return pool.apply(_produce_file, (str(path), topic, rate, settings.model_dump()))
 
 
+def _produce_timed(path: str, topic: str, rate: float, every: int, event_id: str, settings: dict) -> dict[str, float]:
+    """Send a file's lines at `rate`; every `every`-th is flushed on its own and its send time
+    (wall clock: compared in another process) returned by event id."""
+    from confluent_kafka import Producer
+
+    from lakehouse.settings import Settings
+
+    dataset = schemas.load(DATASET)
+    producer = Producer({"bootstrap.servers": Settings(**settings).kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    sampled: dict[str, float] = {}
+    started = time.perf_counter()
+    for index, line in enumerate(Path(path).read_text().splitlines()):
+        record = json.loads(line)
+        producer.produce(topic, value=line.encode(), key=record[dataset.entity].encode())
+        if index % every == 0:
+            producer.flush(10)
+            sampled[record[event_id]] = time.time()
+        producer.poll(0)
+        ahead = (index + 1) / rate - (time.perf_counter() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush(60)
+    return sampled
+
+
 def _produce_file(path: str, topic: str, rate: float, settings: dict) -> int:
     from lakehouse.settings import Settings
     from speed.produce import produce
@@ -602,8 +626,6 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
     """Items 2 and 3: one Flink job following a topic fed at the latency rate; every Nth event is
     also timed from its send to its row in Trino's merged view. The serving bench calls it too,
     with the Trino it already runs (`trino_settings`), so freshness is measured one way only."""
-    from confluent_kafka import Producer
-
     from local_services.trino import TrinoServer
     from serving import trino_client, views
     from speed import metrics
@@ -621,58 +643,56 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             views.refresh(DATASET, trino_settings)
             count = int(arguments.latency_rate * arguments.latency_seconds)
             lines = json_lines(live_events(arguments.sensors, count, after, seed=seeds + 1))
-            producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
-            sampled: dict[str, float] = {}  # event id -> send time, of the events timed in Trino
+            lines_file = _write_lines(lines, Path(settings.warehouse).parent / f"{topic}-latency.jsonl")
+            # The events timed in Trino: every Nth, known before they are sent; their send times
+            # (wall clock) come back from the producer's process.
+            planned = {json.loads(lines[index])[dataset.event_id]: index / arguments.latency_rate
+                       for index in range(0, count, arguments.freshness_every)}
             seen: dict[str, float] = {}
-            lock = threading.Lock()
             sending = threading.Event()
             sending.set()
 
             def poll_trino() -> None:
-                while sending.is_set() or (set(sampled) - set(seen)):
-                    with lock:
-                        pending = [event_id for event_id in sampled if event_id not in seen]
+                while sending.is_set() or (set(planned) - set(seen)):
+                    elapsed = time.time() - began
+                    pending = [event_id for event_id, due in planned.items() if event_id not in seen and due <= elapsed]
                     if pending:
                         marks = ", ".join("?" for _ in pending)
                         found = trino_client.query(
                             f"SELECT {dataset.event_id} AS event_id FROM {DATASET}.merged WHERE {dataset.event_id} IN ({marks})",
                             pending, settings=trino_settings, role="analyst",
                         )
-                        now = time.perf_counter()
-                        with lock:
-                            for event_id in found.event_id:
-                                seen.setdefault(event_id, now)
-                    if time.perf_counter() > deadline:
+                        now = time.time()
+                        for event_id in found.event_id:
+                            seen.setdefault(event_id, now)
+                    if time.time() > deadline:
                         return
                     time.sleep(0.05)
 
-            deadline = time.perf_counter() + arguments.latency_seconds + 120
-            poller = threading.Thread(target=poll_trino, daemon=True)
             metrics.LATENCY_SAMPLES.clear()
             metrics.SCORED_LATENCY_SAMPLES.clear()
             metrics.STAGE_TIMES.clear()
             metrics.OFFSET_COMMITS.clear()
             metrics.TRACE_STAGES = True
-            poller.start()
             sampler = StackSampler().__enter__()
-            started = time.perf_counter()
-            for index, line in enumerate(lines):
-                record = json.loads(line)
-                producer.produce(topic, value=line.encode(), key=record[dataset.entity].encode())
-                if index % arguments.freshness_every == 0:
-                    producer.flush(10)
-                    with lock:
-                        sampled[record[dataset.event_id]] = time.perf_counter()
-                producer.poll(0)
-                ahead = (index + 1) / arguments.latency_rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-            producer.flush(60)
+            # The producer runs in a process of its own, as a real one would: in this process it
+            # took the interpreter lock from the pipeline's Python workers (LOOPBACK runs them
+            # here) and its own lag showed as the pipeline's.
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(1) as pool:
+                sending_job = pool.apply_async(_produce_timed, (str(lines_file), topic, arguments.latency_rate, arguments.freshness_every,
+                                                                dataset.event_id, settings.model_dump()))
+                began = time.time()
+                deadline = began + arguments.latency_seconds + 120
+                poller = threading.Thread(target=poll_trino, daemon=True)
+                poller.start()
+                sampled = sending_job.get(timeout=arguments.latency_seconds + 300)
             sending.clear()
-            while len(metrics.samples_of(metrics.LATENCY_SAMPLES, topic)) < count and time.perf_counter() < deadline:
+            while len(metrics.samples_of(metrics.LATENCY_SAMPLES, topic)) < count and time.time() < deadline:
                 time.sleep(0.2)
             sampler.__exit__()
-            poller.join(timeout=max(0.0, deadline - time.perf_counter()) + 5)
+            poller.join(timeout=max(0.0, deadline - time.time()) + 5)
             time.sleep(2)  # the offset commits behind the last hot-table commit
             result["stacks"] = sampler.top()
         finally:

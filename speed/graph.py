@@ -11,15 +11,14 @@ import schemas
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import kafka_stream
-from speed.alert_flags import FlagAlerts, shard_rows
 from speed.alerts import PublishAlerts
 from speed.coding import Records
 from speed.kafka_source import ReadKafkaRange
 from speed.options import SpeedOptions, consumer_group, kafka_bootstrap, landing_enabled
 from speed.replay_source import ReadReplay
-from speed.scoring import ScoreBatch
+from speed.shard_step import ScoreShard
 from speed.sinks import UpsertHotScores, WriteDeadLetters, WriteLanding
-from speed.stateful_features import ComputeFeatures, shard_of
+from speed.stateful_features import shard_of
 from speed.validate import DEAD_LETTER, ParseAndValidate
 
 VALID = "valid"
@@ -158,20 +157,13 @@ class ScoreEvents(beam.PTransform):
         parsed = batches | "ParseAndValidate" >> beam.ParDo(ParseAndValidate(dataset)).with_output_types(Records).with_outputs(
             DEAD_LETTER, main=VALID
         )
-        featured = (
+        # Features, scores and alert flags of a shard in one keyed step (speed/shard_step.py).
+        scored = (
             parsed[VALID]
             | "ShardByEntity" >> beam.FlatMap(shard_batch, dataset.entity, self.state_shards).with_output_types(tuple[int, Records])
-            | "ComputeFeatures" >> beam.ParDo(ComputeFeatures(dataset, self.settings, self.state_ttl_seconds)).with_output_types(Records)
-        )
-        scored = featured | "Score" >> beam.ParDo(ScoreBatch(dataset, self.settings, self.reload_seconds)).with_output_types(
-            Records
-        ).with_outputs(DEAD_LETTER, main=VALID)
-        # Each row's `is_alert` from its entity's previous flags, kept per shard like the features'
-        # history (speed/alert_flags.py); a late event's later rows written again when it changes theirs.
-        flagged = (
-            scored[VALID]
-            | "ShardScored" >> beam.FlatMap(shard_rows, dataset.entity, self.state_shards).with_output_types(tuple[int, Records])
-            | "FlagAlerts" >> beam.ParDo(FlagAlerts(dataset, self.settings, self.state_ttl_seconds)).with_output_types(Records)
+            | "ScoreShard" >> beam.ParDo(ScoreShard(dataset, self.settings, reload_seconds=self.reload_seconds,
+                                                    state_ttl_seconds=self.state_ttl_seconds))
+            .with_output_types(Records).with_outputs(DEAD_LETTER, main=VALID)
         )
         dead_letters = (parsed[DEAD_LETTER], scored[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-        return {VALID: flagged, DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}
+        return {VALID: scored[VALID], DEAD_LETTER: dead_letters, LANDING: parsed[VALID]}

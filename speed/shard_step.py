@@ -1,0 +1,64 @@
+"""The speed layer's keyed step: a shard's features, scores and alert flags in one stateful DoFn.
+
+Features (speed/stateful_features.py) and alert flags (speed/alert_flags.py) both keep per-entity
+state under the same shard key; scoring between them needs no state. As three steps, each batch
+of rows crossed the runner twice: shuffled to the features' shard, then shuffled again to the
+alert flags' shard after scoring, every row pickled and sent once more. The latency trace showed
+that second shuffle as most of the time between scored and the hot-table sink (docs/benchmarks.md,
+"Speed"). Here one element of a shard goes through all three in one call; each part keeps its own
+state cell and its own code, and is still a DoFn of its own for the tests that run it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+
+from lakehouse.settings import Settings
+from schemas.declaration import Dataset
+from speed.alert_flags import FlagAlerts
+from speed.scoring import ScoreBatch
+from speed.stateful_features import ComputeFeatures
+
+
+class ScoreShard(beam.DoFn):
+    """(shard, valid records) -> lists of scored rows with `is_alert` (main output) and lists of
+    dead letters (tag `dead_letter`: entities without a model)."""
+
+    # Specs of their own, like the parts' (a timer spec takes one callback, here this class's).
+    FEATURES = ReadModifyWriteStateSpec("entities", PickleCoder())
+    ALERTS = ReadModifyWriteStateSpec("alerts", PickleCoder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+
+    def __init__(self, dataset: Dataset, settings: Settings, *, reload_seconds: float = 30.0, state_ttl_seconds: float = 0.0) -> None:
+        self.features = ComputeFeatures(dataset, settings, state_ttl_seconds)
+        self.scoring = ScoreBatch(dataset, settings, reload_seconds)
+        self.flags = FlagAlerts(dataset, settings, state_ttl_seconds)
+
+    def setup(self) -> None:
+        for part in (self.features, self.scoring, self.flags):
+            part.setup()
+
+    def process(
+        self,
+        element: tuple[int, list[dict]],
+        features=beam.DoFn.StateParam(FEATURES),
+        alerts=beam.DoFn.StateParam(ALERTS),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterable:
+        shard = element[0]
+        for featured in self.features.process(element, state=features, expiry=expiry):
+            for output in self.scoring.process(featured):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield output
+                else:
+                    yield from self.flags.process((shard, output), state=alerts)
+
+    @on_timer(EXPIRY)
+    def expire(self, key=beam.DoFn.KeyParam, features=beam.DoFn.StateParam(FEATURES), expiry=beam.DoFn.TimerParam(EXPIRY)):
+        # The features' state expires by its timer; the alert flags' on their entity's next rows.
+        return self.features.expire(key=key, state=features, expiry=expiry)

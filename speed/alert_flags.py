@@ -43,6 +43,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
+from speed import metrics
 from speed.stateful_features import insertion_point, instant, micros, shard_of
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,7 @@ class FlagAlerts(beam.DoFn):
         entity = self.dataset.entity
         now = time.time()
         entities, expired = state.read() or ({}, set())
-        if self.state_ttl_seconds > 0:
-            for entity_id in [name for name, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]:
-                del entities[entity_id]
-                expired.add(entity_id)
+        self._expire(entities, expired, now)
         by_entity: dict[str, list[dict]] = {}
         for row in rows:
             by_entity.setdefault(row[entity], []).append(row)
@@ -137,6 +135,27 @@ class FlagAlerts(beam.DoFn):
             entities[entity_id] = history._replace(seen_at=now)
         state.write((entities, expired))
         yield out
+
+    def expire_silent(self, state) -> int:
+        """Expire the entities silent for the TTL now (the keyed step's timer, speed/shard_step.py);
+        returns how many entities the shard still holds."""
+        entities, expired = state.read() or ({}, set())
+        if self._expire(entities, expired, time.time()):
+            state.write((entities, expired))
+        return len(entities)
+
+    def _expire(self, entities: dict, expired: set, now: float) -> int:
+        """Drop the histories of entities silent for the TTL, keeping their names (their next row
+        re-reads the tables); returns how many."""
+        if self.state_ttl_seconds <= 0:
+            return 0
+        silent = [name for name, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]
+        for entity_id in silent:
+            del entities[entity_id]
+            expired.add(entity_id)
+        if silent:
+            metrics.ALERT_STATE_EXPIRED.labels(self.dataset.name).inc(len(silent))
+        return len(silent)
 
     # --- flagging ---
 

@@ -78,6 +78,9 @@ COMMITTED_OFFSET = Gauge(
 STATE_EXPIRED = Counter(
     "lakehouse_speed_entity_state_expired", "Entities whose feature state expired after inactivity.", ["dataset"], registry=REGISTRY
 )
+ALERT_STATE_EXPIRED = Counter(
+    "lakehouse_speed_alert_state_expired", "Entities whose alert-flag state expired after inactivity.", ["dataset"], registry=REGISTRY
+)
 
 # The newest arrival-to-commit latencies, exact, for benchmarks' percentiles; bounded. Each is
 # (where the event was read, seconds): a benchmark keeps the samples of its own topic, whatever

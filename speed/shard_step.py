@@ -11,6 +11,7 @@ state cell and its own code, and is still a DoFn of its own for the tests that r
 
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 import apache_beam as beam
@@ -59,6 +60,18 @@ class ScoreShard(beam.DoFn):
                     yield from self.flags.process((shard, output), state=alerts)
 
     @on_timer(EXPIRY)
-    def expire(self, key=beam.DoFn.KeyParam, features=beam.DoFn.StateParam(FEATURES), expiry=beam.DoFn.TimerParam(EXPIRY)):
-        # The features' state expires by its timer; the alert flags' on their entity's next rows.
-        return self.features.expire(key=key, state=features, expiry=expiry)
+    def expire(
+        self,
+        key=beam.DoFn.KeyParam,
+        features=beam.DoFn.StateParam(FEATURES),
+        alerts=beam.DoFn.StateParam(ALERTS),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ):
+        # One timer for both cells: alone, the alert flags' state expired only when its shard got
+        # rows again, so a shard gone silent kept its entities' flags for good. The timer looks
+        # again while either cell holds an entity (the flags' last rows come a little after the
+        # features' last events).
+        self.features.expire(key=key, state=features, expiry=expiry)
+        if self.flags.expire_silent(alerts) and key not in self.features.timer_due:
+            self.features.arm(key, expiry, time.time())
+        return []

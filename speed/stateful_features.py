@@ -184,13 +184,17 @@ class ComputeFeatures(beam.DoFn):
         if silent:
             self.prometheus_expired.inc(len(silent))
         if entities:
-            due = now + self.state_ttl_seconds / 10
-            expiry.set(due)
-            self.timer_due[key] = due
+            self.arm(key, expiry, now)
         else:
             self.timer_due.pop(key, None)
         state.write((entities, expired))
         return []
+
+    def arm(self, key, expiry, now: float) -> None:
+        """Set the shard's expiry timer to look again in a tenth of the TTL."""
+        due = now + self.state_ttl_seconds / 10
+        expiry.set(due)
+        self.timer_due[key] = due
 
     def _appendable(self, history: EntityHistory, events: list[dict]):
         """(times, ids, values) of an entity's events when they all follow what state holds, in

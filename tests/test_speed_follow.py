@@ -218,6 +218,10 @@ def test_following_kafka_on_flink_survives_a_kill_under_load_and_expires_idle_st
             assert found == {outcome: expected.get((partition, outcome), 0) for outcome in found}
         # Silence: every entity's state expires after the TTL, while the job keeps running.
         _wait_for(lambda: _metric(port, "lakehouse_speed_entity_state_expired_total") >= 5, "state expiry", second, second_log, timeout=60)
+        # The alert flags' state too, by the keyed step's timer: no row comes in the silence. Its
+        # entities are the four sensors with a model (the fifth's events are dead letters).
+        _wait_for(lambda: _metric(port, "lakehouse_speed_alert_state_expired_total") >= 4, "alert state expiry", second, second_log,
+                  timeout=60)
         assert _metric(port, "lakehouse_speed_kafka_lag_messages") == 0
 
         # Meanwhile silver gets newer events of one sensor: its next event is seeded from them

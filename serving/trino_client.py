@@ -239,7 +239,8 @@ def _project_errors(sql: str, settings: Settings) -> Iterator[None]:
         raise ServiceError("trino", f"{settings.trino_url} answered with an HTTP error: {error}") from error
     except requests.exceptions.SSLError as error:
         raise ServiceError(
-            "trino", f"{settings.trino_url}: its certificate does not verify against {trino_security.ca_file(settings)} ({error})"
+            "trino", f"{settings.trino_url}: its certificate does not verify against "
+            f"{settings.trino_ca_path or 'the system trust store'} ({error})"
         ) from error
     except (trino.exceptions.TrinoConnectionError, requests.exceptions.ConnectionError) as error:
         raise ServiceError(

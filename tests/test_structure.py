@@ -91,3 +91,20 @@ def test_the_console_script_points_at_the_composition_root():
     assert project["project"]["scripts"]["lakehouse"] == "app.cli:main"
     packages = set(project["tool"]["setuptools"]["packages"])
     assert {"app", "local_services", *LAYERS, *CORE} <= {name.split(".")[0] for name in packages}
+
+
+def test_no_module_uses_a_name_it_never_defines():
+    """A name used but neither imported nor defined fails only when its line runs: in a benchmark
+    or a rarely taken branch, long after the change (the speed bench lost `run_batch` that way).
+    pyflakes' undefined-name checks over every module of the project; its style checks are not run."""
+    from pyflakes import checker, messages
+
+    undefined = (messages.UndefinedName, messages.UndefinedLocal, messages.UndefinedExport)
+    found = []
+    for folder in ("app", "batch", "bench", "lakehouse", "local_services", "quality", "schemas", "serving", "speed", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for message in checker.Checker(tree, filename=str(path.relative_to(ROOT))).messages:
+                if isinstance(message, undefined):
+                    found.append(str(message))
+    assert not found, "\n".join(found)

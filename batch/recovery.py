@@ -17,8 +17,9 @@ succeeded, and a run that fails undoes its own:
 
 The re-run then quarantines and inserts those records again under its own run id, so the run
 log's succeeded runs account for every row of silver and of the batch quarantine.
-Not rolled back: a model the unfinished run registered (trained on validated rows; the next run
-registers a newer version) and the batch view (every run rewrites it; the merged view reads it
+Not rolled back: a model the unfinished run registered stays in the registry, never served (the
+registry serves a model once its run succeeded, lakehouse/registry.py; its version is not reused),
+and the batch view (every run rewrites it; the merged view reads it
 only up to the last succeeded run's watermark).
 """
 

@@ -48,7 +48,7 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
 def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Settings, run_id: str) -> DataFrame:
     """Batch-view rows: the silver event's fields plus score, is_anomaly, model_version, run_id."""
     try:
-        latest = registry.latest_versions(settings, dataset.name)
+        latest = registry.latest_versions(settings, dataset.name, own_run=run_id)
     except ModelNotFoundError:
         # No entity has had enough history for a model yet: the view is written, unscored.
         latest = system_tables.MODELS_SCHEMA.empty_table().to_pandas()

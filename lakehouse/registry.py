@@ -70,9 +70,27 @@ def save_artifact(settings: Settings, dataset: str, version: int, entity_id: str
     return uri
 
 
-def latest_versions(settings: Settings, dataset: str) -> pd.DataFrame:
-    """The newest registry row of each entity of a dataset."""
+def succeeded_runs(settings: Settings) -> set[str]:
+    """Run ids the run log lists as succeeded (batch/run_log.py writes it; read here as a table)."""
+    uri = settings.table_uri(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+    if not storage.table_exists(uri):
+        return set()
+    runs = storage.open_table(uri).to_pyarrow_table(columns=["run_id", "status"]).to_pandas()
+    return set(runs.run_id[runs.status == system_tables.STATUS_SUCCEEDED])
+
+
+def latest_versions(settings: Settings, dataset: str, *, own_run: str | None = None) -> pd.DataFrame:
+    """The newest served registry row of each entity of a dataset.
+
+    A model is served once the run that trained it succeeded: a run that fails or is killed after
+    training is rolled back (batch/recovery.py), and what it trained on with it, so its models
+    stay in the table (their versions are never reused) but no layer scores with them. `own_run`:
+    the batch run scoring with the models it has just trained, before it is logged. Rows without a
+    run id (registered by hand) are served.
+    """
     models = list_models(settings, dataset)
+    served = succeeded_runs(settings) | ({own_run} if own_run else set())
+    models = models[models.run_id.isna() | models.run_id.isin(served)]
     if models.empty:
         raise ModelNotFoundError(
             f"no model registered for dataset {dataset!r}: run `lakehouse batch run --dataset {dataset}` first"
@@ -81,20 +99,27 @@ def latest_versions(settings: Settings, dataset: str) -> pd.DataFrame:
 
 
 def load_latest(settings: Settings, dataset: str) -> dict[str, RegisteredModel]:
-    """entity_id -> its newest model, loaded from its artifact."""
+    """entity_id -> its newest served model, loaded from its artifact."""
+    return load(latest_versions(settings, dataset))
+
+
+def load(rows: pd.DataFrame) -> dict[str, RegisteredModel]:
+    """entity_id -> the model of its registry row, loaded from its artifact."""
     loaded: dict[str, RegisteredModel] = {}
-    for row in latest_versions(settings, dataset).itertuples():
+    for row in rows.itertuples():
         model = FittedModel.from_bytes(storage.read_bytes(row.artifact_uri))
-        loaded[row.entity_id] = RegisteredModel(dataset, row.entity_id, int(row.version), model)
+        loaded[row.entity_id] = RegisteredModel(row.dataset, row.entity_id, int(row.version), model)
     return loaded
 
 
-def registry_version(settings: Settings) -> int | None:
-    """The models table's Delta version: cheap to poll, changes when any model is registered."""
+def registry_version(settings: Settings) -> tuple[int, int | None] | None:
+    """(models table's Delta version, run log's): cheap to poll, changes when a model is
+    registered or a run that trained one succeeds (which is when its models are served)."""
     uri = table_uri(settings)
     if not storage.table_exists(uri):
         return None
-    return storage.open_table(uri).version()
+    runs = settings.table_uri(constants.SYSTEM_SCHEMA, constants.BATCH_RUNS)
+    return storage.open_table(uri).version(), storage.open_table(runs).version() if storage.table_exists(runs) else None
 
 
 def now_utc() -> datetime:

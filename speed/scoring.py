@@ -25,20 +25,23 @@ log = logging.getLogger(__name__)
 
 # The models of a registry version, shared by the DoFn instances of a process: the SDK harness
 # makes a new instance (setup) for each new bundle processor, and unpickling 1,000 models took
-# seconds of CPU in the middle of a followed stream (docs/benchmarks.md, "Speed"). A registry
-# version's models never change; only the newest version is kept.
-_MODELS: dict[tuple[str, str], tuple[int, dict]] = {}
+# seconds of CPU in the middle of a followed stream (docs/benchmarks.md, "Speed"). The registry
+# version also moves when a batch run is logged (registry.registry_version): the artifacts are
+# loaded again only when the served (entity, version) pairs changed. Only the newest is kept.
+_MODELS: dict[tuple[str, str], tuple[tuple, dict, frozenset]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def _models_of(settings: Settings, dataset: str, version: int) -> dict:
+def _models_of(settings: Settings, dataset: str, version: tuple) -> dict:
     key = (str(settings.warehouse), dataset)
     with _MODELS_LOCK:
         cached = _MODELS.get(key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        models = registry.load_latest(settings, dataset)
-        _MODELS[key] = (version, models)
+        latest = registry.latest_versions(settings, dataset)
+        served = frozenset(zip(latest.entity_id, latest.version.astype(int)))
+        models = cached[1] if cached is not None and cached[2] == served else registry.load(latest)
+        _MODELS[key] = (version, models, served)
         return models
 
 
@@ -64,7 +67,7 @@ class ScoreBatch(beam.DoFn):
         self.prometheus_anomalies = metrics.ANOMALIES.labels(self.dataset.name)
         self.prometheus_scored_latency = metrics.SCORED_LATENCY.labels(self.dataset.name)
         self.models: dict[str, registry.RegisteredModel] = {}
-        self.loaded_version: int | None = None
+        self.loaded_version: tuple | None = None
         self.checked_at = 0.0
         self._maybe_reload(force=True)
 

@@ -383,3 +383,33 @@ def test_same_id_other_values_is_a_conflict_and_the_declared_policy_picks_the_wi
     assert _resolved(spark, [(2.0, "b.csv", 2)], [1.0], "latest") == ([2.0], [], [], [1.0])
     # The same values again: a duplicate under either policy, nothing replaced.
     assert _resolved(spark, [(1.0, "b.csv", 2)], [1.0], "latest") == ([], [1.0], [], [])
+
+
+def test_a_model_is_served_only_once_its_run_succeeded(warehouse, spark, tmp_path, monkeypatch):
+    """A run that fails after training keeps its models in the registry (their version is never
+    reused) but no layer scores with them: what they learned from was rolled back."""
+    import batch.job as job
+    from lakehouse import registry
+    from lakehouse.errors import RunError
+
+    inputs = make_sensor_inputs(tmp_path, seed=12)
+    files = [str(path) for path in inputs.history_files]
+    first = run_batch("sensor_events", files, settings=warehouse, spark=spark)
+
+    def lost(*args, **kwargs):
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(job, "score", lost)
+    with pytest.raises(RunError, match="executor lost"):
+        run_batch("sensor_events", files, settings=warehouse, spark=spark)
+    monkeypatch.undo()
+    registered = registry.list_models(warehouse, "sensor_events")
+    assert set(registered.version) == {first.model_version, first.model_version + 1}
+    assert set(registry.latest_versions(warehouse, "sensor_events").version) == {first.model_version}
+    assert {model.version for model in registry.load_latest(warehouse, "sensor_events").values()} == {first.model_version}
+
+    # The next run scores with the models it trains, and they are served once it succeeded.
+    third = run_batch("sensor_events", files, settings=warehouse, spark=spark)
+    assert third.model_version == first.model_version + 2
+    assert set(_table(warehouse, "sensor_events", constants.BATCH_SCORES).model_version) == {third.model_version}
+    assert set(registry.latest_versions(warehouse, "sensor_events").version) == {third.model_version}

@@ -46,6 +46,7 @@ VARIANTS = [
     {"status": ""},
     {"status": 3},
     {"entity_id": "sensor-0011"},
+    {"entity_id": "sensor-000011"},
     {"entity_id": "xsensor-001"},
     {"entity_id": 1},
     {"event_time": "2024-01-01 00:05:00"},

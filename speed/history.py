@@ -36,7 +36,10 @@ def recent_history(
     only, when `entity` is given). The lookback counts back from silver's newest day; None reads
     all of silver (for one entity whose events are older than that)."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
-    # Cast: tables MERGEd by delta-rs store strings as string_view, which compares to no literal.
+    # Cast: tables MERGEd by delta-rs store strings as string_view, which compares to no literal,
+    # though the table's schema says string (tried 2026-12-02: the filter without the cast fails on
+    # such files). The cast keeps Arrow from using the row groups' statistics: the soak's re-seeding
+    # read all of the hot table's (docs/benchmarks.md, "Memory soak").
     only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
     frames = []
     since = None
@@ -65,8 +68,8 @@ def recent_history(
         .drop_duplicates(subset=[dataset.event_id], keep="last")
         .sort_values([dataset.entity, dataset.event_time, dataset.event_id])
     )
-    # Every event of the lookback is kept, not only the newest 2 x window: a replay of events the
-    # hot table already holds is seeded from the events before each one (see ComputeFeatures._seed).
+    # Every event of the lookback is kept, not only the newest 2 x window: an event beyond state
+    # takes its features from the events before it (ComputeFeatures._snapshot_features).
     history: dict[str, History] = {}
     event_times = rows[dataset.event_time]
     if getattr(event_times.dt, "tz", None) is not None:

@@ -47,7 +47,7 @@ def test_dataflow_options_validate_and_build_the_pipeline(tmp_path):
     pipeline = beam.Pipeline(runner=DataflowRunner(), options=options)
     build(pipeline, options.view_as(SpeedOptions), get_settings())
     names = {transform.unique_name for transform in pipeline.to_runner_api().components.transforms.values()}
-    for step in ("ScoreEvents/ComputeFeatures", "ScoreEvents/Score", "UpsertHotScores", "WriteDeadLetters"):
+    for step in ("ScoreEvents/ParseAndValidate", "ScoreEvents/ScoreShard", "UpsertHotScores", "WriteDeadLetters"):
         assert any(name.startswith(step) for name in names), step
 
     # Following Kafka (the template's streaming job): the unbounded reader and the offset commits.

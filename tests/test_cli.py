@@ -223,6 +223,7 @@ class TestOnTheDemo:
         versions = {record.model_version: record.run_id for record in demo["batch"]}
         assert {(row[1], int(row[2])) for row in rows} == {(f"sensor-{sensor:03d}", version) for sensor in range(4) for version in versions}
         assert all(row[8] == versions[int(row[2])] for row in rows)
+        assert {row[9] for row in rows} == {"True"}  # every demo run succeeded: all its models are served
         assert f"({len(rows)} rows)" in result.stdout
 
     def test_batch_report_shows_the_stored_report(self, demo):

@@ -143,11 +143,17 @@ def batch_maintain(
 
 @app.command("models")
 def batch_models(dataset: OptionalDataset = None) -> None:
-    """List the model registry."""
+    """List the model registry; `served`: the run that trained the model succeeded (a failed
+    run's models stay listed, never used)."""
     from lakehouse import registry
 
-    frame = registry.list_models(get_settings(), dataset)
-    print_frame(frame[["dataset", "entity_id", "version", "detector", "threshold", "train_rows", "train_start", "train_end", "run_id"]], "Model registry")
+    settings = get_settings()
+    frame = registry.list_models(settings, dataset)
+    frame["served"] = frame.run_id.isna() | frame.run_id.isin(registry.succeeded_runs(settings))
+    print_frame(
+        frame[["dataset", "entity_id", "version", "detector", "threshold", "train_rows", "train_start", "train_end", "run_id", "served"]],
+        "Model registry",
+    )
 
 
 @app.command("runs")

@@ -29,7 +29,6 @@ import shutil
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,6 +50,7 @@ def run_soak(base, arguments, folder: Path) -> dict:
     from lakehouse import constants
     from local_services.flink import FlinkJobServer
     from local_services.kafka import KafkaBroker
+    from speed import metrics
 
     from bench.speed_bench import _consumer_lag, _start_following, _stop
 
@@ -90,8 +90,8 @@ def run_soak(base, arguments, folder: Path) -> dict:
     try:
         topic, job, after = _start_following(settings, dataset, job_arguments, after, seed=21)
         loads["warm"] = report.load_note()
-        done_before = _metric(metrics_port, "lakehouse_speed_records_done_total", topic=topic)
-        expired_before = _metric(metrics_port, "lakehouse_speed_entity_state_expired_total")
+        done_before = metrics.scrape(metrics_port, "lakehouse_speed_records_done_total", topic=topic)
+        expired_before = metrics.scrape(metrics_port, "lakehouse_speed_entity_state_expired_total")
         results = multiprocessing.get_context("spawn").Queue()
         producer = multiprocessing.get_context("spawn").Process(
             target=_produce_rotating, name="soak-producer",
@@ -132,16 +132,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _metric(port: int, name: str, **labels) -> float:
-    """The sum of a metric's series with these labels, from the job's Prometheus endpoint."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith(name + "{") and all(label in line for label in wanted)
-    )
 
 
 def _processes(pids: dict, producer_pid: int | None) -> dict[str, int]:
@@ -186,8 +176,8 @@ def _sample(started: float, pids: dict, producer_pid, metrics_port: int, topic: 
     return {
         "t": round(time.monotonic() - started, 1),
         "rss_mb": {label: round(value / MB, 1) for label, value in rss.items()},
-        "committed": int(_metric(metrics_port, "lakehouse_speed_records_done_total", topic=topic) - done_before),
-        "state_expired": int(_metric(metrics_port, "lakehouse_speed_entity_state_expired_total") - expired_before),
+        "committed": int(metrics.scrape(metrics_port, "lakehouse_speed_records_done_total", topic=topic) - done_before),
+        "state_expired": int(metrics.scrape(metrics_port, "lakehouse_speed_entity_state_expired_total") - expired_before),
         "lag_events": _consumer_lag(settings, topic),
         # The bench's latency buffers live in the job's process (bounded deques, speed/metrics.py).
         "latency_samples_held": len(metrics.LATENCY_SAMPLES) + len(metrics.SCORED_LATENCY_SAMPLES),

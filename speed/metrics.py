@@ -127,5 +127,19 @@ def serve(port: int) -> None:
     log.info("speed metrics on http://127.0.0.1:%d/metrics", port)
 
 
+def scrape(port: int, name: str, **labels) -> float:
+    """The sum of the samples named `name` with these labels that a job serves on
+    127.0.0.1:port/metrics, read with Prometheus' own text parser (tests and benchmarks)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name == name and all(sample.labels.get(key) == str(value) for key, value in labels.items())
+    )
+
+
 def write(path: str) -> None:
     write_to_textfile(path, REGISTRY)

@@ -259,6 +259,11 @@ def test_a_run_can_train_another_detector_and_the_registry_records_it(first_run,
         run_batch("sensor_events", first.inputs, settings=settings, spark=spark, detector={"contamination": 0.9})
 
 
+def _executor_lost(*args, **kwargs):
+    """A step of the batch job failing mid-run, as a lost Spark executor makes it fail."""
+    raise RuntimeError("executor lost")
+
+
 def test_a_run_failing_after_its_silver_commit_rolls_back_and_the_next_run_accounts_for_it(warehouse, spark, tmp_path, monkeypatch):
     """A failure after silver was written (here: training) undoes the run's writes (batch/recovery.py),
     so the next run inserts and counts every event itself. SIGKILL: tests/test_crash.py."""
@@ -268,10 +273,7 @@ def test_a_run_failing_after_its_silver_commit_rolls_back_and_the_next_run_accou
     inputs = make_sensor_inputs(tmp_path, seed=5)
     files = [str(path) for path in inputs.history_files]
 
-    def killed(*args, **kwargs):
-        raise RuntimeError("executor lost")
-
-    monkeypatch.setattr(job, "train", killed)
+    monkeypatch.setattr(job, "train", _executor_lost)
     with pytest.raises(RunError, match="executor lost"):
         run_batch("sensor_events", files, settings=warehouse, spark=spark)
     monkeypatch.undo()
@@ -396,10 +398,7 @@ def test_a_model_is_served_only_once_its_run_succeeded(warehouse, spark, tmp_pat
     files = [str(path) for path in inputs.history_files]
     first = run_batch("sensor_events", files, settings=warehouse, spark=spark)
 
-    def lost(*args, **kwargs):
-        raise RuntimeError("executor lost")
-
-    monkeypatch.setattr(job, "score", lost)
+    monkeypatch.setattr(job, "score", _executor_lost)
     with pytest.raises(RunError, match="executor lost"):
         run_batch("sensor_events", files, settings=warehouse, spark=spark)
     monkeypatch.undo()

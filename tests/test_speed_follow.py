@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -33,6 +32,7 @@ from lakehouse.detectors import FittedModel
 from lakehouse.features import compute_features
 from lakehouse.settings import PROJECT_ROOT, get_settings
 from schemas.rules import RecordValidator, parse_json_record
+from speed import metrics
 from speed import pipeline as speed_pipeline
 from speed.kafka_source import plan_ranges
 from speed.produce import produce
@@ -86,15 +86,6 @@ def _hot_ids(settings) -> set[str]:
         return set(DeltaTable(uri).to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist())
     except Exception:  # not created yet
         return set()
-
-
-def _metric(port: int, name: str, **labels) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith(name + "{") and all(label in line for label in wanted)
-    )
 
 
 def _consume(settings, topic: str) -> list:
@@ -212,17 +203,17 @@ def test_following_kafka_on_flink_survives_a_kill_under_load_and_expires_idle_st
                 expected[key] = expected.get(key, 0) + 1
         ends = {item.partition: item.end for item in plan_ranges(settings.kafka_bootstrap, topic, group)}
         for partition, start in restart.items():
-            found = {outcome: _metric(port, "lakehouse_speed_records_done_total", topic=topic, partition=str(partition), outcome=outcome)
+            found = {outcome: metrics.scrape(port, "lakehouse_speed_records_done_total", topic=topic, partition=str(partition), outcome=outcome)
                      for outcome in ("scored", "dead_letter", "unknown_entity", "gap")}
             assert sum(found.values()) == ends[partition] - start
             assert found == {outcome: expected.get((partition, outcome), 0) for outcome in found}
         # Silence: every entity's state expires after the TTL, while the job keeps running.
-        _wait_for(lambda: _metric(port, "lakehouse_speed_entity_state_expired_total") >= 5, "state expiry", second, second_log, timeout=60)
+        _wait_for(lambda: metrics.scrape(port, "lakehouse_speed_entity_state_expired_total") >= 5, "state expiry", second, second_log, timeout=60)
         # The alert flags' state too, by the keyed step's timer: no row comes in the silence. Its
         # entities are the four sensors with a model (the fifth's events are dead letters).
-        _wait_for(lambda: _metric(port, "lakehouse_speed_alert_state_expired_total") >= 4, "alert state expiry", second, second_log,
+        _wait_for(lambda: metrics.scrape(port, "lakehouse_speed_alert_state_expired_total") >= 4, "alert state expiry", second, second_log,
                   timeout=60)
-        assert _metric(port, "lakehouse_speed_kafka_lag_messages") == 0
+        assert metrics.scrape(port, "lakehouse_speed_kafka_lag_messages") == 0
 
         # Meanwhile silver gets newer events of one sensor: its next event is seeded from them
         # (and its hot rows), not from what the job read when it started. They are appended with

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import date, timedelta
 from typing import Iterable, NamedTuple
 
@@ -36,14 +37,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from speed import metrics
+from speed import metrics, shard_state
 from speed.stateful_features import insertion_point, instant, micros, shard_of
 
 log = logging.getLogger(__name__)
@@ -94,11 +93,13 @@ class FlagAlerts(beam.DoFn):
     """(shard, scored hot rows) -> one list: the rows with `is_alert` set, plus the rows of later
     events whose flag a late event changed (module docstring)."""
 
-    STATE = ReadModifyWriteStateSpec("alerts", PickleCoder())
+    # A shard's histories: a log of changes and a token (speed/shard_state.py).
+    LOG, TOKEN = shard_state.specs("alerts")
     # A late event beyond state reads its entity's flags from the tables at most this often.
     TABLES_REFRESH_SECONDS = 30.0
 
     def __init__(self, dataset: Dataset, settings: Settings, state_ttl_seconds: float = 0.0) -> None:
+        self.job = uuid.uuid4().hex  # names this pipeline's instances (pickled with them)
         self.dataset = dataset
         self.settings = settings
         self.state_ttl_seconds = state_ttl_seconds
@@ -116,50 +117,54 @@ class FlagAlerts(beam.DoFn):
         self.startup = read_flags(self.settings, self.dataset, newest=self.keep + 1)
         self.tables_read_at: dict[str, tuple[float, pd.DataFrame]] = {}
 
-    def process(self, element: tuple[int, list[dict]], state=beam.DoFn.StateParam(STATE)) -> Iterable[list[dict]]:
-        _, rows = element
+    def process(self, element: tuple[int, list[dict]], log=beam.DoFn.StateParam(LOG),
+                token=beam.DoFn.StateParam(TOKEN)) -> Iterable[list[dict]]:
+        shard, rows = element
         entity = self.dataset.entity
         now = time.time()
-        entities, expired = state.read() or ({}, set())
-        self._expire(entities, expired, now)
+        state = shard_state.ShardState(self.job, "alerts", shard, log, token)
+        self._expire(state, now)
         by_entity: dict[str, list[dict]] = {}
         for row in rows:
             by_entity.setdefault(row[entity], []).append(row)
         out: list[dict] = []
         for entity_id, incoming in by_entity.items():
-            history = entities.get(entity_id)
+            history = state.entities.get(entity_id)
             if history is None:
-                history = self._seed(entity_id, fresh=entity_id in expired)
-                expired.discard(entity_id)
-            history = self._flag(entity_id, history, incoming, out)
-            entities[entity_id] = history._replace(seen_at=now)
-        state.write((entities, expired))
+                history = self._seed(entity_id, fresh=entity_id in state.expired)
+            history, appended = self._flag(entity_id, history, incoming, out)
+            if appended:
+                state.append(entity_id, history._replace(seen_at=now), len(incoming))
+            else:
+                state.put(entity_id, history._replace(seen_at=now))
+        state.commit()
         yield out
 
-    def expire_silent(self, state) -> int:
+    def expire_silent(self, key, log, token) -> int:
         """Expire the entities silent for the TTL now (the keyed step's timer, speed/shard_step.py);
         returns how many entities the shard still holds."""
-        entities, expired = state.read() or ({}, set())
-        if self._expire(entities, expired, time.time()):
-            state.write((entities, expired))
-        return len(entities)
+        state = shard_state.ShardState(self.job, "alerts", key, log, token)
+        self._expire(state, time.time())
+        state.commit()
+        return len(state.entities)
 
-    def _expire(self, entities: dict, expired: set, now: float) -> int:
+    def _expire(self, state: shard_state.ShardState, now: float) -> int:
         """Drop the histories of entities silent for the TTL, keeping their names (their next row
         re-reads the tables); returns how many."""
         if self.state_ttl_seconds <= 0:
             return 0
-        silent = [name for name, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]
+        silent = [name for name, history in state.entities.items() if now - history.seen_at >= self.state_ttl_seconds]
         for entity_id in silent:
-            del entities[entity_id]
-            expired.add(entity_id)
+            state.expire(entity_id)
         if silent:
             metrics.ALERT_STATE_EXPIRED.labels(self.dataset.name).inc(len(silent))
         return len(silent)
 
     # --- flagging ---
 
-    def _flag(self, entity_id: str, history: AlertHistory, incoming: list[dict], out: list[dict]) -> AlertHistory:
+    def _flag(self, entity_id: str, history: AlertHistory, incoming: list[dict], out: list[dict]) -> tuple[AlertHistory, bool]:
+        """The entity's new history, and whether the rows were appended at its end (older rows
+        unchanged) rather than placed."""
         dataset = self.dataset
         times = np.fromiter((micros(row[dataset.event_time]) for row in incoming), dtype=np.int64, count=len(incoming))
         ids = [row[dataset.event_id] for row in incoming]
@@ -173,8 +178,8 @@ class FlagAlerts(beam.DoFn):
             for row, alert in zip(incoming, alerts):
                 row[IS_ALERT] = bool(alert)
                 out.append(row)
-            return self._trim(history)
-        return self._place(entity_id, history, incoming, times, ids, out)
+            return self._trim(history), True
+        return self._place(entity_id, history, incoming, times, ids, out), False
 
     def _place(self, entity_id, history: AlertHistory, incoming, times, ids, out: list[dict]) -> AlertHistory:
         """Rows that may be late, replays or revisions: each put in its place, then every flag

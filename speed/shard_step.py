@@ -6,7 +6,7 @@ of rows crossed the runner twice: shuffled to the features' shard, then shuffled
 alert flags' shard after scoring, every row pickled and sent once more. The latency trace showed
 that second shuffle as most of the time between scored and the hot-table sink (docs/benchmarks.md,
 "Speed"). Here one element of a shard goes through all three in one call; each part keeps its own
-state cell and its own code, and is still a DoFn of its own for the tests that run it alone.
+state (speed/shard_state.py) and its own code, and is still a DoFn of its own for the tests that run it alone.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import time
 from typing import Iterable
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import TimerSpec, on_timer
 
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
+from speed import shard_state
 from speed.alert_flags import FlagAlerts
 from speed.scoring import ScoreBatch
 from speed.stateful_features import ComputeFeatures
@@ -31,8 +31,8 @@ class ScoreShard(beam.DoFn):
     dead letters (tag `dead_letter`: entities without a model)."""
 
     # Specs of their own, like the parts' (a timer spec takes one callback, here this class's).
-    FEATURES = ReadModifyWriteStateSpec("entities", PickleCoder())
-    ALERTS = ReadModifyWriteStateSpec("alerts", PickleCoder())
+    FEATURES_LOG, FEATURES_TOKEN = shard_state.specs("entities")
+    ALERTS_LOG, ALERTS_TOKEN = shard_state.specs("alerts")
     EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, dataset: Dataset, settings: Settings, *, reload_seconds: float = 30.0, state_ttl_seconds: float = 0.0) -> None:
@@ -47,31 +47,35 @@ class ScoreShard(beam.DoFn):
     def process(
         self,
         element: tuple[int, list[dict]],
-        features=beam.DoFn.StateParam(FEATURES),
-        alerts=beam.DoFn.StateParam(ALERTS),
+        features_log=beam.DoFn.StateParam(FEATURES_LOG),
+        features_token=beam.DoFn.StateParam(FEATURES_TOKEN),
+        alerts_log=beam.DoFn.StateParam(ALERTS_LOG),
+        alerts_token=beam.DoFn.StateParam(ALERTS_TOKEN),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable:
         shard = element[0]
-        for featured in self.features.process(element, state=features, expiry=expiry):
+        for featured in self.features.process(element, log=features_log, token=features_token, expiry=expiry):
             for output in self.scoring.process(featured):
                 if isinstance(output, beam.pvalue.TaggedOutput):
                     yield output
                 else:
-                    yield from self.flags.process((shard, output), state=alerts)
+                    yield from self.flags.process((shard, output), log=alerts_log, token=alerts_token)
 
     @on_timer(EXPIRY)
     def expire(
         self,
         key=beam.DoFn.KeyParam,
-        features=beam.DoFn.StateParam(FEATURES),
-        alerts=beam.DoFn.StateParam(ALERTS),
+        features_log=beam.DoFn.StateParam(FEATURES_LOG),
+        features_token=beam.DoFn.StateParam(FEATURES_TOKEN),
+        alerts_log=beam.DoFn.StateParam(ALERTS_LOG),
+        alerts_token=beam.DoFn.StateParam(ALERTS_TOKEN),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ):
         # One timer for both cells: alone, the alert flags' state expired only when its shard got
         # rows again, so a shard gone silent kept its entities' flags for good. The timer looks
         # again while either cell holds an entity (the flags' last rows come a little after the
         # features' last events).
-        self.features.expire(key=key, state=features, expiry=expiry)
-        if self.flags.expire_silent(alerts) and key not in self.features.timer_due:
+        self.features.expire(key=key, log=features_log, token=features_token, expiry=expiry)
+        if self.flags.expire_silent(key, alerts_log, alerts_token) and key not in self.features.timer_due:
             self.features.arm(key, expiry, time.time())
         return []

@@ -25,16 +25,15 @@ from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import TimerSpec, on_timer
 
 from lakehouse import constants, storage
 from lakehouse.features import compute_features, features_from_windows, previous_windows
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
-from speed import acks, metrics
+from speed import acks, metrics, shard_state
 from speed.carried_fields import ACK, NEW, REVISION, SOURCE
 from speed.history import recent_history
 
@@ -91,7 +90,9 @@ class ComputeFeatures(beam.DoFn):
     most every 30 s), and it is counted in `late_beyond_state`.
     """
 
-    STATE = ReadModifyWriteStateSpec("entities", PickleCoder())
+    # A shard's histories: a log of changes and a token (speed/shard_state.py), so a bundle's
+    # state traffic is its events' rows, not every entity's history.
+    LOG, TOKEN = shard_state.specs("entities")
     # Bounded memory in a pipeline that runs for months: an entity silent for `state_ttl_seconds`
     # (processing time) loses its history, all but its name in the shard's `expired` set; its next
     # event seeds it from the entity's current silver and hot rows (see _seed), not from the
@@ -137,7 +138,8 @@ class ComputeFeatures(beam.DoFn):
     def process(
         self,
         element: tuple[int, list[dict]],
-        state=beam.DoFn.StateParam(STATE),
+        log=beam.DoFn.StateParam(LOG),
+        token=beam.DoFn.StateParam(TOKEN),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable[list[dict]]:
         shard, records = element
@@ -148,46 +150,45 @@ class ComputeFeatures(beam.DoFn):
             due = now + self.state_ttl_seconds / 10
             expiry.set(due)
             self.timer_due[shard] = due
-        entities, expired = state.read() or ({}, set())
+        state = shard_state.ShardState(self.job, "entities", shard, log, token)
         by_entity: dict[str, list[dict]] = {}
         for record in records:
             by_entity.setdefault(record[entity], []).append(record)
         featured: list[dict] = []
         appended = []
         for entity_id, events in by_entity.items():
-            history = entities.get(entity_id)
+            history = state.entities.get(entity_id)
             if history is None:
-                history = self._seed(entity_id, expired=entity_id in expired)
-                expired.discard(entity_id)
+                history = self._seed(entity_id, expired=entity_id in state.expired)
             new = self._appendable(history, events)
             if new is None:
                 for event in events:
                     history = self._add_one(entity_id, history, event, featured)
-                entities[entity_id] = history._replace(seen_at=now)
+                state.put(entity_id, history._replace(seen_at=now))
             else:
                 appended.append((entity_id, history, events, *new))
-        for entity_id, history in self._append(appended, featured):
-            entities[entity_id] = history._replace(seen_at=now)
-        state.write((entities, expired))
+        for entity_id, history, count in self._append(appended, featured):
+            state.append(entity_id, history._replace(seen_at=now), count)
+        state.commit()
         yield featured
 
     @on_timer(EXPIRY)
-    def expire(self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE), expiry=beam.DoFn.TimerParam(EXPIRY)):
-        entities, expired = state.read() or ({}, set())
+    def expire(self, key=beam.DoFn.KeyParam, log=beam.DoFn.StateParam(LOG), token=beam.DoFn.StateParam(TOKEN),
+               expiry=beam.DoFn.TimerParam(EXPIRY)):
+        state = shard_state.ShardState(self.job, "entities", key, log, token)
         now = time.time()
-        silent = [entity_id for entity_id, history in entities.items() if now - history.seen_at >= self.state_ttl_seconds]
+        silent = [entity_id for entity_id, history in state.entities.items() if now - history.seen_at >= self.state_ttl_seconds]
         for entity_id in silent:
             # A name, not nothing: the entity's next event must read its current history, on
             # whichever worker instance handles it (a few bytes per silent entity).
-            del entities[entity_id]
-            expired.add(entity_id)
+            state.expire(entity_id)
         if silent:
             self.prometheus_expired.inc(len(silent))
-        if entities:
+        if state.entities:
             self.arm(key, expiry, now)
         else:
             self.timer_due.pop(key, None)
-        state.write((entities, expired))
+        state.commit()
         return []
 
     def arm(self, key, expiry, now: float) -> None:
@@ -209,9 +210,9 @@ class ComputeFeatures(beam.DoFn):
         values = np.array([[event[name] for name in self.fields] for event in events], dtype=np.float64)
         return times, ids, values
 
-    def _append(self, appended: list, out: list[dict]) -> Iterable[tuple[str, EntityHistory]]:
+    def _append(self, appended: list, out: list[dict]) -> Iterable[tuple[str, EntityHistory, int]]:
         """Features of the events that follow their entity's state, all entities in one call;
-        (entity, new history) of each."""
+        (entity, new history, events appended) of each."""
         if not appended:
             return
         dataset = self.dataset
@@ -237,7 +238,7 @@ class ComputeFeatures(beam.DoFn):
                 revision=revision + len(events) - 1,
                 complete=history.complete and len(history.times) + len(events) <= kept,
                 seen_at=history.seen_at,
-            )
+            ), len(events)
 
     def _add_one(self, entity_id: str, history: EntityHistory, record: dict, out: list[dict]) -> EntityHistory:
         """One event that may be late, a replay, or beyond state."""

@@ -1,0 +1,197 @@
+"""Per-shard entity state whose traffic follows the events, not the history.
+
+The keyed step keeps, per shard, a dict of entity histories (speed/stateful_features.py,
+speed/alert_flags.py). Kept as one `ReadModifyWriteState` value, it was written whole at the end
+of every bundle: with 1,000 entities over 8 shards about 70 MB pickled and sent to the runner
+per 100 ms bundle whatever the number of events, and read whole again wherever the runner's
+state cache missed ("Retrieving state 1045 times costed 60 seconds" in a local replay;
+docs/benchmarks.md, "Where the keyed step's time goes").
+
+Here a shard's state is two cells:
+- LOG, a bag of change records: an entity's new rows ("append": its history's newest rows, to
+  be appended to what the log holds so far and trimmed to the history's length), its whole
+  history ("put": a new, late or re-seeded entity), or its expiry ("expire": history dropped, name
+  kept). A bundle adds only the records of the entities it changed, a row or two each.
+- TOKEN, (a random token, records in the log), rewritten by every bundle that changes the shard.
+
+A worker process keeps each shard's state folded (entity -> history, expired names) between
+bundles, under the token its last change was committed with. A bundle reads the token: the same
+one means the fold is the state; another (a restart, another worker, a bundle that failed after
+this worker had changed its fold) means the fold is rebuilt from the log. While a bundle changes
+a fold its token is cleared, so a fold whose bundle fails claims no token; tokens are random, so
+a retry cannot commit the token a failed attempt left behind. When the log holds more than
+`COMPACT_FACTOR` records per entity it is rewritten as one record per entity (a shard's old cost,
+once in that many bundles).
+
+Records are copies: histories are replaced, not changed in place, once committed, but a record
+may sit in Beam's state cache for as long as the log lives.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from typing import Any, NamedTuple
+
+import numpy as np
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
+
+APPEND, PUT, EXPIRE, EXPIRED_NAMES = "append", "put", "expire", "expired"
+
+# Records a log may hold per entity before it is rewritten: a rebuild folds at most this many
+# records per entity; a rewrite costs one whole write of the shard.
+COMPACT_FACTOR = 16
+_MIN_RECORDS = 256
+
+
+def specs(name: str) -> tuple[BagStateSpec, ReadModifyWriteStateSpec]:
+    """The two state cells of a part of the keyed step (`name`: 'entities', 'alerts')."""
+    return BagStateSpec(f"{name}_log", PickleCoder()), ReadModifyWriteStateSpec(f"{name}_token", PickleCoder())
+
+
+class _Fold:
+    __slots__ = ("token", "records", "entities", "expired")
+
+    def __init__(self) -> None:
+        self.token: int | None = None
+        self.records = 0
+        self.entities: dict[str, NamedTuple] = {}
+        self.expired: set[str] = set()
+
+
+# (job, part, shard) -> fold, shared by the DoFn instances of a process (the SDK harness makes
+# several bundle processors for one step; a shard's bundles may land on any of them). Bounded:
+# the folds of the newest jobs only.
+_FOLDS: dict[tuple, _Fold] = {}
+_JOBS: list[str] = []
+_LOCK = threading.Lock()
+_KEPT_JOBS = 2
+
+
+def _fold_of(job: str, part: str, shard: Any) -> _Fold:
+    with _LOCK:
+        if job not in _JOBS:
+            _JOBS.append(job)
+            for old in _JOBS[:-_KEPT_JOBS]:
+                for key in [key for key in _FOLDS if key[0] == old]:
+                    del _FOLDS[key]
+            del _JOBS[:-_KEPT_JOBS]
+        return _FOLDS.setdefault((job, part, shard), _Fold())
+
+
+def _length(history: NamedTuple) -> int:
+    return len(history[0])
+
+
+def _copy(history: NamedTuple) -> NamedTuple:
+    return type(history)(*(value.copy() if isinstance(value, np.ndarray) else value for value in history))
+
+
+def _tail(history: NamedTuple, count: int) -> NamedTuple:
+    return type(history)(*(value[-count:].copy() if isinstance(value, np.ndarray) else value for value in history))
+
+
+def _appended(old: NamedTuple, tail: NamedTuple, length: int) -> NamedTuple:
+    return type(tail)(*(
+        np.concatenate([before, after])[-length:] if isinstance(after, np.ndarray) else after
+        for before, after in zip(old, tail)
+    ))
+
+
+class ShardState:
+    """One shard's entity histories for one element (or timer) of the keyed step: `entities`
+    and `expired` to read, `put`/`append`/`expire` to change, `commit` once at the end."""
+
+    def __init__(self, job: str, part: str, shard: Any, log, token) -> None:
+        self._log, self._token_cell = log, token
+        self._fold = fold = _fold_of(job, part, shard)
+        self._committed = committed = token.read()
+        if committed is None:
+            fold.token, fold.records, fold.entities, fold.expired = None, 0, {}, set()
+        elif fold.token != committed[0]:
+            _rebuild(fold, log.read())
+        fold.token = None  # changing: a failure from here on leaves no fold that claims a token
+        fold.records = 0 if committed is None else committed[1]
+        self.entities = fold.entities
+        self.expired = fold.expired
+        self._appends: dict[str, int] = {}  # entity -> newest rows appended since open
+        self._puts: set[str] = set()
+        self._expires: set[str] = set()
+
+    def put(self, entity: str, history: NamedTuple) -> None:
+        """The entity's whole history (new, re-seeded, or changed other than at its end)."""
+        self.entities[entity] = history
+        self.expired.discard(entity)
+        self._puts.add(entity)
+        self._expires.discard(entity)
+
+    def append(self, entity: str, history: NamedTuple, count: int) -> None:
+        """The entity's history with `count` new rows at its end (older rows unchanged, the
+        oldest maybe trimmed); its scalars may have changed."""
+        if entity not in self.entities or entity in self._puts:
+            self.put(entity, history)
+            return
+        self.entities[entity] = history
+        self._appends[entity] = self._appends.get(entity, 0) + count
+
+    def expire(self, entity: str) -> None:
+        """Drop the entity's history, keep its name (its next event re-reads the tables)."""
+        self.entities.pop(entity, None)
+        self.expired.add(entity)
+        self._expires.add(entity)
+        self._puts.discard(entity)
+        self._appends.pop(entity, None)
+
+    def commit(self) -> None:
+        records = []
+        for entity in self._puts:
+            records.append((PUT, entity, _copy(self.entities[entity])))
+        for entity, count in self._appends.items():
+            history = self.entities[entity]
+            length = _length(history)
+            if count >= length:
+                records.append((PUT, entity, _copy(history)))
+            else:
+                records.append((APPEND, entity, (length, _tail(history, count))))
+        records.extend((EXPIRE, entity, None) for entity in self._expires)
+        fold = self._fold
+        if not records:
+            # Nothing changed: the fold is the committed state again.
+            fold.token = self._committed[0] if self._committed is not None else None
+            return
+        total = fold.records + len(records)
+        if total > max(_MIN_RECORDS, COMPACT_FACTOR * len(self.entities)):
+            self._log.clear()
+            records = [(PUT, entity, _copy(history)) for entity, history in self.entities.items()]
+            if self.expired:
+                records.append((EXPIRED_NAMES, None, frozenset(self.expired)))
+            total = len(records)
+        for record in records:
+            self._log.add(record)
+        token = secrets.randbits(63)
+        self._token_cell.write((token, total))
+        fold.token, fold.records = token, total
+
+
+def _rebuild(fold: _Fold, records) -> None:
+    """The shard's state from its log."""
+    entities: dict[str, NamedTuple] = {}
+    expired: set[str] = set()
+    for kind, entity, payload in records:
+        if kind == APPEND:
+            length, tail = payload
+            if entity not in entities:
+                raise RuntimeError(f"speed state: an append to {entity!r}, which the shard's log never put")
+            entities[entity] = _appended(entities[entity], tail, length)
+        elif kind == PUT:
+            entities[entity] = payload
+            expired.discard(entity)
+        elif kind == EXPIRE:
+            entities.pop(entity, None)
+            expired.add(entity)
+        elif kind == EXPIRED_NAMES:
+            expired.update(payload)
+        else:
+            raise RuntimeError(f"speed state: unknown log record {kind!r}")
+    fold.entities, fold.expired = entities, expired

@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from datetime import date, timedelta
-from typing import Iterable, NamedTuple
+from typing import Collection, Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -43,6 +43,7 @@ from lakehouse import constants, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics, shard_state
+from speed.history import entity_filter
 from speed.stateful_features import insertion_point, instant, micros, shard_of
 
 log = logging.getLogger(__name__)
@@ -128,10 +129,11 @@ class FlagAlerts(beam.DoFn):
         for row in rows:
             by_entity.setdefault(row[entity], []).append(row)
         out: list[dict] = []
+        read = self._prefetch(state, by_entity)
         for entity_id, incoming in by_entity.items():
             history = state.entities.get(entity_id)
             if history is None:
-                history = self._seed(entity_id, fresh=entity_id in state.expired)
+                history = self._seed(entity_id, fresh=entity_id in state.expired, read=read)
             history, appended = self._flag(entity_id, history, incoming, out)
             if appended:
                 state.append(entity_id, history._replace(seen_at=now), len(incoming))
@@ -281,14 +283,34 @@ class FlagAlerts(beam.DoFn):
             self.latest_batch_version = self._batch_version()
         return self.latest_batch_version != self.batch_version
 
-    def _seed(self, entity_id: str, *, fresh: bool) -> AlertHistory:
-        """The entity's newest `keep` events from the start-up read, or from its own read of the
-        tables when that may lack them (state expired, the batch view changed since start-up, or
-        fewer events than needed in the start-up read's lookback)."""
-        frame = None if fresh or self._batch_changed() else self.startup.get(entity_id)
+    def _needs_read(self, entity_id: str, *, fresh: bool) -> bool:
+        """Whether the start-up read may lack the entity's events: its state expired, the batch
+        view changed since start-up, or fewer events than needed in the start-up lookback."""
+        if fresh or self._batch_changed():
+            return True
+        frame = self.startup.get(entity_id)
+        return frame is None or len(frame) < self.keep
+
+    def _prefetch(self, state, entity_ids) -> dict[str, pd.DataFrame] | None:
+        """The tables' rows of the element's entities that _seed would read one by one, in one
+        read (as ComputeFeatures._prefetch); None when at most one needs it."""
+        wanted = [entity_id for entity_id in entity_ids
+                  if entity_id not in state.entities and self._needs_read(entity_id, fresh=entity_id in state.expired)]
+        if len(wanted) <= 1:
+            return None
+        log.info("speed: reading the alert flags of %d entities (seeding their state), first %s", len(wanted), wanted[0])
+        frames = read_flags(self.settings, self.dataset, entities=wanted, lookback_days=None)
+        return {entity_id: frames.get(entity_id, _EMPTY) for entity_id in wanted}
+
+    def _seed(self, entity_id: str, *, fresh: bool, read: dict[str, pd.DataFrame] | None = None) -> AlertHistory:
+        """The entity's newest `keep` events from the start-up read, or from a read of the tables
+        (`read`, the element's, or its own) when that may lack them (_needs_read)."""
         complete = False
-        if frame is None or len(frame) < self.keep:
-            frame = read_flags(self.settings, self.dataset, entity=entity_id, lookback_days=None).get(entity_id)
+        frame = self.startup.get(entity_id)
+        if self._needs_read(entity_id, fresh=fresh):
+            frame = read.get(entity_id) if read is not None else None
+            if frame is None:
+                frame = read_flags(self.settings, self.dataset, entities=[entity_id], lookback_days=None).get(entity_id)
             complete = True
             self.startup.pop(entity_id, None)
         if frame is None or not len(frame):
@@ -305,7 +327,7 @@ class FlagAlerts(beam.DoFn):
         now = time.monotonic()
         read_at, frame = self.tables_read_at.get(entity_id, (-self.TABLES_REFRESH_SECONDS, None))
         if frame is None or now - read_at >= self.TABLES_REFRESH_SECONDS:
-            frame = read_flags(self.settings, self.dataset, entity=entity_id, lookback_days=None).get(entity_id, _EMPTY)
+            frame = read_flags(self.settings, self.dataset, entities=[entity_id], lookback_days=None).get(entity_id, _EMPTY)
             self.tables_read_at[entity_id] = (now, frame)
         if not len(frame) or self.quiet <= 0:
             return True
@@ -321,14 +343,15 @@ _EMPTY = pd.DataFrame()
 
 
 def read_flags(
-    settings: Settings, dataset: Dataset, *, entity: str | None = None, lookback_days: int | None = 7, newest: int | None = None,
+    settings: Settings, dataset: Dataset, *, entities: Collection[str] | None = None, lookback_days: int | None = 7,
+    newest: int | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """entity -> its scored events in the batch view and the hot table, in event order (one
-    entity's only, when `entity` is given; its `newest` only, when given), with `hot` saying which
-    have a hot row to write again. The lookback counts back from the batch view's newest day;
-    None reads all of it."""
+    """entity -> its scored events in the batch view and the hot table, in event order (only
+    those of `entities`, when given; its `newest` only, when given), with `hot` saying which have
+    a hot row to write again. The lookback counts back from the batch view's newest day; None
+    reads all of it."""
     key = [dataset.event_id, dataset.entity, dataset.event_time]
-    only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
+    only = entity_filter(dataset, entities)
     frames = []
     batch_uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
     if storage.table_exists(batch_uri):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, timedelta
+from typing import Collection
 
 import numpy as np
 import pandas as pd
@@ -29,18 +30,26 @@ log = logging.getLogger(__name__)
 History = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def recent_history(
-    settings: Settings, dataset: Dataset, *, lookback_days: int | None = 7, entity: str | None = None
-) -> dict[str, History]:
-    """entity -> its events of the lookback in silver and the hot table, oldest first (one entity's
-    only, when `entity` is given). The lookback counts back from silver's newest day; None reads
-    all of silver (for one entity whose events are older than that)."""
-    columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
+def entity_filter(dataset: Dataset, entities: Collection[str] | None):
+    """An Arrow filter on the entity column for these entities (None: no filter)."""
+    if entities is None:
+        return None
     # Cast: tables MERGEd by delta-rs store strings as string_view, which compares to no literal,
     # though the table's schema says string (tried 2026-12-02: the filter without the cast fails on
-    # such files). The cast keeps Arrow from using the row groups' statistics: the soak's re-seeding
-    # read all of the hot table's (docs/benchmarks.md, "Memory soak").
-    only = pc.field(dataset.entity).cast(pa.string()) == pc.scalar(entity) if entity is not None else None
+    # such files). The cast keeps Arrow from using the row groups' statistics, so a read for a few
+    # entities costs a scan of the table: callers read many entities at once (the soak's entities
+    # back from expiry, read one by one, stalled it; docs/benchmarks.md, "Memory soak").
+    return pc.field(dataset.entity).cast(pa.string()).isin(pa.array(sorted(set(entities)), pa.string()))
+
+
+def recent_history(
+    settings: Settings, dataset: Dataset, *, lookback_days: int | None = 7, entities: Collection[str] | None = None
+) -> dict[str, History]:
+    """entity -> its events of the lookback in silver and the hot table, oldest first (only those
+    of `entities`, when given). The lookback counts back from silver's newest day; None reads all
+    of silver (for entities whose events are older than that)."""
+    columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
+    only = entity_filter(dataset, entities)
     frames = []
     since = None
     uri = settings.table_uri(dataset.name, constants.SILVER)

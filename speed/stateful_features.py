@@ -129,6 +129,7 @@ class ComputeFeatures(beam.DoFn):
                 _HISTORY[self.job] = cached
         self.silver_version, self.silver_checked_at, self.silver_history = cached
         self.full_history: set[str] = set()  # entities whose whole history has been read
+        self.prefetched: set[str] = set()  # entities whose history this element read (_prefetch)
         self.history_read_at: dict[str, float] = {}
         # When this worker's timer of each shard is due: setting a timer costs more than checking.
         self.timer_due: dict[int, float] = {}
@@ -156,6 +157,7 @@ class ComputeFeatures(beam.DoFn):
             by_entity.setdefault(record[entity], []).append(record)
         featured: list[dict] = []
         appended = []
+        self._prefetch(state, by_entity)
         for entity_id, events in by_entity.items():
             history = state.entities.get(entity_id)
             if history is None:
@@ -324,11 +326,40 @@ class ComputeFeatures(beam.DoFn):
 
     def _refresh_history(self, entity_id: str, why: str) -> None:
         """Read the entity's whole current history from silver and the hot table."""
-        log.info("speed: reading the history of %s (%s)", entity_id, why)
-        self.history_read_at[entity_id] = time.monotonic()
-        fresh = recent_history(self.settings, self.dataset, entity=entity_id, lookback_days=None)
-        self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
-        self.full_history.add(entity_id)
+        self._refresh_histories([entity_id], why)
+
+    def _refresh_histories(self, entity_ids: list[str], why: str) -> None:
+        """Read these entities' whole current histories from silver and the hot table, in one pass."""
+        if len(entity_ids) == 1:
+            log.info("speed: reading the history of %s (%s)", entity_ids[0], why)
+        else:
+            log.info("speed: reading the histories of %d entities (%s), first %s", len(entity_ids), why, entity_ids[0])
+        now = time.monotonic()
+        fresh = recent_history(self.settings, self.dataset, entities=entity_ids, lookback_days=None)
+        for entity_id in entity_ids:
+            self.history_read_at[entity_id] = now
+            self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
+            self.full_history.add(entity_id)
+
+    def _prefetch(self, state, entity_ids) -> None:
+        """Read in one pass the histories of the entities of an element that _seed would read one
+        by one: entities back from expiry, any entity once silver changed, new entities and those
+        with a start-up history shorter than state holds. A block of 2,500 entities back from
+        expiry, read one at a time (0.3 s a read), stalled the soak for minutes."""
+        changed = self._silver_changed()
+        kept = 2 * self.dataset.features.window
+        wanted = [
+            entity_id for entity_id in entity_ids
+            if entity_id not in state.entities and (
+                entity_id in state.expired or changed
+                or (entity_id not in self.full_history and len(self.silver_history.get(entity_id, self._no_history())[0]) <= kept)
+            )
+        ]
+        self.prefetched = set(wanted)
+        if len(wanted) > 1:
+            self._refresh_histories(wanted, "seeding their state")
+        else:
+            self.prefetched.clear()
 
     def _no_history(self):
         return np.empty(0, dtype=np.int64), np.array([], dtype="U1"), np.empty((0, len(self.fields)))
@@ -355,7 +386,7 @@ class ComputeFeatures(beam.DoFn):
         read, for it alone. A new entity is read alone anyway (_before).
         """
         refreshed = expired or self._silver_changed()
-        if refreshed:
+        if refreshed and entity_id not in self.prefetched:
             self._refresh_history(entity_id, "state expired" if expired else "silver changed since start-up")
         times, ids, values, complete = self._before(entity_id, None, 2 * self.dataset.features.window)
         if refreshed:

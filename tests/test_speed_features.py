@@ -154,3 +154,46 @@ def test_events_the_hot_table_holds_are_replays_after_a_restart(warehouse, tmp_p
     emitted = dict(eval(line) for line in open(output))  # noqa: S307 - our own repr output
     assert set(emitted) == {event["event_id"] for event in events[110:]}
     assert {event_id for event_id, new in emitted.items() if new} == {event["event_id"] for event in events[120:]}
+
+
+def test_entities_an_element_seeds_from_the_tables_are_read_in_one_pass(warehouse, tmp_path, caplog):
+    """Entities the start-up history holds too few events of are read from the tables before their
+    first event; an element's such entities in one read (one by one, a block of entities back
+    from expiry stalled the soak), with the features the batch layer gives them."""
+    import logging
+
+    import pyarrow as pa
+
+    from speed import tables
+
+    dataset = schemas.load("sensor_events")
+    entities = ["sensor-001", "sensor-002", "sensor-003"]
+    series = {name: [{**event, "entity_id": name, "event_id": f"{name}-{event['event_id']}"} for event in _events(40)]
+              for name in entities}
+    # 30 events each in the hot table: fewer than state holds (2 x window = 48).
+    hot = [{**event, "score": 0.0, "is_anomaly": False, "model_version": 1, "scored_at": event["event_time"], "revision": 1}
+           for name in entities for event in series[name][:30]]
+    hot_uri = tables.hot_table_uri(warehouse, dataset)
+    tables.ensure_table(hot_uri, system_tables.hot_scores_schema(dataset))
+    tables.upsert_by_key(hot_uri, pa.Table.from_pylist(hot, schema=system_tables.hot_scores_schema(dataset)), "event_id")
+    arriving = [series[name][index] for index in range(30, 40) for name in entities]
+    output = tmp_path / "features"
+    caplog.set_level(logging.INFO, logger="speed.stateful_features")
+    with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
+        (
+            pipeline
+            | beam.Create([(0, arriving)], reshuffle=False)
+            | beam.ParDo(ComputeFeatures(dataset, warehouse))
+            | beam.ParDo(_Collect())
+            | beam.Map(repr)
+            | beam.io.WriteToText(str(output), shard_name_template="")
+        )
+    reads = [record.getMessage() for record in caplog.records if "reading the histor" in record.getMessage()]
+    assert len(reads) == 1 and "3 entities" in reads[0], reads
+    emitted = dict(eval(line) for line in open(output))  # noqa: S307 - our own repr output
+    for name in entities:
+        events = series[name]
+        values = np.array([[event[field] for field in dataset.features.fields] for event in events])
+        times = np.array([np.datetime64(event["event_time"].replace(tzinfo=None), "us") for event in events])
+        expected = compute_features(dataset, values, times)
+        np.testing.assert_array_equal(np.array([emitted[event["event_id"]] for event in events[30:]]), expected[30:])

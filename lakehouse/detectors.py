@@ -108,11 +108,9 @@ def _exact_knn_path(detector: Any):
     be promised: sklearn's KD and ball trees sum squared differences feature by feature in order
     and take the square root, which the loop below repeats; its brute-force search (many
     dimensions, or neighbours near half the training rows) uses another formula."""
-    neighbours = getattr(detector, "neigh_", None)
-    if type(detector).__name__ != "KNN" or neighbours is None or getattr(neighbours, "_fit_method", None) not in ("kd_tree", "ball_tree"):
+    if not _exact_knn_possible(detector):
         return None
-    if getattr(neighbours, "effective_metric_", None) != "euclidean":
-        return None
+    neighbours = detector.neigh_
     # Feature-major, so each feature's squared differences are one contiguous (rows x training) plane.
     training = np.ascontiguousarray(neighbours._fit_X.T)
     k = detector.n_neighbors
@@ -130,6 +128,13 @@ def _exact_knn_path(detector: Any):
 
     score.terms_per_row = training.size
     return score
+
+
+def _exact_knn_possible(detector: Any) -> bool:
+    neighbours = getattr(detector, "neigh_", None)
+    if type(detector).__name__ != "KNN" or neighbours is None or getattr(neighbours, "_fit_method", None) not in ("kd_tree", "ball_tree"):
+        return False
+    return getattr(neighbours, "effective_metric_", None) == "euclidean"
 
 
 def _transform(scaler: Any, rows: np.ndarray) -> np.ndarray:
@@ -182,3 +187,87 @@ def fit(
         model.training_ids = np.asarray(event_ids, dtype=object)
         model.training_scores = training_scores
     return model, metrics
+
+
+class NearestBank:
+    """Many entities' exact KNN models scored in one numpy pass, the same bits as each model's
+    `score` (without event ids).
+
+    The speed layer scores a batch of events of many entities, one or two events each. Called
+    model by model, each call's set-up (the scaler, the broadcast, the partition, PyOD's distance
+    method) costs far more than its arithmetic: scoring was about 36% of the stack samples of the
+    latency run (docs/benchmarks.md). Here the models' training points are stacked into one array
+    (padded with +inf, which sorts after every real distance: each model has at least k points),
+    rows pick their model's plane, and the steps of `_exact_knn_path` run once over all rows:
+    elementwise arithmetic and the feature-by-feature sum in the same order give the same bits.
+
+    Holds the models that qualify (`eligible`): an exact KNN path, one k, distance method and
+    feature count, a robust or standard scaler or none. The others are scored one by one."""
+
+    # Rows scored per pass: bounds the (rows x features x training points) array (about 16 MB).
+    CHUNK_TERMS = 2_000_000
+
+    def __init__(self, models: list[FittedModel]) -> None:
+        first = models[0].detector
+        self.k, self.method = first.n_neighbors, first.method
+        self.distance = first._get_dist_by_method
+        planes = [np.ascontiguousarray(model.detector.neigh_._fit_X.T) for model in models]
+        features = planes[0].shape[0]
+        self.training = np.full((len(models), features, max(plane.shape[1] for plane in planes)), np.inf)
+        for index, plane in enumerate(planes):
+            self.training[index, :, : plane.shape[1]] = plane
+        self.center = np.zeros((len(models), features))
+        self.scale = np.ones((len(models), features))
+        for index, model in enumerate(models):
+            center, scale = _scaling(model.scaler)
+            if center is not None:
+                self.center[index] = center
+            if scale is not None:
+                self.scale[index] = scale
+        self.thresholds = np.array([model.threshold for model in models], dtype=np.float64)
+
+    @staticmethod
+    def eligible(models: list[FittedModel]) -> list[FittedModel]:
+        """The models one bank can hold: those like the first model that qualifies."""
+        qualified = [model for model in models if _exact_knn_possible(model.detector) and _scaling_known(model.scaler)]
+        if not qualified:
+            return []
+        first = qualified[0].detector
+        shape = (first.n_neighbors, first.method, first.neigh_._fit_X.shape[1])
+        return [model for model in qualified
+                if (model.detector.n_neighbors, model.detector.method, model.detector.neigh_._fit_X.shape[1]) == shape]
+
+    def score(self, which: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and flags of `rows`, row i by model number `which[i]` of the bank."""
+        which = np.asarray(which, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.float64)
+        scores = np.empty(len(rows))
+        step = max(1, self.CHUNK_TERMS // max(1, self.training[0].size))
+        for start in range(0, len(rows), step):
+            part = which[start : start + step]
+            # (x - 0) / 1 is x, bit for bit: a model without centring or scaling takes 0 and 1.
+            scaled = (rows[start : start + step] - self.center[part]) / self.scale[part]
+            squares = scaled[:, :, np.newaxis] - self.training[part]
+            squares *= squares
+            total = squares[:, 0].copy()
+            for feature in range(1, squares.shape[1]):
+                total += squares[:, feature]
+            nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
+            scores[start : start + step] = np.asarray(self.distance(np.sqrt(nearest)), dtype=np.float64).ravel()
+        return scores, scores > self.thresholds[which]
+
+
+def _scaling_known(scaler: Any) -> bool:
+    return scaler is None or type(scaler).__name__ in ("RobustScaler", "StandardScaler")
+
+
+def _scaling(scaler: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(center, scale) as _transform applies them (None: that step is skipped)."""
+    kind = type(scaler).__name__
+    if scaler is None:
+        return None, None
+    if kind == "RobustScaler":
+        return (scaler.center_ if scaler.with_centering else None), (scaler.scale_ if scaler.with_scaling else None)
+    if kind == "StandardScaler":
+        return (scaler.mean_ if scaler.with_mean else None), (scaler.scale_ if scaler.with_std else None)
+    raise ValueError(f"{kind}: not a scaler NearestBank knows")

@@ -14,6 +14,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from lakehouse import registry, system_tables
+from lakehouse.detectors import NearestBank
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
@@ -40,9 +41,28 @@ def _models_of(settings: Settings, dataset: str, version: tuple) -> dict:
             return cached[1]
         latest = registry.latest_versions(settings, dataset)
         served = frozenset(zip(latest.entity_id, latest.version.astype(int)))
-        models = cached[1] if cached is not None and cached[2] == served else registry.load(latest)
+        models = cached[1] if cached is not None and cached[2] == served else _Served.of(registry.load(latest))
         _MODELS[key] = (version, models, served)
         return models
+
+
+class _Served(dict):
+    """entity -> RegisteredModel, with the models one NearestBank holds scored together
+    (lakehouse/detectors.py): `bank`, and `slot` from id(RegisteredModel) to its place in it."""
+
+    bank: NearestBank | None = None
+    slot: dict[int, int] = {}
+
+    @classmethod
+    def of(cls, models: dict) -> "_Served":
+        served = cls(models)
+        entries = list(models.values())
+        eligible = NearestBank.eligible([entry.model for entry in entries])
+        if eligible:
+            positions = {id(model): number for number, model in enumerate(eligible)}
+            served.bank = NearestBank(eligible)
+            served.slot = {id(entry): positions[id(entry.model)] for entry in entries if id(entry.model) in positions}
+        return served
 
 
 class ScoreBatch(beam.DoFn):
@@ -92,6 +112,7 @@ class ScoreBatch(beam.DoFn):
         for record in batch:
             by_entity.setdefault(record[dataset.entity], []).append(record)
         scored_at = datetime.now(timezone.utc)
+        banked = self._score_banked(by_entity)
         for entity_id, records in by_entity.items():
             entry = system_tables.model_for(self.models, entity_id)
             if entry is None:
@@ -113,8 +134,10 @@ class ScoreBatch(beam.DoFn):
                     # only once it is landed too (speed/acks.py).
                     letters.append({**letter, ACK: record.get(ACK)})
                 continue
-            matrix = np.vstack([record["_features"] for record in records])
-            scores, flags = entry.model.score(matrix)
+            if entity_id in banked:
+                scores, flags = banked[entity_id]
+            else:
+                scores, flags = entry.model.score(np.vstack([record["_features"] for record in records]))
             self._observe_scored(records)
             revised = sum(1 for record in records if record.get("_revised"))
             self.scored.inc(len(records) - revised)
@@ -139,6 +162,30 @@ class ScoreBatch(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
         if rows:
             yield rows
+
+    def _score_banked(self, by_entity: dict[str, list[dict]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """entity -> (scores, flags) of its records, for the entities whose model the bank holds:
+        all of them in one pass (lakehouse/detectors.NearestBank; the same bits as one by one)."""
+        bank, slot = getattr(self.models, "bank", None), getattr(self.models, "slot", {})
+        if bank is None:
+            return {}
+        names, which, rows = [], [], []
+        for entity_id, records in by_entity.items():
+            entry = system_tables.model_for(self.models, entity_id)
+            number = slot.get(id(entry)) if entry is not None else None
+            if number is None:
+                continue
+            names.append((entity_id, len(records)))
+            which.extend([number] * len(records))
+            rows.extend(record["_features"] for record in records)
+        if not names:
+            return {}
+        scores, flags = bank.score(np.array(which), np.vstack(rows))
+        out, start = {}, 0
+        for entity_id, count in names:
+            out[entity_id] = (scores[start : start + count], flags[start : start + count])
+            start += count
+        return out
 
     def _observe_scored(self, records: list[dict]) -> None:
         # Arrival to scored, before the sinks: the part of the latency the sinks' batching and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lakehouse import detectors
 from lakehouse.detectors import FittedModel
@@ -85,3 +86,30 @@ def test_a_few_rows_score_in_numpy_exactly_as_pyod_scores_them():
         one_at_a_time = np.concatenate([model.score(rows[index : index + 1])[0] for index in range(len(rows))])
         np.testing.assert_array_equal(one_at_a_time, expected)
         np.testing.assert_array_equal(model.score(rows)[0], expected)
+
+
+@pytest.mark.parametrize("method", ["largest", "mean", "median"])
+def test_a_bank_of_models_scores_each_row_exactly_as_its_own_model_does(method):
+    """NearestBank (the speed layer's scoring) gives every row the bits its model's `score` gives:
+    models of different sizes and scalers; a model it cannot hold stays out."""
+    rng = np.random.default_rng(11)
+    models = []
+    for index in range(12):
+        scale = ("robust", "standard", "none")[index % 3]
+        spec = DetectorSpec(name="knn", scale=scale, params={"n_neighbors": 5, "method": method})
+        history = rng.normal(index, 1 + index % 5, size=(40 + 17 * index, 4))
+        models.append(detectors.fit(spec, history, ["a", "b", "c", "d"])[0])
+    odd = detectors.fit(DetectorSpec(name="knn", params={"n_neighbors": 3}), rng.normal(size=(60, 4)), ["a", "b", "c", "d"])[0]
+    bank_models = detectors.NearestBank.eligible([*models, odd])
+    assert all(model is not odd for model in bank_models) and len(bank_models) == len(models)
+    bank = detectors.NearestBank(bank_models)
+    which = rng.integers(0, len(bank_models), size=700)
+    rows = rng.normal(5, 4, size=(700, 4))
+    bank.CHUNK_TERMS = 4 * 300 * 50  # several chunks
+    scores, flags = bank.score(which, rows)
+    for model_number, model in enumerate(bank_models):
+        mine = which == model_number
+        expected_scores, expected_flags = model.score(rows[mine])
+        assert scores[mine].tobytes() == expected_scores.tobytes()
+        assert np.array_equal(flags[mine], expected_flags)
+    assert flags.any() and not flags.all()

@@ -150,7 +150,7 @@ def test_a_failed_bundle_leaves_no_fold_that_claims_the_committed_state():
 
 def test_an_append_the_log_cannot_place_is_an_error():
     cells = _Cells()
-    cells.add((shard_state.APPEND, "ghost", (2, History(np.arange(1), np.zeros(1), 1))))
+    cells.add((shard_state.APPENDS, None, shard_state._stacked([("ghost", 2, 1, History(np.arange(2), np.zeros(2), 1))])))
     cells.token.write((1, 1))
     cells.finish()
     with pytest.raises(RuntimeError, match="ghost"):

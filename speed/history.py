@@ -16,7 +16,6 @@ from datetime import date, timedelta
 from typing import Collection
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -50,7 +49,7 @@ def recent_history(
     of silver (for entities whose events are older than that)."""
     columns = [dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields]
     only = entity_filter(dataset, entities)
-    frames = []
+    tables = []
     since = None
     uri = settings.table_uri(dataset.name, constants.SILVER)
     if storage.table_exists(uri):
@@ -63,33 +62,49 @@ def recent_history(
                 recent = pc.field("event_date") >= pc.scalar(since)
             conditions = [condition for condition in (recent, only) if condition is not None]
             condition = conditions[0] if len(conditions) == 1 else (conditions[0] & conditions[1] if conditions else None)
-            frames.append(table.to_pyarrow_dataset().to_table(columns=columns, filter=condition).to_pandas())
+            tables.append(plain(table.to_pyarrow_dataset().to_table(columns=columns, filter=condition)))
     hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
     if storage.table_exists(hot_uri):
         # Expired up to the watermark by each batch run, so it holds only what silver lacks (or
         # repeats it: the same event id with the same values).
-        frames.append(storage.open_table(hot_uri).to_pyarrow_dataset().to_table(columns=columns, filter=only).to_pandas())
-    frames = [frame for frame in frames if len(frame)]
-    if not frames:
+        tables.append(plain(storage.open_table(hot_uri).to_pyarrow_dataset().to_table(columns=columns, filter=only)))
+    tables = [table for table in tables if table.num_rows]
+    if not tables:
         return {}
-    rows = (
-        pd.concat(frames, ignore_index=True)
-        .drop_duplicates(subset=[dataset.event_id], keep="last")
-        .sort_values([dataset.entity, dataset.event_time, dataset.event_id])
-    )
+    rows = pa.concat_tables(tables, promote_options="permissive")
+    # Each event id's last row (the hot table's, when both hold it).
+    codes = pc.dictionary_encode(rows[dataset.event_id]).combine_chunks().indices.to_numpy()
+    _, last_reversed = np.unique(codes[::-1], return_index=True)
+    rows = ordered(rows.take(np.sort(len(codes) - 1 - last_reversed)), dataset)
     # Every event of the lookback is kept, not only the newest 2 x window: an event beyond state
     # takes its features from the events before it (ComputeFeatures._snapshot_features).
     history: dict[str, History] = {}
-    event_times = rows[dataset.event_time]
-    if getattr(event_times.dt, "tz", None) is not None:
-        event_times = event_times.dt.tz_convert("UTC").dt.tz_localize(None)
-    times = event_times.to_numpy(dtype="datetime64[us]").astype(np.int64)
-    ids = rows[dataset.event_id].to_numpy(dtype=str)
-    values = rows[list(dataset.features.fields)].to_numpy(np.float64)
-    entities = rows[dataset.entity].to_numpy(dtype=str)
-    # Rows are sorted by entity: each entity's events are one slice.
-    starts = np.flatnonzero(np.r_[True, entities[1:] != entities[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(entities)]):
+    times = rows[dataset.event_time].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    ids = rows[dataset.event_id].to_numpy().astype(str)
+    values = np.column_stack([rows[name].to_numpy().astype(np.float64) for name in dataset.features.fields])
+    entities = rows[dataset.entity].to_numpy().astype(str)
+    for start, end in entity_slices(entities):
         history[str(entities[start])] = (times[start:end], ids[start:end], values[start:end])
     log.info("speed: read history for %d entities of %s from silver since %s and the hot table", len(history), dataset.name, since)
     return history
+
+
+def plain(table: pa.Table) -> pa.Table:
+    """The table with string_view columns (delta-rs MERGEs write them) as plain strings, so tables
+    of both kinds concatenate and sort."""
+    schema = pa.schema([field.with_type(pa.string()) if field.type == pa.string_view() else field for field in table.schema])
+    return table if schema == table.schema else table.cast(schema)
+
+
+def ordered(table: pa.Table, dataset: Dataset) -> pa.Table:
+    """The rows by entity, event time and event id, sorted by Arrow: pandas' sort of the same rows
+    as Python strings took 4 to 9 s of a job's start (1,000 entities, 290k rows, 2026-12-02)."""
+    return table.sort_by([(dataset.entity, "ascending"), (dataset.event_time, "ascending"), (dataset.event_id, "ascending")])
+
+
+def entity_slices(entities: np.ndarray):
+    """(start, end) of each entity's rows in rows sorted by entity."""
+    if not len(entities):
+        return
+    starts = np.flatnonzero(np.r_[True, entities[1:] != entities[:-1]])
+    yield from zip(starts.tolist(), np.r_[starts[1:], len(entities)].tolist())

@@ -327,6 +327,9 @@ class FlagAlerts(beam.DoFn):
         now = time.monotonic()
         read_at, frame = self.tables_read_at.get(entity_id, (-self.TABLES_REFRESH_SECONDS, None))
         if frame is None or now - read_at >= self.TABLES_REFRESH_SECONDS:
+            # Bounded memory: only the reads of the last TABLES_REFRESH_SECONDS are kept.
+            self.tables_read_at = {name: kept for name, kept in self.tables_read_at.items()
+                                   if now - kept[0] < self.TABLES_REFRESH_SECONDS}
             frame = read_flags(self.settings, self.dataset, entities=[entity_id], lookback_days=None).get(entity_id, _EMPTY)
             self.tables_read_at[entity_id] = (now, frame)
         if not len(frame) or self.quiet <= 0:

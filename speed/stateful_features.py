@@ -335,6 +335,13 @@ class ComputeFeatures(beam.DoFn):
         else:
             log.info("speed: reading the histories of %d entities (%s), first %s", len(entity_ids), why, entity_ids[0])
         now = time.monotonic()
+        # Bounded memory: histories read more than HISTORY_REFRESH_SECONDS ago are let go (state
+        # holds what seeding needed; an event beyond state reads again after that long anyway).
+        stale = [name for name, read_at in self.history_read_at.items() if now - read_at >= self.HISTORY_REFRESH_SECONDS]
+        for name in stale:
+            del self.history_read_at[name]
+            self.silver_history.pop(name, None)
+            self.full_history.discard(name)
         fresh = recent_history(self.settings, self.dataset, entities=entity_ids, lookback_days=None)
         for entity_id in entity_ids:
             self.history_read_at[entity_id] = now

@@ -81,9 +81,8 @@ def _same(left: dict, right: dict) -> bool:
 
 
 def test_the_log_alone_rebuilds_what_the_worker_folded(monkeypatch):
-    # Compactions within the test: at most max(40, 3 x 12 entities) records before a rewrite.
-    monkeypatch.setattr(shard_state, "_MIN_RECORDS", 40)
-    monkeypatch.setattr(shard_state, "COMPACT_FACTOR", 3)
+    # Compactions within the test: a rewrite once the log holds 2 x the state's rows + 40.
+    monkeypatch.setattr(shard_state, "_MIN_ROWS", 40)
     rng = random.Random(7)
     cells = _Cells()
     expected: dict[str, History] = {}
@@ -116,8 +115,10 @@ def test_the_log_alone_rebuilds_what_the_worker_folded(monkeypatch):
         rebuilt = shard_state.ShardState(f"other-{bundle}", "entities", 0, cells, cells.token)
         assert _same(rebuilt.entities, expected) and rebuilt.expired == expired
         cells.fail()  # the rebuild changed nothing to commit
+        # The log stays within its bound: 2 x the state's rows + 40, and one commit's rows.
+        state_rows = sum(max(1, len(history.times)) for history in expected.values())
+        assert sum(shard_state._rows(record) for record in cells.bag) <= 2 * state_rows + 40 + 4 * 6 + len(expired)
     assert compactions >= 3
-    assert len(cells.bag) <= 40 + 4
 
 
 def test_a_failed_bundle_leaves_no_fold_that_claims_the_committed_state():

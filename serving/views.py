@@ -26,7 +26,9 @@ full aggregate's batch scan read a fourth column of 1M rows; docs/benchmarks.md,
 also steadier than the filter: until the next refresh the view keeps the version its boundary
 was computed from, even when a new run has already replaced the batch view. Should the newest
 version hold rows after W (a run that wrote the view and failed before logging success), the
-batch side falls back to the newest version with the filter `event_time <= W`, as before.
+batch side falls back to the newest version with the filter `event_time <= W`, as before. A
+pinned version's files outlive its replacement by VACUUM's retention (7 days,
+batch/maintenance.py), and every batch run refreshes the view.
 
 With no successful batch run yet, W is NULL and every hot row answers. Each event id appears
 once: the batch view and the hot table are each unique by event id, and an event's hot row

@@ -19,16 +19,14 @@ entities and their covered-until times are written into the view at refresh as a
 hot rows by event id the same way (batch/tables.py). An entity that starts lagging between two
 refreshes is served as lagging from the next refresh on.
 
-The batch side reads the batch view at the Delta version the refresh found (`FOR VERSION AS OF`,
-`batch_version`), once a query at that version found no row after W: a version pinned that way
-needs no row filter, which read and compared every batch row's event time on every query (the
-full aggregate's batch scan read a fourth column of 1M rows; docs/benchmarks.md, serving). It is
-also steadier than the filter: until the next refresh the view keeps the version its boundary
-was computed from, even when a new run has already replaced the batch view. Should the newest
-version hold rows after W (a run that wrote the view and failed before logging success), the
-batch side falls back to the newest version with the filter `event_time <= W`, as before. A
-pinned version's files outlive its replacement by VACUUM's retention (7 days,
-batch/maintenance.py), and every batch run refreshes the view.
+The batch side keeps its row filter `event_time <= W`, though the batch view holds nothing after W
+once its run is logged: with it Trino drops the batch side while planning any query whose own
+time filter starts after W (the last hour, one entity's last day: a one-fragment plan over the hot
+table), and the filter keeps out the rows of a run that wrote the view but never logged its
+success. Reading the batch view at a pinned Delta version (`FOR VERSION AS OF`) without the
+filter was measured for issue #16: it saved about a fifth of the full aggregate's CPU (the batch
+scan's event_time column) but planned those recent-window queries as three fragments with a
+batch scan of zero files, slower; so it was not kept (docs/benchmarks.md, serving).
 
 With no successful batch run yet, W is NULL and every hot row answers. Each event id appears
 once: the batch view and the hot table are each unique by event id, and an event's hot row
@@ -74,7 +72,6 @@ def timestamp_literal(value: datetime | None) -> str:
 def merged_view_sql(
     dataset: Dataset, *, has_batch: bool, has_hot: bool, watermark: datetime | None,
     lagging: tuple[tuple[str, datetime | None], ...] = (), alert_column: bool = False,
-    batch_version: int | None = None,
 ) -> str:
     """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist, with the
     boundary `watermark` (None: no successful batch run, the speed layer answers everything).
@@ -84,22 +81,17 @@ def merged_view_sql(
     (`lagging_entities`, computed at refresh, so no query aggregates the batch view).
 
     `alert_column`: every side carries `is_alert` (system_tables.IS_ALERT, written by both
-    layers), served after the declared columns; the `alerts` view then reads it.
-
-    `batch_version`: a version of the batch view that holds no row after the watermark
-    (`pinned_batch_version`): the batch side reads it without a row filter. None: the newest
-    version, filtered by the watermark."""
+    layers), served after the declared columns; the `alerts` view then reads it."""
     names = [*system_tables.served_columns(dataset), *([system_tables.IS_ALERT.name] if alert_column else [])]
     selected = ", ".join(f'side."{name}"' for name in names)
     boundary = timestamp_literal(watermark)
     event_time = f'side."{dataset.event_time}"'
     parts = []
     if has_batch and watermark is not None:
-        batch = f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark FROM {_qualified(dataset.name, constants.BATCH_SCORES)}"
-        if batch_version is not None:
-            parts.append(f"{batch} FOR VERSION AS OF {int(batch_version)} side")
-        else:
-            parts.append(f"{batch} side WHERE {event_time} <= {boundary}")
+        parts.append(
+            f"SELECT {selected}, '{constants.LAYER_BATCH}' AS layer, {boundary} AS watermark "
+            f"FROM {_qualified(dataset.name, constants.BATCH_SCORES)} side WHERE {event_time} <= {boundary}"
+        )
     if has_hot:
         hot = f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, {boundary} AS watermark FROM {_qualified(dataset.name, constants.HOT_SCORES)} side"
         if watermark is not None and lagging:
@@ -155,27 +147,6 @@ def lagging_entities(dataset: Dataset, watermark: datetime, settings: Settings) 
         (str(name), None if until is None or pd.isna(until) else pd.Timestamp(until).to_pydatetime())
         for name, until in zip(answer.entity, answer.until)
     )
-
-
-def pinned_batch_version(dataset: Dataset, watermark: datetime, settings: Settings) -> int | None:
-    """The batch view's newest Delta version if it holds no row after the watermark (the merged
-    view then reads that version without a row filter), else None (the newest version, filtered).
-
-    The check is a query at that version for rows after the watermark: Trino answers it from the
-    Delta log's per-file statistics (the newest event time of each file) without reading a data
-    file when there is none, and reads the files that might hold one when there are."""
-    uri = settings.table_uri(dataset.name, constants.BATCH_SCORES)
-    version = storage.open_table(uri).version()
-    answer = trino_client.query(
-        f'SELECT count(*) AS n FROM {_qualified(dataset.name, constants.BATCH_SCORES)} FOR VERSION AS OF {int(version)} '
-        f'WHERE "{dataset.event_time}" > {timestamp_literal(watermark)}',
-        settings=settings,
-    )
-    if int(answer.n[0]):
-        log.warning("%s: the batch view's version %d holds %d rows after the watermark %s (a run that did not log "
-                    "its success?): the merged view filters its newest version instead", dataset.name, version, int(answer.n[0]), watermark)
-        return None
-    return version
 
 
 def current_watermark(dataset: Dataset, settings: Settings) -> datetime | None:
@@ -346,12 +317,10 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
         # Every side the view reads carries the flag (a hot table from before it gets the column
         # when the speed layer next starts, speed/tables.ensure_table).
         alert_column = (batch_alerts or not has_batch) and (not has_hot or _has_column(dataset.name, constants.HOT_SCORES, flag, settings))
-        batch_version = pinned_batch_version(dataset, watermark, settings) if has_batch and watermark is not None else None
         sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark, lagging=lagging,
-                              alert_column=alert_column, batch_version=batch_version)
+                              alert_column=alert_column)
         trino_client.execute(sql, settings=settings)
-        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark}, "
-                        f"batch version: {'newest, filtered' if batch_version is None else batch_version})")
+        messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark})")
         boundary = Boundary(watermark=watermark, alert_column=alert_column)
         if not alert_column and batch_alerts and watermark is not None:
             boundary = Boundary(watermark, alert_tail_start(dataset, watermark, settings), batch_alerts=True)

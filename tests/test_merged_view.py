@@ -178,36 +178,6 @@ def test_an_event_at_exactly_the_watermark_is_answered_once_by_batch(settings):
     assert merged["cpu@9"] == "batch" and merged["cpu@10"] == "speed" and len(merged) == 12
 
 
-def test_the_batch_side_keeps_its_version_until_the_next_refresh(settings):
-    """The batch side reads the batch view at the version the refresh found, without a row
-    filter: a batch view rewritten by a run not yet refreshed into the view changes nothing."""
-    _batch_run(settings, _events(0, 10), watermark=_at(9))
-    _speed(settings, _events(10, 10))
-    assert _merged(settings) == {**{f"cpu@{m}": "batch" for m in range(10)}, **{f"cpu@{m}": "speed" for m in range(10, 20)}}
-    sql = trino_client.query(f"SHOW CREATE VIEW {DATASET}.merged", settings=settings).iloc[0, 0]
-    assert "FOR VERSION AS OF 0" in sql and "<= TIMESTAMP" not in sql
-    # The next run writes the batch view; until its refresh the view answers as before.
-    _batch_run(settings, _events(0, 15), watermark=_at(14))
-    answer = trino_client.query(f"SELECT event_id, layer FROM {DATASET}.merged", settings=settings)
-    assert answer.event_id.is_unique and dict(zip(answer.event_id, answer.layer))["cpu@12"] == "speed"
-    assert _merged(settings)["cpu@12"] == "batch"
-
-
-def test_a_batch_view_written_by_a_run_that_did_not_log_its_success_is_filtered(settings):
-    """A run that replaced the batch view and failed before logging its success leaves rows after
-    the watermark in the newest version: the batch side then filters them, as it did before
-    versions were pinned."""
-    _batch_run(settings, _events(0, 10), watermark=_at(9))
-    _speed(settings, _events(10, 10))
-    rows = [{**event, "score": 0.1, "is_anomaly": False, "model_version": 1, "is_alert": False} for event in _events(0, 15)]
-    schema = system_tables.batch_scores_schema(schemas.load(DATASET))
-    write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
-    merged = _merged(settings)
-    assert len(merged) == 20 and [merged[f"cpu@{m}"] for m in range(9, 12)] == ["batch", "speed", "speed"]
-    sql = trino_client.query(f"SHOW CREATE VIEW {DATASET}.merged", settings=settings).iloc[0, 0]
-    assert "FOR VERSION AS OF" not in sql and "<= TIMESTAMP '2024-01-01 00:09:00.000 UTC'" in sql
-
-
 def test_a_replay_into_the_hot_table_duplicates_nothing(settings):
     _batch_run(settings, _events(0, 10), watermark=_at(9))
     _speed(settings, _events(10, 10))

@@ -176,14 +176,14 @@ def test_the_merged_view_serves_the_declared_columns_split_at_a_literal_watermar
     assert constants.BATCH_SCORES not in speed_only.split("UNION ALL")[-1] and "WHERE" not in speed_only.split("UNION ALL")[-1]
 
 
-def test_the_merged_view_pins_the_batch_version_and_maps_lagging_entities():
+def test_the_merged_view_maps_lagging_entities_to_their_covered_until_times():
     dataset = schemas.load("metrics")
     watermark = datetime(2024, 1, 1, 0, 9, 30, tzinfo=timezone.utc)
     lagging = (("cpu", datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)), ("it's", None))
-    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=watermark, lagging=lagging, batch_version=3)
+    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=watermark, lagging=lagging)
     batch, hot = sql.split("UNION ALL")
-    # A pinned version holds no row after the watermark: no row filter on the batch side.
-    assert "FOR VERSION AS OF 3 side" in batch and "WHERE" not in batch
+    # The batch side keeps its filter: Trino drops it while planning a query that starts after W.
+    assert "WHERE side.\"event_time\" <= TIMESTAMP '2024-01-01 00:09:30.000 UTC'" in batch
     # Lagging entities from a constant map, no join; the lowest covered-until bounds the scan.
     assert "JOIN" not in hot
     assert "MAP(ARRAY['cpu', 'it''s'], ARRAY[TIMESTAMP '2024-01-01 00:05:00.000 UTC', TIMESTAMP '1970-01-01 00:00:00.000 UTC'])" in hot

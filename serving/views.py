@@ -95,21 +95,26 @@ def merged_view_sql(
     if has_hot:
         hot = f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, {boundary} AS watermark FROM {_qualified(dataset.name, constants.HOT_SCORES)} side"
         if watermark is not None and lagging:
-            # Each lagging entity's covered-until time from a constant map, not a LEFT JOIN with
-            # an inline VALUES table: Trino folds the map once while planning, where the join
-            # cost 110 to 290 ms of planning per query with 199 lagging entities (3 to 6 times
-            # the batch table's whole planning; docs/benchmarks.md, serving). The first
-            # conjunct (implied by the rest) is a plain bound Trino prunes files and row groups by.
+            # The lagging entities' hot rows at or before W are a branch of their own: a query
+            # whose time filter starts after W drops it while planning (as it drops the batch
+            # side), and so runs as if no entity lagged. Each entity's covered-until time comes
+            # from a constant map, not a LEFT JOIN with an inline VALUES table: with 199 lagging
+            # entities the join cost 100 to 240 ms of planning on every query, the map 20 to 90
+            # (docs/benchmarks.md, serving). The lowest covered-until bounds the branch's scan.
             until = {entity: until or _LONG_AGO for entity, until in lagging}
             covered = (
                 f"element_at(MAP(ARRAY[{', '.join(_string_literal(entity) for entity in until)}], "
                 f"ARRAY[{', '.join(timestamp_literal(time) for time in until.values())}]), side.\"{dataset.entity}\")"
             )
-            lowest = timestamp_literal(min(min(until.values()), watermark))
-            hot += f" WHERE {event_time} > {lowest} AND ({event_time} > {boundary} OR {event_time} > {covered})"
+            parts.append(f"{hot} WHERE {event_time} > {boundary}")
+            parts.append(
+                f"{hot} WHERE {event_time} > {timestamp_literal(min(until.values()))} AND {event_time} <= {boundary} "
+                f"AND {event_time} > {covered}"
+            )
         elif watermark is not None:
-            hot += f" WHERE {event_time} > {boundary}"
-        parts.append(hot)
+            parts.append(f"{hot} WHERE {event_time} > {boundary}")
+        else:
+            parts.append(hot)
     if not parts and has_batch:
         # A batch view without a successful run behind it serves nothing yet.
         parts.append(

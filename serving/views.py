@@ -99,7 +99,7 @@ def merged_view_sql(
             # whose time filter starts after W drops it while planning (as it drops the batch
             # side), and so runs as if no entity lagged. Each entity's covered-until time comes
             # from a constant map, not a LEFT JOIN with an inline VALUES table: with 199 lagging
-            # entities the join cost 100 to 240 ms of planning on every query, the map 20 to 90
+            # entities the join cost 100 to 300 ms of planning on every query, the map 20 to 90
             # (docs/benchmarks.md, serving). The lowest covered-until bounds the branch's scan.
             until = {entity: until or _LONG_AGO for entity, until in lagging}
             covered = (

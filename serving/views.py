@@ -14,10 +14,19 @@ covers; the hook logs that, and `lakehouse serve refresh` closes the gap.
 
 An entity whose events came late to the batch layer is covered by the batch view only up to its
 own newest batch row: its hot rows after that row answer too, though they are before W. Those
-entities and their covered-until times are written into the view at refresh as a small inline
-table (`lagging_entities`), so no query aggregates the batch view; the batch run's expiry removes
+entities and their covered-until times are written into the view at refresh as a constant map
+(`lagging_entities`), so no query aggregates the batch view; the batch run's expiry removes
 hot rows by event id the same way (batch/tables.py). An entity that starts lagging between two
 refreshes is served as lagging from the next refresh on.
+
+The batch side keeps its row filter `event_time <= W`, though the batch view holds nothing after W
+once its run is logged: with it Trino drops the batch side while planning any query whose own
+time filter starts after W (the last hour, one entity's last day: a one-fragment plan over the hot
+table), and the filter keeps out the rows of a run that wrote the view but never logged its
+success. Reading the batch view at a pinned Delta version (`FOR VERSION AS OF`) without the
+filter was measured for issue #16: it saved about a fifth of the full aggregate's CPU (the batch
+scan's event_time column) but planned those recent-window queries as three fragments with a
+batch scan of zero files, slower; so it was not kept (docs/benchmarks.md, serving).
 
 With no successful batch run yet, W is NULL and every hot row answers. Each event id appears
 once: the batch view and the hot table are each unique by event id, and an event's hot row
@@ -86,14 +95,26 @@ def merged_view_sql(
     if has_hot:
         hot = f"SELECT {selected}, '{constants.LAYER_SPEED}' AS layer, {boundary} AS watermark FROM {_qualified(dataset.name, constants.HOT_SCORES)} side"
         if watermark is not None and lagging:
-            rows = ", ".join(f"({_string_literal(entity)}, {timestamp_literal(until or _LONG_AGO)})" for entity, until in lagging)
-            hot += (
-                f" LEFT JOIN (VALUES {rows}) AS lagging(entity, covered_until) ON lagging.entity = side.\"{dataset.entity}\""
-                f" WHERE {event_time} > {boundary} OR {event_time} > lagging.covered_until"
+            # The lagging entities' hot rows at or before W are a branch of their own: a query
+            # whose time filter starts after W drops it while planning (as it drops the batch
+            # side), and so runs as if no entity lagged. Each entity's covered-until time comes
+            # from a constant map, not a LEFT JOIN with an inline VALUES table: with 199 lagging
+            # entities the join cost 100 to 300 ms of planning on every query, the map 20 to 90
+            # (docs/benchmarks.md, serving). The lowest covered-until bounds the branch's scan.
+            until = {entity: until or _LONG_AGO for entity, until in lagging}
+            covered = (
+                f"element_at(MAP(ARRAY[{', '.join(_string_literal(entity) for entity in until)}], "
+                f"ARRAY[{', '.join(timestamp_literal(time) for time in until.values())}]), side.\"{dataset.entity}\")"
+            )
+            parts.append(f"{hot} WHERE {event_time} > {boundary}")
+            parts.append(
+                f"{hot} WHERE {event_time} > {timestamp_literal(min(until.values()))} AND {event_time} <= {boundary} "
+                f"AND {event_time} > {covered}"
             )
         elif watermark is not None:
-            hot += f" WHERE {event_time} > {boundary}"
-        parts.append(hot)
+            parts.append(f"{hot} WHERE {event_time} > {boundary}")
+        else:
+            parts.append(hot)
     if not parts and has_batch:
         # A batch view without a successful run behind it serves nothing yet.
         parts.append(

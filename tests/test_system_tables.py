@@ -176,6 +176,24 @@ def test_the_merged_view_serves_the_declared_columns_split_at_a_literal_watermar
     assert constants.BATCH_SCORES not in speed_only.split("UNION ALL")[-1] and "WHERE" not in speed_only.split("UNION ALL")[-1]
 
 
+def test_the_merged_view_maps_lagging_entities_to_their_covered_until_times():
+    dataset = schemas.load("metrics")
+    watermark = datetime(2024, 1, 1, 0, 9, 30, tzinfo=timezone.utc)
+    lagging = (("cpu", datetime(2024, 1, 1, 0, 5, tzinfo=timezone.utc)), ("it's", None))
+    sql = views.merged_view_sql(dataset, has_batch=True, has_hot=True, watermark=watermark, lagging=lagging)
+    batch, hot, lagging_hot = sql.split("UNION ALL")
+    # The batch side keeps its filter: Trino drops it while planning a query that starts after W.
+    assert "WHERE side.\"event_time\" <= TIMESTAMP '2024-01-01 00:09:30.000 UTC'" in batch
+    # Hot rows after W answer unconditionally; the lagging entities' rows at or before W are a
+    # branch of their own (dropped by a query that starts after W), their covered-until times
+    # from a constant map, no join, the lowest one bounding the scan.
+    assert hot.strip().endswith("WHERE side.\"event_time\" > TIMESTAMP '2024-01-01 00:09:30.000 UTC'")
+    assert "JOIN" not in sql
+    assert ("WHERE side.\"event_time\" > TIMESTAMP '1970-01-01 00:00:00.000 UTC' "
+            "AND side.\"event_time\" <= TIMESTAMP '2024-01-01 00:09:30.000 UTC' AND side.\"event_time\" > element_at(") in lagging_hot
+    assert "MAP(ARRAY['cpu', 'it''s'], ARRAY[TIMESTAMP '2024-01-01 00:05:00.000 UTC', TIMESTAMP '1970-01-01 00:00:00.000 UTC'])" in lagging_hot
+
+
 def test_the_record_hash_joins_the_record_and_its_source():
     assert system_tables.record_hash("{}", "a.jsonl") != system_tables.record_hash("{}", "b.jsonl")
     assert system_tables.record_hash("{}", None) == system_tables.record_hash("{}", "")

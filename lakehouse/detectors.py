@@ -139,18 +139,12 @@ def _exact_knn_possible(detector: Any) -> bool:
 
 def _transform(scaler: Any, rows: np.ndarray) -> np.ndarray:
     """scaler.transform(rows) without sklearn's per-call checks, the same arithmetic."""
-    kind = type(scaler).__name__
-    if scaler is None:
-        return rows
-    if kind == "RobustScaler":
-        if scaler.with_centering:
-            rows = rows - scaler.center_
-        return rows / scaler.scale_ if scaler.with_scaling else rows
-    if kind == "StandardScaler":
-        if scaler.with_mean:
-            rows = rows - scaler.mean_
-        return rows / scaler.scale_ if scaler.with_std else rows
-    return scaler.transform(rows)
+    if not _scaling_known(scaler):
+        return scaler.transform(rows)
+    center, scale = _scaling(scaler)
+    if center is not None:
+        rows = rows - center
+    return rows / scale if scale is not None else rows
 
 
 def fit(

@@ -51,7 +51,7 @@ class _Served(dict):
     (lakehouse/detectors.py): `bank`, and `slot` from id(RegisteredModel) to its place in it."""
 
     bank: NearestBank | None = None
-    slot: dict[int, int] = {}
+    slot: dict[int, int] = {}  # replaced, never changed in place, by `of`
 
     @classmethod
     def of(cls, models: dict) -> "_Served":
@@ -112,9 +112,10 @@ class ScoreBatch(beam.DoFn):
         for record in batch:
             by_entity.setdefault(record[dataset.entity], []).append(record)
         scored_at = datetime.now(timezone.utc)
-        banked = self._score_banked(by_entity)
+        entries = {entity_id: system_tables.model_for(self.models, entity_id) for entity_id in by_entity}
+        banked = self._score_banked(by_entity, entries)
         for entity_id, records in by_entity.items():
-            entry = system_tables.model_for(self.models, entity_id)
+            entry = entries[entity_id]
             if entry is None:
                 for record in records:
                     if record.get("_revised"):
@@ -163,7 +164,7 @@ class ScoreBatch(beam.DoFn):
         if rows:
             yield rows
 
-    def _score_banked(self, by_entity: dict[str, list[dict]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _score_banked(self, by_entity: dict[str, list[dict]], entries: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """entity -> (scores, flags) of its records, for the entities whose model the bank holds:
         all of them in one pass (lakehouse/detectors.NearestBank; the same bits as one by one)."""
         bank, slot = getattr(self.models, "bank", None), getattr(self.models, "slot", {})
@@ -171,7 +172,7 @@ class ScoreBatch(beam.DoFn):
             return {}
         names, which, rows = [], [], []
         for entity_id, records in by_entity.items():
-            entry = system_tables.model_for(self.models, entity_id)
+            entry = entries[entity_id]
             number = slot.get(id(entry)) if entry is not None else None
             if number is None:
                 continue

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from batch.tables import spark_schema
-from lakehouse import registry, storage, system_tables
+from lakehouse import likelihood, registry, storage, system_tables
 from lakehouse.alerts import first_of_episodes
 from lakehouse.detectors import FittedModel
 from lakehouse.errors import ModelNotFoundError
@@ -19,10 +19,17 @@ from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
 
+# The likelihood state after each event (system_tables.LIKELIHOOD), as flat columns out of the
+# pandas function and made one struct column in Spark.
+_STATE_FIELDS = [(f"_likelihood_{field.name}", field) for field in system_tables.LIKELIHOOD.type]
+
+
 def _score_schema(dataset: Dataset) -> T.StructType:
     """What scoring adds to each event id, in the batch view's types."""
     declared = system_tables.batch_scores_schema(dataset)
-    return spark_schema(pa.schema([declared.field(dataset.event_id), *system_tables.SCORE_FIELDS, system_tables.IS_ALERT]))
+    state = [pa.field(name, field.type) for name, field in _STATE_FIELDS]
+    return spark_schema(pa.schema([declared.field(dataset.event_id), *system_tables.SCORE_FIELDS, system_tables.IS_ALERT,
+                                   system_tables.SURPRISE, *state]))
 
 
 def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[int, bytes]]) -> pd.DataFrame:
@@ -32,6 +39,9 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
     if entry is None:
         # An entity without a model (too little history) is kept in the view, unscored.
         result["score"], result["is_anomaly"], result["model_version"], result["is_alert"] = np.nan, None, None, None
+        result[system_tables.SURPRISE.name] = np.nan
+        for name, _ in _STATE_FIELDS:
+            result[name] = None
         return result
     version, artifact = entry
     model = FittedModel.from_bytes(artifact)
@@ -42,6 +52,21 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
     alerts = np.zeros(len(frame), dtype=bool)
     alerts[order] = first_of_episodes(np.asarray(flags, dtype=bool)[order], dataset.detector.alert_quiet_events)
     result["is_alert"] = alerts
+    # The calibrated score over the same history in the same order, and the state after each
+    # event, from which the speed layer steps on (lakehouse/likelihood.py).
+    settings = likelihood.settings_of(dataset.detector.likelihood)
+    start = likelihood.initial_state(settings, dataset.detector.for_entity(entity_id).contamination)
+    surprises, states = likelihood.fold_states(model.relative(scores)[order], settings, start)
+    in_row_surprises = np.empty(len(frame))
+    in_row_surprises[order] = surprises
+    result[system_tables.SURPRISE.name] = in_row_surprises
+    in_row_order = [None] * len(frame)
+    for position, state in zip(order.tolist(), states):
+        in_row_order[position] = state
+    result["_likelihood_count"] = [state.count for state in in_row_order]
+    result["_likelihood_mean"] = [state.mean for state in in_row_order]
+    result["_likelihood_variance"] = [state.variance for state in in_row_order]
+    result["_likelihood_recent"] = [state.recent for state in in_row_order]
     return result
 
 
@@ -61,9 +86,12 @@ def score(features: DataFrame, silver: DataFrame, dataset: Dataset, settings: Se
         lambda frame: _score_frame(dataset, frame, models), schema=_score_schema(dataset)
     )
     value_fields = [field for field in dataset.features.fields]
+    state = F.when(F.col("_likelihood_count").isNotNull(),
+                   F.struct(*[F.col(name).alias(field.name) for name, field in _STATE_FIELDS]))
     return (
         silver.select(dataset.event_id, dataset.entity, dataset.event_time, *value_fields)
-        .join(scored, on=dataset.event_id, how="inner")
+        .join(scored.withColumn(system_tables.LIKELIHOOD.name, state).drop(*[name for name, _ in _STATE_FIELDS]),
+              on=dataset.event_id, how="inner")
         .withColumn("run_id", F.lit(run_id))
         .withColumn("scored_at", F.current_timestamp())
         .withColumn("event_date", F.to_date(dataset.event_time))

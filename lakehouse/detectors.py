@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lakehouse.likelihood import relative_score
 from schemas.declaration import DetectorSpec
 
 # Detector name in schemas/*.yaml -> PyOD class.
@@ -50,6 +51,9 @@ class FittedModel:
     # rows given with their ids that are in this set take their training (leave-one-out) score.
     training_ids: np.ndarray | None = None
     training_scores: np.ndarray | None = None
+    # Where the relative scale puts 0 and 1 (`relative`); None in artifacts of older versions.
+    train_score_mean: float | None = None
+    contamination_threshold: float | None = None
 
     def score(self, features: np.ndarray, event_ids: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Outlier scores (higher is more anomalous) and the anomaly flags (score > threshold).
@@ -71,6 +75,18 @@ class FittedModel:
             seen = position >= 0
             scores[seen] = self.training_scores[position[seen]]
         return scores, scores > self.threshold
+
+    def relative(self, scores: np.ndarray) -> np.ndarray:
+        """Scores on the relative scale (lakehouse/likelihood.relative_score: 0 at the mean
+        training score, 1 at the contamination threshold), the scale the surprise is computed on."""
+        # Models fitted before these attributes were kept carry the same in their PyOD detector.
+        mean = self.train_score_mean
+        if mean is None:
+            mean = float(np.mean(self.detector.decision_scores_))
+        threshold = self.contamination_threshold
+        if threshold is None:
+            threshold = float(self.detector.threshold_)
+        return relative_score(scores, threshold, mean)
 
     def _nearest(self):
         # Built on first use and kept with the model, not in its artifact (see __getstate__).
@@ -176,7 +192,8 @@ def fit(
         "train_score_mean": mean,
         "train_score_std": float(np.std(training_scores)),
     }
-    model = FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler)
+    model = FittedModel(detector=detector, threshold=threshold, feature_names=feature_names, scaler=scaler,
+                        train_score_mean=mean, contamination_threshold=contamination_threshold)
     if event_ids is not None:
         model.training_ids = np.asarray(event_ids, dtype=object)
         model.training_scores = training_scores

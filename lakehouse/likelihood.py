@@ -20,6 +20,12 @@ Unscored events (a NaN score: no model yet) leave the state unchanged and get a 
 Until `min_history` recent-score means have been seen the surprise is 0 (no evidence). On the
 relative scale an entity starts from the prior the scale itself implies (`initial_state`), so it
 needs no warm-up.
+
+Both scored tables carry each event's `surprise` and the entity's state after it (`record`, the
+`likelihood` column of lakehouse/system_tables.py): the batch job folds each entity's relative
+scores over its whole history (batch/score.py), and the speed layer steps on from the newest
+stored state of the entity (speed/alert_flags.py), so a job that starts, or an entity whose state
+expired, continues the chain without reading its history again.
 """
 
 from __future__ import annotations
@@ -72,6 +78,35 @@ class LikelihoodState:
     def copy(self) -> LikelihoodState:
         return LikelihoodState(list(self.recent), self.count, self.mean, self.variance)
 
+    def record(self) -> dict:
+        """The state as the scored tables store it (system_tables.LIKELIHOOD)."""
+        return {"count": self.count, "mean": self.mean, "variance": self.variance, "recent": list(self.recent)}
+
+    @classmethod
+    def of_record(cls, record) -> LikelihoodState | None:
+        """A state stored by `record`; None for a row that has none (unscored, or written before
+        the column existed)."""
+        if record is None or not isinstance(record, dict) or record.get("count") is None:
+            return None
+        recent = record.get("recent")
+        return cls([float(value) for value in (recent if recent is not None else [])], int(record["count"]),
+                   float(record["mean"]), float(record["variance"]))
+
+
+def settings_of(spec) -> LikelihoodSettings:
+    """The settings a dataset declares (schemas.declaration.LikelihoodSpec)."""
+    return LikelihoodSettings(recent=spec.recent, history=spec.history, min_history=spec.min_history,
+                              prior_weight=spec.prior_weight)
+
+
+def relative_score(scores: np.ndarray, threshold: float, train_mean: float) -> np.ndarray:
+    """A score on a scale shared by every entity and detector: 0 at the model's mean training
+    score, 1 at its contamination threshold. Raw scores are per-model units (a KNN distance, an
+    IForest depth): the surprise is computed on this scale, and NAB sweeps one threshold over the
+    whole corpus on it. A model flags at `detector.threshold_scale` on this scale."""
+    span = threshold - train_mean
+    return (np.asarray(scores, dtype=np.float64) - train_mean) / (span if span > 0 else 1.0)
+
 
 def surprise_of(value: float, mean: float, variance: float) -> float:
     """-log10 of the upper tail probability of `value` under a normal (mean, variance)."""
@@ -112,9 +147,18 @@ def initial_state(settings: LikelihoodSettings, contamination: float) -> Likelih
 def fold(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, LikelihoodState]:
     """Surprises of one entity's scores in event order, from `state` (a fresh one by default,
     left untouched), and the state after the last score."""
+    surprises, states = fold_states(scores, settings, state)
+    return surprises, states[-1] if states else (state.copy() if state is not None else LikelihoodState())
+
+
+def fold_states(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, list[LikelihoodState]]:
+    """Surprises of one entity's scores in event order, from `state` (left untouched), and the
+    state after each score: what the scored tables store per event."""
     state = state.copy() if state is not None else LikelihoodState()
     scores = np.asarray(scores, dtype=np.float64)
     surprises = np.empty(len(scores))
+    states = []
     for index, score in enumerate(scores.tolist()):
         surprises[index] = step(state, score, settings)
-    return surprises, state
+        states.append(state.copy())
+    return surprises, states

@@ -188,6 +188,21 @@ REVISION = pa.field("revision", pa.int64())
 # late event changes them (speed/alert_flags.py). The `alerts` view reads the column on both
 # sides instead of running a window over history in every query (serving/views.py).
 IS_ALERT = pa.field("is_alert", pa.bool_())
+# The calibrated score (lakehouse/likelihood.py): how unlikely the event's relative score is
+# against its entity's earlier scores, -log10 of a tail probability (NaN: unscored). Written by
+# both layers like `is_alert`: the batch job folds each entity's whole history, the speed layer
+# steps on from the entity's newest stored state, which every row keeps in LIKELIHOOD (the state
+# after the event: a job starting, or an entity back from expiry, reads one row, not a history).
+SURPRISE = pa.field("surprise", pa.float64())
+LIKELIHOOD = pa.field(
+    "likelihood",
+    pa.struct([
+        pa.field("count", pa.int64()),
+        pa.field("mean", pa.float64()),
+        pa.field("variance", pa.float64()),
+        pa.field("recent", pa.list_(pa.float64())),
+    ]),
+)
 # The batch view's partition column: the event's date.
 EVENT_DATE = pa.field("event_date", pa.date32())
 
@@ -223,11 +238,11 @@ def served_columns(dataset: Dataset) -> list[str]:
 
 
 def batch_scores_schema(dataset: Dataset) -> pa.Schema:
-    return pa.schema([*scored_fields(dataset), IS_ALERT, pa.field("run_id", pa.string()), SCORED_AT, EVENT_DATE])
+    return pa.schema([*scored_fields(dataset), IS_ALERT, pa.field("run_id", pa.string()), SCORED_AT, EVENT_DATE, SURPRISE, LIKELIHOOD])
 
 
 def hot_scores_schema(dataset: Dataset) -> pa.Schema:
-    return pa.schema([*scored_fields(dataset), SCORED_AT, REVISION, IS_ALERT])
+    return pa.schema([*scored_fields(dataset), SCORED_AT, REVISION, IS_ALERT, SURPRISE, LIKELIHOOD])
 
 
 def hot_row(
@@ -241,8 +256,9 @@ def hot_row(
     revision: int,
     is_alert: bool = False,
 ) -> dict[str, Any]:
-    """A scored event as a hot-table row: the record's event fields plus its score. `is_alert` is
-    set by the speed layer's alert step from the entity's previous flags (speed/alert_flags.py)."""
+    """A scored event as a hot-table row: the record's event fields plus its score. `is_alert`,
+    `surprise` and `likelihood` are set by the speed layer's alert step from the entity's
+    previous rows (speed/alert_flags.py)."""
     return {
         **{name: record[name] for name in _event_field_names(dataset)},
         "score": float(score),
@@ -251,4 +267,6 @@ def hot_row(
         SCORED_AT.name: scored_at,
         REVISION.name: revision,
         IS_ALERT.name: bool(is_alert),
+        SURPRISE.name: None,
+        LIKELIHOOD.name: None,
     }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 
 from lakehouse import constants, registry, storage
@@ -17,15 +16,6 @@ from serving import trino_client
 # one layer's Delta table directly.
 SOURCES = ("merged", "hot", "batch")
 COLUMNS = ["entity_id", "event_time", "score", "is_anomaly", "model_version"]
-
-
-def relative_score(scores: np.ndarray, threshold: float, train_mean: float) -> np.ndarray:
-    """A score on a scale shared by every entity and detector: 0 at the model's mean training
-    score, 1 at its contamination threshold. Raw scores are per-model units (a KNN distance, an
-    IForest depth), and NAB sweeps one threshold over the whole corpus. A model flags at
-    `detector.threshold_scale` on this scale, so the best threshold found is that setting."""
-    span = threshold - train_mean
-    return (np.asarray(scores, dtype=np.float64) - train_mean) / (span if span > 0 else 1.0)
 
 
 def _naive_utc(values) -> pd.Series:

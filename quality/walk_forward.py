@@ -22,8 +22,8 @@ import pandas as pd
 from lakehouse import detectors
 from lakehouse.alerts import first_of_episodes
 from lakehouse.features import compute_features, feature_names
+from lakehouse.likelihood import relative_score
 from quality import labels, nab
-from quality.scores import relative_score
 from schemas.declaration import Dataset, DetectorSpec
 
 # Where the batch layer retrains, as fractions of a series (after the probationary period).

@@ -168,6 +168,17 @@ class DetectorOverride(_Strict):
         return _regex(value)
 
 
+class LikelihoodSpec(_Strict):
+    """The calibrated score's settings (lakehouse/likelihood.py): both layers write each event's
+    `surprise` with them. Defaults chosen on the 20 NAB series of ../shared/data (in-sample;
+    docs/quality.md, "A calibrated score")."""
+
+    recent: int = Field(default=1, ge=1, le=1_000)  # scores averaged into the value judged
+    history: int = Field(default=8640, ge=1)  # effective length of the entity's score history, in events
+    min_history: int = Field(default=1, ge=1)  # observations (prior included) before any surprise
+    prior_weight: int = Field(default=10, ge=0)  # the relative scale's prior, in observations (0: none)
+
+
 class DetectorSpec(_Strict):
     name: DetectorName = "knn"
     # Features mix units (degrees, bar, z-scores, sin/cos): distance-based detectors need them on
@@ -197,6 +208,9 @@ class DetectorSpec(_Strict):
     # it (per: entity only). Entities differ: a level-shift metric and a spiky one want
     # different detectors, and the registry records what each entity's model is.
     overrides: list[DetectorOverride] = Field(default_factory=list)
+    # Each scored event's `surprise`: how unlikely its relative score is against the entity's own
+    # earlier scores, on a scale where one threshold means the same for every entity.
+    likelihood: LikelihoodSpec = Field(default_factory=LikelihoodSpec)
 
     @model_validator(mode="after")
     def _overrides_need_entities(self) -> "DetectorSpec":

@@ -71,7 +71,7 @@ def timestamp_literal(value: datetime | None) -> str:
 
 def merged_view_sql(
     dataset: Dataset, *, has_batch: bool, has_hot: bool, watermark: datetime | None,
-    lagging: tuple[tuple[str, datetime | None], ...] = (), alert_column: bool = False,
+    lagging: tuple[tuple[str, datetime | None], ...] = (), alert_column: bool = False, surprise_column: bool = False,
 ) -> str:
     """CREATE OR REPLACE VIEW for the dataset's merged view over the sides that exist, with the
     boundary `watermark` (None: no successful batch run, the speed layer answers everything).
@@ -81,8 +81,12 @@ def merged_view_sql(
     (`lagging_entities`, computed at refresh, so no query aggregates the batch view).
 
     `alert_column`: every side carries `is_alert` (system_tables.IS_ALERT, written by both
-    layers), served after the declared columns; the `alerts` view then reads it."""
-    names = [*system_tables.served_columns(dataset), *([system_tables.IS_ALERT.name] if alert_column else [])]
+    layers), served after the declared columns; the `alerts` view then reads it.
+
+    `surprise_column`: every side carries the calibrated score (system_tables.SURPRISE), served
+    after them."""
+    names = [*system_tables.served_columns(dataset), *([system_tables.IS_ALERT.name] if alert_column else []),
+             *([system_tables.SURPRISE.name] if surprise_column else [])]
     selected = ", ".join(f'side."{name}"' for name in names)
     boundary = timestamp_literal(watermark)
     event_time = f'side."{dataset.event_time}"'
@@ -176,12 +180,15 @@ class Boundary:
     batch_alerts: the batch view carries its own alert flags (system_tables.IS_ALERT).
     alert_column: the merged view serves `is_alert` from both sides (the hot table's written by
     the speed layer, speed/alert_flags.py): the `alerts` view is a filter on it, no window.
+    surprise_column: the merged view serves `surprise` (system_tables.SURPRISE); the anomaly and
+    alert views show it.
     """
 
     watermark: datetime | None = None
     tail_start: datetime | None = None
     batch_alerts: bool = False
     alert_column: bool = False
+    surprise_column: bool = False
 
 
 def convenience_views_sql(dataset: Dataset, boundary: Boundary = Boundary()) -> dict[str, str]:
@@ -189,7 +196,8 @@ def convenience_views_sql(dataset: Dataset, boundary: Boundary = Boundary()) -> 
     merged = _qualified(dataset.name, constants.MERGED_VIEW)
     entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
     features = ", ".join(f'"{name}"' for name in dataset.features.fields)
-    flagged_columns = f"{event_id}, {entity}, {event_time}, score, model_version, layer, {features}"
+    surprise = f", {system_tables.SURPRISE.name}" if boundary.surprise_column else ""
+    flagged_columns = f"{event_id}, {entity}, {event_time}, score{surprise}, model_version, layer, {features}"
     bodies = {
         # Every anomaly, newest first when ordered by event time; the layer that scored it.
         constants.ANOMALIES_VIEW: f"SELECT {flagged_columns} FROM {merged} WHERE is_anomaly",
@@ -322,13 +330,18 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
         # Every side the view reads carries the flag (a hot table from before it gets the column
         # when the speed layer next starts, speed/tables.ensure_table).
         alert_column = (batch_alerts or not has_batch) and (not has_hot or _has_column(dataset.name, constants.HOT_SCORES, flag, settings))
+        # The same for the calibrated score: served once every side the view reads carries it.
+        surprise = system_tables.SURPRISE.name
+        surprise_column = ((not has_batch or _has_column(dataset.name, constants.BATCH_SCORES, surprise, settings))
+                           and (not has_hot or _has_column(dataset.name, constants.HOT_SCORES, surprise, settings)))
         sql = merged_view_sql(dataset, has_batch=has_batch, has_hot=has_hot, watermark=watermark, lagging=lagging,
-                              alert_column=alert_column)
+                              alert_column=alert_column, surprise_column=surprise_column)
         trino_client.execute(sql, settings=settings)
         messages.append(f"created view {dataset.name}.{constants.MERGED_VIEW} (batch: {has_batch}, speed: {has_hot}, watermark: {watermark})")
-        boundary = Boundary(watermark=watermark, alert_column=alert_column)
+        boundary = Boundary(watermark=watermark, alert_column=alert_column, surprise_column=surprise_column)
         if not alert_column and batch_alerts and watermark is not None:
-            boundary = Boundary(watermark, alert_tail_start(dataset, watermark, settings), batch_alerts=True)
+            boundary = Boundary(watermark, alert_tail_start(dataset, watermark, settings), batch_alerts=True,
+                                surprise_column=surprise_column)
         for name, sql in convenience_views_sql(dataset, boundary).items():
             trino_client.execute(sql, settings=settings)
             messages.append(f"created view {dataset.name}.{name}")

@@ -18,6 +18,14 @@ the same Delta commit (speed/graph.py's batching never splits a list) and carry 
 acknowledgement of their own. A late event beyond state (further back than state reaches) gets
 its flag from the entity's flags in the tables and changes no other row, as its features do.
 
+The same step writes each row's calibrated score (`surprise`, lakehouse/likelihood.py) and the
+entity's likelihood state after it (`likelihood`): the fold over the entity's relative scores in
+the same order, stepping on from the state after the previous event. A late event in state
+re-folds from its place, and every later hot row is written again with its new surprise (they
+all change a little); a late event beyond state steps from the state of the stored row before it
+and changes no other row, as its flag does. A row read from tables written before the column
+existed has no state: the chain restarts from the prior there, until the next batch run.
+
 State is seeded from the tables: the batch view (`is_anomaly` of the rows it answers) and the
 hot table (earlier speed runs). An event in both takes the batch view's flag, since the merged
 view answers it from the batch view. Where the batch layer later scores events with other
@@ -27,6 +35,7 @@ flags (a new model), hot rows already written keep the flags they were given, li
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from datetime import date, timedelta
@@ -39,10 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
-from lakehouse import constants, storage, system_tables
+from lakehouse import constants, likelihood, storage, system_tables
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics, shard_state
+from speed.carried_fields import RELATIVE
 from speed.history import entity_filter, entity_slices, ordered, plain
 from speed.stateful_features import insertion_point, instant, micros, shard_of
 
@@ -51,6 +61,8 @@ log = logging.getLogger(__name__)
 IS_ALERT = system_tables.IS_ALERT.name
 REVISION = system_tables.REVISION.name
 SCORED_AT = system_tables.SCORED_AT.name
+SURPRISE = system_tables.SURPRISE.name
+LIKELIHOOD = system_tables.LIKELIHOOD.name
 
 
 class AlertHistory(NamedTuple):
@@ -66,16 +78,46 @@ class AlertHistory(NamedTuple):
     versions: np.ndarray  # int64 model versions
     scored_at: np.ndarray  # int64 microseconds
     revisions: np.ndarray  # int64
+    relative: np.ndarray  # float64: the score on the relative scale (NaN: unscored)
+    surprises: np.ndarray  # float64: the calibrated score as last written (or read)
+    lk_known: np.ndarray  # bool: the likelihood state after the event is known
+    lk_count: np.ndarray  # int64: the state after the event (lakehouse/likelihood.LikelihoodState)
+    lk_mean: np.ndarray  # float64
+    lk_variance: np.ndarray  # float64
+    lk_recent: np.ndarray  # (events, settings.recent) float64, the recent scores, NaN-padded at the end
     complete: bool  # the events reach back to the entity's first event
     seen_at: float  # processing time of its last row, for the TTL
 
 
-def empty_history(fields: int, complete: bool) -> AlertHistory:
+# The per-event arrays of an AlertHistory (all fields but `complete` and `seen_at`).
+_ARRAYS = len(AlertHistory._fields) - 2
+
+
+def empty_history(fields: int, complete: bool, recent: int = 1) -> AlertHistory:
     return AlertHistory(
         np.empty(0, np.int64), np.array([], dtype="U1"), np.empty(0, bool), np.empty(0, bool), np.empty(0, bool),
         np.empty((0, fields)), np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
+        np.empty(0), np.empty(0), np.empty(0, bool), np.empty(0, np.int64), np.empty(0), np.empty(0), np.empty((0, recent)),
         complete, 0.0,
     )
+
+
+def state_at(history: AlertHistory, position: int) -> likelihood.LikelihoodState | None:
+    """The entity's likelihood state after the event at `position` (None: not known)."""
+    if not history.lk_known[position]:
+        return None
+    recent = history.lk_recent[position]
+    return likelihood.LikelihoodState(recent[~np.isnan(recent)].tolist(), int(history.lk_count[position]),
+                                      float(history.lk_mean[position]), float(history.lk_variance[position]))
+
+
+def _set_state(history: AlertHistory, position: int, state: likelihood.LikelihoodState) -> None:
+    width = history.lk_recent.shape[1]
+    recent = state.recent[-width:]
+    history.lk_known[position] = True
+    history.lk_count[position], history.lk_mean[position], history.lk_variance[position] = state.count, state.mean, state.variance
+    history.lk_recent[position, :] = np.nan
+    history.lk_recent[position, : len(recent)] = recent
 
 
 def alerts_at(flags: np.ndarray, start: int, quiet: int) -> np.ndarray:
@@ -109,6 +151,7 @@ class FlagAlerts(beam.DoFn):
 
     def setup(self) -> None:
         self.fields = list(self.dataset.features.fields)
+        self.likelihood = likelihood.settings_of(self.dataset.detector.likelihood)
         self.quiet = self.dataset.detector.alert_quiet_events
         self.keep = 2 * self.dataset.features.window + self.quiet
         self.batch_version = self._batch_version()
@@ -177,8 +220,10 @@ class FlagAlerts(beam.DoFn):
             start = len(history.times) - len(incoming)
             alerts = alerts_at(history.flags, start, self.quiet)
             history.alerts[start:] = alerts
-            for row, alert in zip(incoming, alerts):
+            self._fold_from(entity_id, history, start)
+            for offset, (row, alert) in enumerate(zip(incoming, alerts)):
                 row[IS_ALERT] = bool(alert)
+                self._write_likelihood(row, history, start + offset)
                 out.append(row)
             return self._trim(history), True
         return self._place(entity_id, history, incoming, times, ids, out), False
@@ -204,20 +249,24 @@ class FlagAlerts(beam.DoFn):
                 history = _insert_at(history, position, self._arrays([row], times[index : index + 1], ids[index : index + 1]))
             placed[ids[index]] = row
             first_changed = position if first_changed is None else min(first_changed, position)
-        if first_changed is not None and not history.complete:
-            # State's oldest `quiet` events lack the flags before them: theirs stay as written.
-            first_changed = max(first_changed, self.quiet)
         if first_changed is not None and first_changed < len(history.times):
-            alerts = alerts_at(history.flags, first_changed, self.quiet)
+            written = history.surprises.copy()
+            self._fold_from(entity_id, history, first_changed)
+            # State's oldest `quiet` events lack the flags before them: theirs stay as written.
+            flags_from = first_changed if history.complete else max(first_changed, self.quiet)
+            alerts = history.alerts.copy()
+            if flags_from < len(history.times):
+                alerts[flags_from:] = alerts_at(history.flags, flags_from, self.quiet)
             revision = max(int(history.revisions.max(initial=0)) + 1, time.time_ns())
-            for offset, alert in enumerate(alerts):
-                position = first_changed + offset
+            for position in range(first_changed, len(history.times)):
+                alert = alerts[position]
                 event_id = str(history.ids[position])
                 if event_id in placed:
                     history.alerts[position] = alert
                     continue
-                if alert != history.alerts[position] and history.hot[position]:
-                    # A later event whose flag the late one changed: its row again, new flag only.
+                moved = alert != history.alerts[position] or not _same(written[position], history.surprises[position])
+                if moved and history.hot[position]:
+                    # A later event whose flag or surprise the late one changed: its row again.
                     history.alerts[position] = alert
                     history.revisions[position] = revision
                     out.append(self._row(entity_id, history, position))
@@ -226,12 +275,43 @@ class FlagAlerts(beam.DoFn):
         beyond_ids = {id(row) for row in beyond}
         for row in incoming:
             if id(row) in beyond_ids:
-                row[IS_ALERT] = self._alert_from_tables(entity_id, row)
+                self._from_tables(entity_id, row)
             else:
                 key = (micros(row[self.dataset.event_time]), row[self.dataset.event_id])
-                row[IS_ALERT] = bool(history.alerts[insertion_point(history.times, history.ids, key)])
+                position = insertion_point(history.times, history.ids, key)
+                row[IS_ALERT] = bool(history.alerts[position])
+                self._write_likelihood(row, history, position)
             out.append(row)
         return self._trim(history)
+
+    # --- the calibrated score ---
+
+    def _initial(self, entity_id: str) -> likelihood.LikelihoodState:
+        return likelihood.initial_state(self.likelihood, self.dataset.detector.for_entity(entity_id).contamination)
+
+    def _fold_from(self, entity_id: str, history: AlertHistory, start: int) -> None:
+        """Surprises and states of positions start.. in place, stepping on from the state after
+        the event before `start`: from state, or (before the oldest event of a history that does
+        not reach back to the entity's first) from the tables; the prior at an entity's first
+        event, or where the state is not known."""
+        if start >= len(history.times):
+            return
+        if start > 0:
+            state = state_at(history, start - 1)
+        elif history.complete:
+            state = None
+        else:
+            state = self._stored_state_before(entity_id, (int(history.times[0]), str(history.ids[0])))
+        if state is None:
+            state = self._initial(entity_id)
+        for position in range(start, len(history.times)):
+            history.surprises[position] = likelihood.step(state, history.relative[position], self.likelihood)
+            _set_state(history, position, state)
+
+    def _write_likelihood(self, row: dict, history: AlertHistory, position: int) -> None:
+        row[SURPRISE] = _nullable(history.surprises[position])
+        state = state_at(history, position)
+        row[LIKELIHOOD] = state.record() if state is not None else None
 
     def _arrays(self, rows: list[dict], times: np.ndarray, ids) -> AlertHistory:
         return AlertHistory(
@@ -245,6 +325,13 @@ class FlagAlerts(beam.DoFn):
             versions=np.fromiter((row["model_version"] for row in rows), dtype=np.int64, count=len(rows)),
             scored_at=np.fromiter((micros(row[SCORED_AT]) for row in rows), dtype=np.int64, count=len(rows)),
             revisions=np.fromiter((row[REVISION] for row in rows), dtype=np.int64, count=len(rows)),
+            relative=np.fromiter((_number(row.get(RELATIVE)) for row in rows), dtype=np.float64, count=len(rows)),
+            surprises=np.full(len(rows), np.nan),
+            lk_known=np.zeros(len(rows), dtype=bool),
+            lk_count=np.zeros(len(rows), dtype=np.int64),
+            lk_mean=np.zeros(len(rows)),
+            lk_variance=np.zeros(len(rows)),
+            lk_recent=np.full((len(rows), self.likelihood.recent), np.nan),
             complete=True,
             seen_at=0.0,
         )
@@ -262,13 +349,15 @@ class FlagAlerts(beam.DoFn):
             SCORED_AT: instant(history.scored_at[position]),
             REVISION: int(history.revisions[position]),
             IS_ALERT: bool(history.alerts[position]),
+            SURPRISE: _nullable(history.surprises[position]),
+            LIKELIHOOD: state.record() if (state := state_at(history, position)) is not None else None,
         }
 
     def _trim(self, history: AlertHistory) -> AlertHistory:
         if len(history.times) <= self.keep:
             return history
         cut = len(history.times) - self.keep
-        return AlertHistory(*(array[cut:].copy() for array in history[:10]), complete=False, seen_at=history.seen_at)
+        return AlertHistory(*(array[cut:].copy() for array in history[:_ARRAYS]), complete=False, seen_at=history.seen_at)
 
     # --- seeding from the tables ---
 
@@ -314,16 +403,37 @@ class FlagAlerts(beam.DoFn):
             complete = True
             self.startup.pop(entity_id, None)
         if frame is None or not len(frame):
-            return empty_history(len(self.fields), complete=True)
+            return empty_history(len(self.fields), complete=True, recent=self.likelihood.recent)
         if len(frame) > self.keep:
             frame, complete = frame.iloc[-self.keep :], False
-        return _history_of(self.dataset, frame, complete)
+        return _history_of(self.dataset, frame, complete, self.likelihood.recent)
 
-    def _alert_from_tables(self, entity_id: str, row: dict) -> bool:
-        """The flag of an event beyond state, from the entity's flags in the tables before it."""
+    def _from_tables(self, entity_id: str, row: dict) -> None:
+        """The flag, surprise and likelihood state of an event beyond state, from the entity's
+        rows in the tables before it."""
         self.beyond.inc()
-        if not row["is_anomaly"]:
-            return False
+        frame = self._tables_rows(entity_id)
+        dataset = self.dataset
+        key = (micros(row[dataset.event_time]), row[dataset.event_id])
+        before = np.flatnonzero([(t, i) < key for t, i in zip(_micros_of(frame[dataset.event_time]), frame[dataset.event_id].to_numpy(dtype=str))]) if len(frame) else np.empty(0, np.int64)
+        flags = frame.is_anomaly.fillna(False).to_numpy(dtype=bool)[before[-self.quiet :]] if len(before) and self.quiet > 0 else np.empty(0, bool)
+        row[IS_ALERT] = bool(row["is_anomaly"]) and not flags.any()
+        state = self._stored_state_before(entity_id, key) or self._initial(entity_id)
+        row[SURPRISE] = _nullable(likelihood.step(state, _number(row.get(RELATIVE)), self.likelihood))
+        row[LIKELIHOOD] = state.record()
+
+    def _stored_state_before(self, entity_id: str, key: tuple[int, str]) -> likelihood.LikelihoodState | None:
+        """The likelihood state the tables hold after the entity's last event before `key`."""
+        frame = self._tables_rows(entity_id)
+        if not len(frame) or LIKELIHOOD not in frame:
+            return None
+        dataset = self.dataset
+        before = [(t, i) < key for t, i in zip(_micros_of(frame[dataset.event_time]), frame[dataset.event_id].to_numpy(dtype=str))]
+        positions = np.flatnonzero(before)
+        return likelihood.LikelihoodState.of_record(frame[LIKELIHOOD].iloc[positions[-1]]) if len(positions) else None
+
+    def _tables_rows(self, entity_id: str) -> pd.DataFrame:
+        """The entity's rows in the tables, read at most every TABLES_REFRESH_SECONDS."""
         now = time.monotonic()
         read_at, frame = self.tables_read_at.get(entity_id, (-self.TABLES_REFRESH_SECONDS, None))
         if frame is None or now - read_at >= self.TABLES_REFRESH_SECONDS:
@@ -332,14 +442,7 @@ class FlagAlerts(beam.DoFn):
                                    if now - kept[0] < self.TABLES_REFRESH_SECONDS}
             frame = read_flags(self.settings, self.dataset, entities=[entity_id], lookback_days=None).get(entity_id, _EMPTY)
             self.tables_read_at[entity_id] = (now, frame)
-        if not len(frame) or self.quiet <= 0:
-            return True
-        dataset = self.dataset
-        key = (micros(row[dataset.event_time]), row[dataset.event_id])
-        times = _micros_of(frame[dataset.event_time])
-        ids = frame[dataset.event_id].to_numpy(dtype=str)
-        before = np.flatnonzero([(t, i) < key for t, i in zip(times, ids)])
-        return not frame.is_anomaly.to_numpy(dtype=bool)[before[-self.quiet :]].any()
+        return frame
 
 
 _EMPTY = pd.DataFrame()
@@ -366,7 +469,7 @@ def read_flags(
             conditions.append(pc.field("event_date") >= pc.scalar(max(days) - timedelta(days=lookback_days)))
         condition = conditions[0] if len(conditions) == 1 else (conditions[0] & conditions[1] if conditions else None)
         present = set(table.schema().to_arrow().names)
-        columns = [*key, "is_anomaly", *([IS_ALERT] if IS_ALERT in present else [])]
+        columns = [*key, "score", "is_anomaly", *[name for name in (IS_ALERT, SURPRISE, LIKELIHOOD) if name in present]]
         batch = plain(table.to_pyarrow_dataset().to_table(columns=columns, filter=condition))
         tables.append(batch.append_column("hot", pa.repeat(False, batch.num_rows)))
     hot_uri = settings.table_uri(dataset.name, constants.HOT_SCORES)
@@ -403,16 +506,17 @@ def _micros_of(column: pd.Series) -> np.ndarray:
     return column.to_numpy(dtype="datetime64[us]").astype(np.int64)
 
 
-def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool) -> AlertHistory:
+def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool, recent: int) -> AlertHistory:
     fields = list(dataset.features.fields)
     count = len(frame)
+    states = frame[LIKELIHOOD].tolist() if LIKELIHOOD in frame else [None] * count
 
     def column(name, dtype, default):
         return frame[name].fillna(default).to_numpy(dtype=dtype) if name in frame else np.full(count, default, dtype=dtype)
 
     # Batch-view rows have no scoring time here (they are never written again): 0.
     scored_at = _micros_of(pd.to_datetime(frame[SCORED_AT], utc=True).fillna(pd.Timestamp(0, tz="UTC"))) if SCORED_AT in frame else np.zeros(count, np.int64)
-    return AlertHistory(
+    history = AlertHistory(
         times=_micros_of(frame[dataset.event_time]),
         ids=frame[dataset.event_id].to_numpy(dtype=str),
         flags=frame.is_anomaly.fillna(False).to_numpy(dtype=bool),
@@ -423,27 +527,56 @@ def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool) -> AlertH
         versions=column("model_version", np.int64, 0),
         scored_at=scored_at,
         revisions=column(REVISION, np.int64, 0),
+        relative=np.full(count, np.nan),
+        surprises=column(SURPRISE, np.float64, np.nan),
+        lk_known=np.zeros(count, dtype=bool),
+        lk_count=np.zeros(count, dtype=np.int64),
+        lk_mean=np.zeros(count),
+        lk_variance=np.zeros(count),
+        lk_recent=np.full((count, recent), np.nan),
         complete=complete,
         seen_at=0.0,
     )
+    for position, (record, score) in enumerate(zip(states, history.scores)):
+        state = likelihood.LikelihoodState.of_record(record)
+        if state is None:
+            continue
+        _set_state(history, position, state)
+        if not np.isnan(score) and state.recent:
+            # A scored event's own relative score is the newest of the recent scores after it.
+            history.relative[position] = state.recent[-1]
+    return history
 
 
 def _concat(history: AlertHistory, new: AlertHistory) -> AlertHistory:
-    return AlertHistory(*(np.concatenate([old, more]) for old, more in zip(history[:10], new[:10])),
+    return AlertHistory(*(np.concatenate([old, more]) for old, more in zip(history[:_ARRAYS], new[:_ARRAYS])),
                         complete=history.complete, seen_at=history.seen_at)
 
 
 def _insert_at(history: AlertHistory, position: int, new: AlertHistory) -> AlertHistory:
-    return AlertHistory(*(np.concatenate([old[:position], more, old[position:]]) for old, more in zip(history[:10], new[:10])),
+    return AlertHistory(*(np.concatenate([old[:position], more, old[position:]]) for old, more in zip(history[:_ARRAYS], new[:_ARRAYS])),
                         complete=history.complete, seen_at=history.seen_at)
 
 
 def _replace_at(history: AlertHistory, position: int, new: AlertHistory) -> AlertHistory:
-    arrays = [old.copy() for old in history[:10]]
-    for array, more in zip(arrays, new[:10]):
+    arrays = [old.copy() for old in history[:_ARRAYS]]
+    for array, more in zip(arrays, new[:_ARRAYS]):
         array[position] = more[0]
     arrays[3][position] = history.alerts[position]  # the flag last written, to see whether it changes
     return AlertHistory(*arrays, complete=history.complete, seen_at=history.seen_at)
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _nullable(value: float) -> float | None:
+    """A surprise as the tables store it: null for an unscored event (as the batch job writes it)."""
+    return None if math.isnan(value) else float(value)
+
+
+def _same(first: float, second: float) -> bool:
+    return first == second or (math.isnan(first) and math.isnan(second))
 
 
 def shard_rows(rows: list[dict], entity: str, shards: int):

@@ -31,3 +31,7 @@ ACK_ONLY = "_ack_only"
 # job commits, so no row of the hot table has its id. The streaming sink appends such rows (one
 # writer, rows in the order state emitted them) instead of MERGEing them (speed/sinks.py).
 NEW = "_new"
+# The event's score on the relative scale (lakehouse/likelihood.relative_score), set by scoring
+# from the model that scored it; the alert step folds it into the entity's calibrated score
+# (speed/alert_flags.py), which the hot table keeps as `surprise` and `likelihood`.
+RELATIVE = "_relative"

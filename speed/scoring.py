@@ -18,7 +18,7 @@ from lakehouse.detectors import NearestBank
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import metrics
-from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, NEW, RAW, REVISION, SOURCE
+from speed.carried_fields import ACK, ACK_ONLY, ARRIVED_AT, NEW, RAW, RELATIVE, REVISION, SOURCE
 from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,10 @@ class ScoreBatch(beam.DoFn):
             if flagged:
                 self.anomalies.inc(flagged)
                 self.prometheus_anomalies.inc(flagged)
-            for record, score, flag in zip(records, scores, flags):
+            relative = entry.model.relative(scores)
+            for record, score, flag, on_scale in zip(records, scores, flags, relative):
                 rows.append({
+                    RELATIVE: float(on_scale),
                     ARRIVED_AT: record.get(ARRIVED_AT),
                     SOURCE: record.get(SOURCE),
                     ACK: record.get(ACK),

@@ -348,20 +348,22 @@ class ComputeFeatures(beam.DoFn):
             self.silver_history[entity_id] = fresh.get(entity_id, self._no_history())
             self.full_history.add(entity_id)
 
+    def _needs_read(self, entity_id: str, *, expired: bool) -> bool:
+        """Whether seeding the entity reads the tables rather than the start-up history: its state
+        expired (this job committed rows of it since), silver changed since start-up (_seed reads
+        then), or the start-up history holds no more events than state keeps (a new entity, or one
+        cut by the lookback: _before reads then)."""
+        if expired or self._silver_changed():
+            return True
+        known = self.silver_history.get(entity_id, self._no_history())[0]
+        return entity_id not in self.full_history and len(known) <= 2 * self.dataset.features.window
+
     def _prefetch(self, state, entity_ids) -> None:
         """Read in one pass the histories of the entities of an element that _seed would read one
-        by one: entities back from expiry, any entity once silver changed, new entities and those
-        with a start-up history shorter than state holds. A block of 2,500 entities back from
-        expiry, read one at a time (0.3 s a read), stalled the soak for minutes."""
-        changed = self._silver_changed()
-        kept = 2 * self.dataset.features.window
-        wanted = [
-            entity_id for entity_id in entity_ids
-            if entity_id not in state.entities and (
-                entity_id in state.expired or changed
-                or (entity_id not in self.full_history and len(self.silver_history.get(entity_id, self._no_history())[0]) <= kept)
-            )
-        ]
+        by one (_needs_read). A block of 2,500 entities back from expiry, read one at a time (0.3 s
+        a read), stalled the soak for minutes."""
+        wanted = [entity_id for entity_id in entity_ids
+                  if entity_id not in state.entities and self._needs_read(entity_id, expired=entity_id in state.expired)]
         self.prefetched = set(wanted)
         if len(wanted) > 1:
             self._refresh_histories(wanted, "seeding their state")

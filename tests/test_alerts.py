@@ -129,3 +129,69 @@ def test_the_speed_layer_flags_alerts_as_the_batch_rule_does_after_a_late_event(
     rewrites = [row for row in emitted if row[0] == "sensor-001-0105"]
     assert [alert for _, _, alert, _ in rewrites] == [False, True] and rewrites[1][1] > rewrites[0][1]
     assert np.flatnonzero(first_of_episodes(np.array([index in final for index in range(150)]), 12)).tolist() == [60, 105, 140]
+
+
+class _CollectSurprises:
+    """Every row the step emits, as (event id, revision, surprise, likelihood state's count)."""
+
+    @staticmethod
+    def rows(rows):
+        for row in rows:
+            state = row["likelihood"]
+            yield row["event_id"], row["revision"], row["surprise"], None if state is None else state["count"]
+
+
+@pytest.mark.beam
+def test_the_speed_layer_writes_the_surprise_the_batch_fold_gives_after_a_late_event(warehouse, tmp_path):
+    """The calibrated score (lakehouse/likelihood.py) through the same step: event 30 arrives 39
+    events late and the features step revises 31..54 with new relative scores. The newest row of
+    every event must hold the surprise and state of one fold over the final relative scores in
+    event order, as the batch job computes it; the rows after the revised ones (55..69) change
+    only through the fold, so the step must write them again."""
+    import math
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    import schemas
+    from lakehouse import likelihood
+    from speed.alert_flags import FlagAlerts
+    from speed.pipeline import LOCAL_RUNNER
+
+    def relative(index: int, version: int) -> float:
+        return 0.4 * math.sin(index * 0.7 + version) + (3.0 if index in (12, 30, 61) else 0.0)
+
+    def row(index: int, version: int, revision: int) -> dict:
+        scored = _scored("sensor-001", index, relative(index, version) > 1, revision)
+        return {**scored, "_relative": relative(index, version)}
+
+    elements = []
+    for start in range(0, 70, 10):
+        elements.append((0, [row(index, 0, 1000 + index) for index in range(start, start + 10) if index != 30]))
+        if start == 60:
+            elements.append((0, [row(30, 1, 5000), *[row(index, 1, 5000 + index) for index in range(31, 55)]]))
+    dataset = schemas.load("sensor_events")
+    output = tmp_path / "surprises"
+    with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
+        (
+            pipeline
+            | beam.Create(elements, reshuffle=False)
+            | beam.ParDo(FlagAlerts(dataset, warehouse))
+            | beam.FlatMap(_CollectSurprises.rows)
+            | beam.Map(repr)
+            | beam.io.WriteToText(str(output), shard_name_template="")
+        )
+    emitted = [eval(line) for line in open(output)]  # noqa: S307 - our own repr output
+    newest: dict[str, tuple] = {}
+    for event_id, revision, surprise, count in emitted:
+        if event_id not in newest or revision >= newest[event_id][0]:
+            newest[event_id] = (revision, surprise, count)
+    settings = likelihood.settings_of(dataset.detector.likelihood)
+    final = [relative(index, 1 if 30 <= index <= 54 else 0) for index in range(70)]
+    expected, states = likelihood.fold_states(np.array(final), settings, likelihood.initial_state(settings, dataset.detector.contamination))
+    ids = [f"sensor-001-{index:04d}" for index in range(70)]
+    assert [newest[event_id][1] for event_id in ids] == expected.tolist()
+    assert [newest[event_id][2] for event_id in ids] == [state.count for state in states]
+    # Rows after the revised ones were written again, with a higher revision.
+    assert all(newest[f"sensor-001-{index:04d}"][0] > 1000 + index for index in range(55, 70))
+    assert max(expected) > 3, "the planted jumps are surprising"

@@ -14,6 +14,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
@@ -26,6 +27,7 @@ from lakehouse.settings import get_settings
 from app.wiring import serving_refresh
 from serving import trino_client, views
 from speed import tables
+from speed.carried_fields import RELATIVE
 
 pytestmark = [pytest.mark.trino, pytest.mark.beam]  # beam: hot rows go through the speed layer's alert step
 
@@ -68,6 +70,10 @@ def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str
             quiet = schemas.load(DATASET).detector.alert_quiet_events
             for row, alert in zip(ordered, first_of_episodes([row["is_anomaly"] for row in ordered], quiet)):
                 row["is_alert"] = bool(alert)
+            # And its calibrated score (batch/score.py): the fold of the relative scores, here 0.1 each.
+            surprises, states = _fold([BATCH_RELATIVE] * len(ordered))
+            for row, surprise, state in zip(ordered, surprises, states):
+                row["surprise"], row["likelihood"] = float(surprise), state.record()
         schema = system_tables.batch_scores_schema(schemas.load(DATASET))
         write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     now = datetime.now(timezone.utc)
@@ -91,7 +97,7 @@ def _speed(settings, events: list[dict], alarms: frozenset = frozenset()) -> Non
     tables.ensure_table(uri, system_tables.hot_scores_schema(dataset))
     revision = time.time_ns()
     rows = [{**event, "score": 0.2, "is_anomaly": event["event_id"] in alarms, "model_version": 1, "scored_at": datetime.now(timezone.utc),
-             "revision": revision + number} for number, event in enumerate(events)]
+             "revision": revision + number, RELATIVE: SPEED_RELATIVE} for number, event in enumerate(events)]
     if rows:
         with beam.Pipeline(options=PipelineOptions(["--runner", LOCAL_RUNNER])) as pipeline:
             (
@@ -100,6 +106,19 @@ def _speed(settings, events: list[dict], alarms: frozenset = frozenset()) -> Non
                 | beam.ParDo(FlagAlerts(dataset, settings))
                 | beam.ParDo(UpsertHotScores(dataset, settings))
             )
+
+
+# The relative scores the test's batch view and speed rows carry (a model's, on the shared scale).
+BATCH_RELATIVE, SPEED_RELATIVE = 0.1, 0.7
+
+
+def _fold(relative: list[float]):
+    from lakehouse import likelihood
+
+    dataset = schemas.load(DATASET)
+    calibration = likelihood.settings_of(dataset.detector.likelihood)
+    return likelihood.fold_states(np.array(relative, dtype=float), calibration,
+                                  likelihood.initial_state(calibration, dataset.detector.contamination))
 
 
 def _merged(settings) -> dict[str, str]:
@@ -153,9 +172,13 @@ def test_both_sides_serve_the_declared_columns(settings):
     _speed(settings, _events(5, 5))
     views.refresh(DATASET, settings)
     served = trino_client.query(f"SELECT * FROM {DATASET}.merged ORDER BY event_time", settings=settings)
-    # is_alert: both sides carry the first-alarm-of-an-episode flag (the alerts view reads it).
-    assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "is_alert", "layer", "watermark"]
+    # is_alert: both sides carry the first-alarm-of-an-episode flag (the alerts view reads it);
+    # surprise: both carry the calibrated score.
+    assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "is_alert", "surprise", "layer", "watermark"]
     assert list(served.layer) == ["batch"] * 5 + ["speed"] * 5
+    # The speed layer stepped on from the batch view's newest stored state: one chain.
+    expected, _ = _fold([BATCH_RELATIVE] * 5 + [SPEED_RELATIVE] * 5)
+    np.testing.assert_allclose(served.surprise.to_numpy(dtype=float), expected, rtol=1e-12)
 
 
 def test_a_late_event_at_or_before_the_watermark_waits_for_the_next_batch_run(settings):

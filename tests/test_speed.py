@@ -132,7 +132,11 @@ def test_batch_and_speed_give_the_same_scores_and_alerts_for_the_same_events(lam
 
     from lakehouse.alerts import first_of_episodes
 
+    from lakehouse import likelihood
+
     names = feature_names(inputs_dataset())
+    dataset = inputs_dataset()
+    calibration = likelihood.settings_of(dataset.detector.likelihood)
     compared = alerts = 0
     for row in used.itertuples():
         model = FittedModel.from_bytes(storage.read_bytes(row.artifact_uri))
@@ -151,6 +155,14 @@ def test_batch_and_speed_give_the_same_scores_and_alerts_for_the_same_events(lam
         speed_alerts = hot.loc[entity.event_id].is_alert
         assert [batch_alerts[event_id] for event_id in entity.event_id] == speed_alerts.tolist(), row.entity_id
         alerts += int(speed_alerts.sum())
+        # The calibrated score: the batch job's fold over the entity's whole history (its history
+        # scored as the batch view scored it, training rows with their training scores), against
+        # what the speed layer stepped on from the batch view's newest stored state.
+        history_scores, _ = model.score(history[names].to_numpy(), history.event_id.to_numpy())
+        surprises, _ = likelihood.fold(model.relative(history_scores), calibration, likelihood.initial_state(calibration, dataset.detector.contamination))
+        batch_surprises = dict(zip(history.event_id, surprises))
+        np.testing.assert_allclose(hot.loc[entity.event_id].surprise.to_numpy(dtype=float),
+                                   [batch_surprises[event_id] for event_id in entity.event_id], rtol=1e-9, atol=1e-9)
     assert compared == len(hot)
     assert alerts >= 1, "the recent events' planted spikes raise alerts"
 

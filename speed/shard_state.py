@@ -54,13 +54,16 @@ def specs(name: str) -> tuple[BagStateSpec, ReadModifyWriteStateSpec]:
 
 
 class _Fold:
-    __slots__ = ("token", "rows", "entities", "expired")
+    __slots__ = ("token", "rows", "entities", "expired", "state_rows")
 
     def __init__(self) -> None:
         self.token: int | None = None
-        self.rows = 0
+        self.rows = 0  # rows the log holds
         self.entities: dict[str, NamedTuple] = {}
         self.expired: set[str] = set()
+        # Rows the entities' histories hold, kept as they change: the rewrite's threshold is
+        # checked at every commit, and summing it over a shard's entities each time cost O(entities).
+        self.state_rows = 0
 
 
 # (job, part, shard) -> fold, shared by the DoFn instances of a process (the SDK harness makes
@@ -107,7 +110,7 @@ class ShardState:
         self._fold = fold = _fold_of(job, part, shard)
         self._committed = committed = token.read()
         if committed is None:
-            fold.token, fold.rows, fold.entities, fold.expired = None, 0, {}, set()
+            fold.token, fold.rows, fold.entities, fold.expired, fold.state_rows = None, 0, {}, set(), 0
         elif fold.token != committed[0]:
             _rebuild(fold, log.read())
         fold.token = None  # changing: a failure from here on leaves no fold that claims a token
@@ -118,9 +121,14 @@ class ShardState:
         self._puts: set[str] = set()
         self._expires: set[str] = set()
 
+    def _replace(self, entity: str, history: NamedTuple) -> None:
+        old = self.entities.get(entity)
+        self._fold.state_rows += _length(history) - (_length(old) if old is not None else 0)
+        self.entities[entity] = history
+
     def put(self, entity: str, history: NamedTuple) -> None:
         """The entity's whole history (new, re-seeded, or changed other than at its end)."""
-        self.entities[entity] = history
+        self._replace(entity, history)
         self.expired.discard(entity)
         self._puts.add(entity)
         self._expires.discard(entity)
@@ -131,12 +139,14 @@ class ShardState:
         if entity not in self.entities or entity in self._puts:
             self.put(entity, history)
             return
-        self.entities[entity] = history
+        self._replace(entity, history)
         self._appends[entity] = self._appends.get(entity, 0) + count
 
     def expire(self, entity: str) -> None:
         """Drop the entity's history, keep its name (its next event re-reads the tables)."""
-        self.entities.pop(entity, None)
+        old = self.entities.pop(entity, None)
+        if old is not None:
+            self._fold.state_rows -= _length(old)
         self.expired.add(entity)
         self._expires.add(entity)
         self._puts.discard(entity)
@@ -163,7 +173,7 @@ class ShardState:
             fold.token = self._committed[0] if self._committed is not None else None
             return
         total = fold.rows + sum(_rows(record) for record in records)
-        if total > _MIN_ROWS and total > COMPACT_FACTOR * sum(_length(history) for history in self.entities.values()) + _MIN_ROWS:
+        if total > _MIN_ROWS and total > COMPACT_FACTOR * fold.state_rows + _MIN_ROWS:
             self._log.clear()
             records = [(PUT, entity, _copy(history)) for entity, history in self.entities.items()]
             if self.expired:
@@ -242,3 +252,4 @@ def _rebuild(fold: _Fold, records) -> None:
         else:
             raise RuntimeError(f"speed state: unknown log record {kind!r}")
     fold.entities, fold.expired = entities, expired
+    fold.state_rows = sum(_length(history) for history in entities.values())

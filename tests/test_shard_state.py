@@ -108,6 +108,8 @@ def test_the_log_alone_rebuilds_what_the_worker_folded(monkeypatch):
                 state.append(entity, history, count)
                 expected[entity] = history
         records_before = len(cells.pending_bag)
+        # The fold's count of the state's rows (the rewrite's threshold) follows every change.
+        assert state._fold.state_rows == sum(len(history.times) for history in expected.values())
         state.commit()
         cells.finish()
         compactions += len(cells.bag) < records_before

@@ -56,17 +56,14 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
     # event, from which the speed layer steps on (lakehouse/likelihood.py).
     settings = likelihood.settings_of(dataset.detector.likelihood)
     start = likelihood.initial_state(settings, dataset.detector.for_entity(entity_id).contamination)
-    surprises, states = likelihood.fold_states(model.relative(scores)[order], settings, start)
-    in_row_surprises = np.empty(len(frame))
-    in_row_surprises[order] = surprises
-    result[system_tables.SURPRISE.name] = in_row_surprises
-    in_row_order = [None] * len(frame)
-    for position, state in zip(order.tolist(), states):
-        in_row_order[position] = state
-    result["_likelihood_count"] = [state.count for state in in_row_order]
-    result["_likelihood_mean"] = [state.mean for state in in_row_order]
-    result["_likelihood_variance"] = [state.variance for state in in_row_order]
-    result["_likelihood_recent"] = [state.recent for state in in_row_order]
+    folded = likelihood.fold_arrays(model.relative(scores)[order], settings, start)
+    in_row_order = np.empty(len(frame), dtype=np.int64)
+    in_row_order[order] = np.arange(len(frame))
+    result[system_tables.SURPRISE.name] = folded.surprises[in_row_order]
+    result["_likelihood_count"] = folded.count[in_row_order]
+    result["_likelihood_mean"] = folded.mean[in_row_order]
+    result["_likelihood_variance"] = folded.variance[in_row_order]
+    result["_likelihood_recent"] = [folded.recent[position] for position in in_row_order.tolist()]
     return result
 
 

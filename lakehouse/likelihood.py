@@ -13,7 +13,7 @@ recent-score means (a plain running mean and variance until `history` values hav
 then weight 1/history on each new one), so the state is a few numbers and the last `recent`
 scores: cheap to keep per entity in a stream. No look-ahead: an event's surprise uses its own
 score and earlier ones only, and the history is updated after the event is judged. `step` is the
-whole rule; `fold` applies it over one entity's scores in event order. The batch layer folds and
+whole rule for one event; `fold_arrays` (and `fold`) apply it over one entity's scores in event order. The batch layer folds and
 the speed layer steps, so both give the same numbers (tests/test_likelihood.py).
 
 Unscored events (a NaN score: no model yet) leave the state unchanged and get a NaN surprise.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import log_ndtr, ndtri
@@ -116,22 +117,66 @@ def surprise_of(value: float, mean: float, variance: float) -> float:
     return min(-log_tail / math.log(10.0), MAX_SURPRISE)
 
 
+class Folded(NamedTuple):
+    """A fold's output per event: the surprise and the state after the event (what
+    the scored tables store, system_tables.LIKELIHOOD), and the state after the last event."""
+
+    surprises: np.ndarray  # float64, NaN for an unscored event
+    count: np.ndarray  # int64
+    mean: np.ndarray  # float64
+    variance: np.ndarray  # float64
+    recent: list[list[float]]  # the recent scores after each event
+    final: LikelihoodState
+
+    def record(self, index: int) -> dict:
+        """The state after event `index` as the scored tables store it (LikelihoodState.record)."""
+        return {"count": int(self.count[index]), "mean": float(self.mean[index]), "variance": float(self.variance[index]),
+                "recent": list(self.recent[index])}
+
+    def records(self) -> list[dict]:
+        """`record` of every event."""
+        # The recent lists are the fold's own copies, one per event: shared with the rows, not copied again.
+        return [{"count": count, "mean": mean, "variance": variance, "recent": recent}
+                for count, mean, variance, recent in zip(self.count.tolist(), self.mean.tolist(), self.variance.tolist(), self.recent)]
+
+
+def fold_arrays(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> Folded:
+    """The rule over one entity's scores in event order, from `state` (a fresh one by default,
+    left untouched). Plain Python floats event by event, arrays only at the end: the speed layer
+    folds a few events of an entity at a time, where numpy's per-call cost would dominate."""
+    state = state.copy() if state is not None else LikelihoodState()
+    recent, count, mean, variance = state.recent, state.count, state.mean, state.variance
+    keep, history, min_history = settings.recent, settings.history, settings.min_history
+    surprises, counts, means, variances, recents = [], [], [], [], []
+    for score in np.asarray(scores, dtype=np.float64).tolist():
+        if score != score:  # NaN: an unscored event leaves the state as it is
+            surprises.append(math.nan)
+        else:
+            recent.append(score)
+            if len(recent) > keep:
+                del recent[0]
+            value = sum(recent) / len(recent)
+            surprises.append(surprise_of(value, mean, variance) if count >= min_history else 0.0)
+            # Judged first, then learnt from: the event is never compared with itself.
+            count += 1
+            weight = max(1.0 / count, 1.0 / history)
+            difference = value - mean
+            mean += weight * difference
+            variance = (1.0 - weight) * (variance + weight * difference * difference)
+        counts.append(count)
+        means.append(mean)
+        variances.append(variance)
+        recents.append(list(recent))
+    final = LikelihoodState(list(recent), count, mean, variance)
+    return Folded(np.array(surprises, dtype=np.float64), np.array(counts, dtype=np.int64), np.array(means, dtype=np.float64),
+                  np.array(variances, dtype=np.float64), recents, final)
+
+
 def step(state: LikelihoodState, score: float, settings: LikelihoodSettings) -> float:
     """The surprise of one event's score, updating the entity's state in place."""
-    if score is None or math.isnan(score):
-        return math.nan
-    state.recent.append(float(score))
-    if len(state.recent) > settings.recent:
-        del state.recent[0]
-    value = sum(state.recent) / len(state.recent)
-    surprise = surprise_of(value, state.mean, state.variance) if state.count >= settings.min_history else 0.0
-    # Judged first, then learnt from: the event is never compared with itself.
-    state.count += 1
-    weight = max(1.0 / state.count, 1.0 / settings.history)
-    difference = value - state.mean
-    state.mean += weight * difference
-    state.variance = (1.0 - weight) * (state.variance + weight * difference * difference)
-    return surprise
+    folded = fold_arrays(np.array([math.nan if score is None else score], dtype=np.float64), settings, state)
+    state.recent, state.count, state.mean, state.variance = folded.final.recent, folded.final.count, folded.final.mean, folded.final.variance
+    return float(folded.surprises[0])
 
 
 def initial_state(settings: LikelihoodSettings, contamination: float) -> LikelihoodState:
@@ -147,18 +192,5 @@ def initial_state(settings: LikelihoodSettings, contamination: float) -> Likelih
 def fold(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, LikelihoodState]:
     """Surprises of one entity's scores in event order, from `state` (a fresh one by default,
     left untouched), and the state after the last score."""
-    surprises, states = fold_states(scores, settings, state)
-    return surprises, states[-1] if states else (state.copy() if state is not None else LikelihoodState())
-
-
-def fold_states(scores: np.ndarray, settings: LikelihoodSettings, state: LikelihoodState | None = None) -> tuple[np.ndarray, list[LikelihoodState]]:
-    """Surprises of one entity's scores in event order, from `state` (left untouched), and the
-    state after each score: what the scored tables store per event."""
-    state = state.copy() if state is not None else LikelihoodState()
-    scores = np.asarray(scores, dtype=np.float64)
-    surprises = np.empty(len(scores))
-    states = []
-    for index, score in enumerate(scores.tolist()):
-        surprises[index] = step(state, score, settings)
-        states.append(state.copy())
-    return surprises, states
+    folded = fold_arrays(scores, settings, state)
+    return folded.surprises, folded.final

@@ -78,13 +78,11 @@ class AlertHistory(NamedTuple):
     versions: np.ndarray  # int64 model versions
     scored_at: np.ndarray  # int64 microseconds
     revisions: np.ndarray  # int64
-    relative: np.ndarray  # float64: the score on the relative scale (NaN: unscored)
-    surprises: np.ndarray  # float64: the calibrated score as last written (or read)
-    lk_known: np.ndarray  # bool: the likelihood state after the event is known
-    lk_count: np.ndarray  # int64: the state after the event (lakehouse/likelihood.LikelihoodState)
-    lk_mean: np.ndarray  # float64
-    lk_variance: np.ndarray  # float64
-    lk_recent: np.ndarray  # (events, settings.recent) float64, the recent scores, NaN-padded at the end
+    # (events, CALIBRATION + settings.recent) float64, one matrix (one array to concatenate and
+    # trim, not seven): the relative score (NaN: unscored), the surprise as last written (or
+    # read), and the likelihood state after the event (lakehouse/likelihood.LikelihoodState):
+    # count (NaN: not known), mean, variance, then the recent scores, NaN-padded at the end.
+    calibration: np.ndarray
     complete: bool  # the events reach back to the entity's first event
     seen_at: float  # processing time of its last row, for the TTL
 
@@ -93,31 +91,43 @@ class AlertHistory(NamedTuple):
 _ARRAYS = len(AlertHistory._fields) - 2
 
 
+# The calibration matrix's columns (AlertHistory.calibration); the recent scores from CALIBRATION on.
+RELATIVE_AT, SURPRISE_AT, COUNT_AT, MEAN_AT, VARIANCE_AT, CALIBRATION = 0, 1, 2, 3, 4, 5
+
+
 def empty_history(fields: int, complete: bool, recent: int = 1) -> AlertHistory:
     return AlertHistory(
         np.empty(0, np.int64), np.array([], dtype="U1"), np.empty(0, bool), np.empty(0, bool), np.empty(0, bool),
         np.empty((0, fields)), np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64),
-        np.empty(0), np.empty(0), np.empty(0, bool), np.empty(0, np.int64), np.empty(0), np.empty(0), np.empty((0, recent)),
-        complete, 0.0,
+        np.empty((0, CALIBRATION + recent)), complete, 0.0,
     )
+
+
+def _unknown_calibration(count: int, recent: int, relative: np.ndarray | None = None) -> np.ndarray:
+    calibration = np.full((count, CALIBRATION + recent), np.nan)
+    if relative is not None:
+        calibration[:, RELATIVE_AT] = relative
+    return calibration
 
 
 def state_at(history: AlertHistory, position: int) -> likelihood.LikelihoodState | None:
     """The entity's likelihood state after the event at `position` (None: not known)."""
-    if not history.lk_known[position]:
+    row = history.calibration[position].tolist()
+    if row[COUNT_AT] != row[COUNT_AT]:
         return None
-    recent = history.lk_recent[position]
-    return likelihood.LikelihoodState(recent[~np.isnan(recent)].tolist(), int(history.lk_count[position]),
-                                      float(history.lk_mean[position]), float(history.lk_variance[position]))
+    return likelihood.LikelihoodState([value for value in row[CALIBRATION:] if value == value], int(row[COUNT_AT]),
+                                      row[MEAN_AT], row[VARIANCE_AT])
+
+
+def _record_at(history: AlertHistory, position: int) -> dict | None:
+    state = state_at(history, position)
+    return state.record() if state is not None else None
 
 
 def _set_state(history: AlertHistory, position: int, state: likelihood.LikelihoodState) -> None:
-    width = history.lk_recent.shape[1]
+    width = history.calibration.shape[1] - CALIBRATION
     recent = state.recent[-width:]
-    history.lk_known[position] = True
-    history.lk_count[position], history.lk_mean[position], history.lk_variance[position] = state.count, state.mean, state.variance
-    history.lk_recent[position, :] = np.nan
-    history.lk_recent[position, : len(recent)] = recent
+    history.calibration[position, COUNT_AT:] = [state.count, state.mean, state.variance, *recent, *[np.nan] * (width - len(recent))]
 
 
 def alerts_at(flags: np.ndarray, start: int, quiet: int) -> np.ndarray:
@@ -220,10 +230,11 @@ class FlagAlerts(beam.DoFn):
             start = len(history.times) - len(incoming)
             alerts = alerts_at(history.flags, start, self.quiet)
             history.alerts[start:] = alerts
-            self._fold_from(entity_id, history, start)
-            for offset, (row, alert) in enumerate(zip(incoming, alerts)):
+            folded = self._fold_from(entity_id, history, start)
+            for row, alert, surprise, record in zip(incoming, alerts, folded.surprises.tolist(), folded.records()):
                 row[IS_ALERT] = bool(alert)
-                self._write_likelihood(row, history, start + offset)
+                row[SURPRISE] = None if surprise != surprise else surprise
+                row[LIKELIHOOD] = record
                 out.append(row)
             return self._trim(history), True
         return self._place(entity_id, history, incoming, times, ids, out), False
@@ -250,7 +261,7 @@ class FlagAlerts(beam.DoFn):
             placed[ids[index]] = row
             first_changed = position if first_changed is None else min(first_changed, position)
         if first_changed is not None and first_changed < len(history.times):
-            written = history.surprises.copy()
+            written = history.calibration[:, SURPRISE_AT].copy()
             self._fold_from(entity_id, history, first_changed)
             # State's oldest `quiet` events lack the flags before them: theirs stay as written.
             flags_from = first_changed if history.complete else max(first_changed, self.quiet)
@@ -264,7 +275,7 @@ class FlagAlerts(beam.DoFn):
                 if event_id in placed:
                     history.alerts[position] = alert
                     continue
-                moved = alert != history.alerts[position] or not _same(written[position], history.surprises[position])
+                moved = alert != history.alerts[position] or not _same(written[position], history.calibration[position, SURPRISE_AT])
                 if moved and history.hot[position]:
                     # A later event whose flag or surprise the late one changed: its row again.
                     history.alerts[position] = alert
@@ -289,13 +300,13 @@ class FlagAlerts(beam.DoFn):
     def _initial(self, entity_id: str) -> likelihood.LikelihoodState:
         return likelihood.initial_state(self.likelihood, self.dataset.detector.for_entity(entity_id).contamination)
 
-    def _fold_from(self, entity_id: str, history: AlertHistory, start: int) -> None:
+    def _fold_from(self, entity_id: str, history: AlertHistory, start: int) -> likelihood.Folded | None:
         """Surprises and states of positions start.. in place, stepping on from the state after
         the event before `start`: from state, or (before the oldest event of a history that does
         not reach back to the entity's first) from the tables; the prior at an entity's first
         event, or where the state is not known."""
         if start >= len(history.times):
-            return
+            return None
         if start > 0:
             state = state_at(history, start - 1)
         elif history.complete:
@@ -304,14 +315,17 @@ class FlagAlerts(beam.DoFn):
             state = self._stored_state_before(entity_id, (int(history.times[0]), str(history.ids[0])))
         if state is None:
             state = self._initial(entity_id)
-        for position in range(start, len(history.times)):
-            history.surprises[position] = likelihood.step(state, history.relative[position], self.likelihood)
-            _set_state(history, position, state)
+        folded = likelihood.fold_arrays(history.calibration[start:, RELATIVE_AT], self.likelihood, state)
+        width = history.calibration.shape[1] - CALIBRATION
+        block = history.calibration[start:]
+        block[:, SURPRISE_AT], block[:, COUNT_AT], block[:, MEAN_AT], block[:, VARIANCE_AT] = (
+            folded.surprises, folded.count, folded.mean, folded.variance)
+        block[:, CALIBRATION:] = [(recent + [math.nan] * width)[:width] for recent in folded.recent]
+        return folded
 
     def _write_likelihood(self, row: dict, history: AlertHistory, position: int) -> None:
-        row[SURPRISE] = _nullable(history.surprises[position])
-        state = state_at(history, position)
-        row[LIKELIHOOD] = state.record() if state is not None else None
+        row[SURPRISE] = _nullable(float(history.calibration[position, SURPRISE_AT]))
+        row[LIKELIHOOD] = _record_at(history, position)
 
     def _arrays(self, rows: list[dict], times: np.ndarray, ids) -> AlertHistory:
         return AlertHistory(
@@ -325,13 +339,8 @@ class FlagAlerts(beam.DoFn):
             versions=np.fromiter((row["model_version"] for row in rows), dtype=np.int64, count=len(rows)),
             scored_at=np.fromiter((micros(row[SCORED_AT]) for row in rows), dtype=np.int64, count=len(rows)),
             revisions=np.fromiter((row[REVISION] for row in rows), dtype=np.int64, count=len(rows)),
-            relative=np.fromiter((_number(row.get(RELATIVE)) for row in rows), dtype=np.float64, count=len(rows)),
-            surprises=np.full(len(rows), np.nan),
-            lk_known=np.zeros(len(rows), dtype=bool),
-            lk_count=np.zeros(len(rows), dtype=np.int64),
-            lk_mean=np.zeros(len(rows)),
-            lk_variance=np.zeros(len(rows)),
-            lk_recent=np.full((len(rows), self.likelihood.recent), np.nan),
+            calibration=_unknown_calibration(len(rows), self.likelihood.recent,
+                                             np.fromiter((_number(row.get(RELATIVE)) for row in rows), dtype=np.float64, count=len(rows))),
             complete=True,
             seen_at=0.0,
         )
@@ -349,8 +358,8 @@ class FlagAlerts(beam.DoFn):
             SCORED_AT: instant(history.scored_at[position]),
             REVISION: int(history.revisions[position]),
             IS_ALERT: bool(history.alerts[position]),
-            SURPRISE: _nullable(history.surprises[position]),
-            LIKELIHOOD: state.record() if (state := state_at(history, position)) is not None else None,
+            SURPRISE: _nullable(float(history.calibration[position, SURPRISE_AT])),
+            LIKELIHOOD: _record_at(history, position),
         }
 
     def _trim(self, history: AlertHistory) -> AlertHistory:
@@ -527,24 +536,19 @@ def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool, recent: i
         versions=column("model_version", np.int64, 0),
         scored_at=scored_at,
         revisions=column(REVISION, np.int64, 0),
-        relative=np.full(count, np.nan),
-        surprises=column(SURPRISE, np.float64, np.nan),
-        lk_known=np.zeros(count, dtype=bool),
-        lk_count=np.zeros(count, dtype=np.int64),
-        lk_mean=np.zeros(count),
-        lk_variance=np.zeros(count),
-        lk_recent=np.full((count, recent), np.nan),
+        calibration=_unknown_calibration(count, recent),
         complete=complete,
         seen_at=0.0,
     )
-    for position, (record, score) in enumerate(zip(states, history.scores)):
+    history.calibration[:, SURPRISE_AT] = column(SURPRISE, np.float64, np.nan)
+    for position, (record, score) in enumerate(zip(states, history.scores.tolist())):
         state = likelihood.LikelihoodState.of_record(record)
         if state is None:
             continue
         _set_state(history, position, state)
-        if not np.isnan(score) and state.recent:
+        if score == score and state.recent:
             # A scored event's own relative score is the newest of the recent scores after it.
-            history.relative[position] = state.recent[-1]
+            history.calibration[position, RELATIVE_AT] = state.recent[-1]
     return history
 
 

@@ -188,10 +188,11 @@ def test_the_speed_layer_writes_the_surprise_the_batch_fold_gives_after_a_late_e
             newest[event_id] = (revision, surprise, count)
     settings = likelihood.settings_of(dataset.detector.likelihood)
     final = [relative(index, 1 if 30 <= index <= 54 else 0) for index in range(70)]
-    expected, states = likelihood.fold_states(np.array(final), settings, likelihood.initial_state(settings, dataset.detector.contamination))
+    folded = likelihood.fold_arrays(np.array(final), settings, likelihood.initial_state(settings, dataset.detector.contamination))
+    expected = folded.surprises
     ids = [f"sensor-001-{index:04d}" for index in range(70)]
     assert [newest[event_id][1] for event_id in ids] == expected.tolist()
-    assert [newest[event_id][2] for event_id in ids] == [state.count for state in states]
+    assert [newest[event_id][2] for event_id in ids] == folded.count.tolist()
     # Rows after the revised ones were written again, with a higher revision.
     assert all(newest[f"sensor-001-{index:04d}"][0] > 1000 + index for index in range(55, 70))
     assert max(expected) > 3, "the planted jumps are surprising"

@@ -71,9 +71,9 @@ def _batch_run(settings, events: list[dict], watermark: datetime, *, status: str
             for row, alert in zip(ordered, first_of_episodes([row["is_anomaly"] for row in ordered], quiet)):
                 row["is_alert"] = bool(alert)
             # And its calibrated score (batch/score.py): the fold of the relative scores, here 0.1 each.
-            surprises, states = _fold([BATCH_RELATIVE] * len(ordered))
-            for row, surprise, state in zip(ordered, surprises, states):
-                row["surprise"], row["likelihood"] = float(surprise), state.record()
+            folded = _fold([BATCH_RELATIVE] * len(ordered))
+            for number, row in enumerate(ordered):
+                row["surprise"], row["likelihood"] = float(folded.surprises[number]), folded.record(number)
         schema = system_tables.batch_scores_schema(schemas.load(DATASET))
         write_deltalake(settings.table_uri(DATASET, constants.BATCH_SCORES), pa.Table.from_pylist(rows, schema=schema), mode="overwrite")
     now = datetime.now(timezone.utc)
@@ -117,7 +117,7 @@ def _fold(relative: list[float]):
 
     dataset = schemas.load(DATASET)
     calibration = likelihood.settings_of(dataset.detector.likelihood)
-    return likelihood.fold_states(np.array(relative, dtype=float), calibration,
+    return likelihood.fold_arrays(np.array(relative, dtype=float), calibration,
                                   likelihood.initial_state(calibration, dataset.detector.contamination))
 
 
@@ -177,7 +177,7 @@ def test_both_sides_serve_the_declared_columns(settings):
     assert list(served.columns) == [*system_tables.served_columns(schemas.load(DATASET)), "is_alert", "surprise", "layer", "watermark"]
     assert list(served.layer) == ["batch"] * 5 + ["speed"] * 5
     # The speed layer stepped on from the batch view's newest stored state: one chain.
-    expected, _ = _fold([BATCH_RELATIVE] * 5 + [SPEED_RELATIVE] * 5)
+    expected = _fold([BATCH_RELATIVE] * 5 + [SPEED_RELATIVE] * 5).surprises
     np.testing.assert_allclose(served.surprise.to_numpy(dtype=float), expected, rtol=1e-12)
 
 

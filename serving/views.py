@@ -352,11 +352,11 @@ def refresh(dataset_name: str, settings: Settings) -> list[str]:
     return messages
 
 
-def _has_column(schema: str, table: str, column: str, settings: Settings) -> bool:
+def _has_column(schema: str, table: str, column: str, settings: Settings, role: str = "admin") -> bool:
     answer = trino_client.query(
         f"SELECT count(*) AS n FROM {constants.CATALOG}.information_schema.columns "
         "WHERE table_schema = ? AND table_name = ? AND column_name = ?",
-        [schema, table, column], settings=settings,
+        [schema, table, column], settings=settings, role=role,
     )
     return bool(answer.n[0])
 
@@ -385,9 +385,12 @@ def recent_alerts(dataset_name: str, hours: float, *, settings: Settings, role: 
     entity, event_time, event_id = (f'"{dataset.entity}"', f'"{dataset.event_time}"', f'"{dataset.event_id}"')
     alerts = _qualified(dataset.name, constants.ALERTS_VIEW)
     merged = _qualified(dataset.name, constants.MERGED_VIEW)
+    # The calibrated score, where the views serve it (both layers' tables carry it).
+    surprise = system_tables.SURPRISE.name
+    calibrated = f", round(a.{surprise}, 1) AS {surprise}" if _has_column(dataset.name, constants.ALERTS_VIEW, surprise, settings, role) else ""
     sql = (
         f"WITH newest AS (SELECT max({event_time}) AS at FROM {merged}) "
-        f"SELECT a.{event_time}, a.{entity}, a.{event_id}, round(a.score, 3) AS score, a.layer, a.model_version "
+        f"SELECT a.{event_time}, a.{entity}, a.{event_id}, round(a.score, 3) AS score{calibrated}, a.layer, a.model_version "
         f"FROM {alerts} a CROSS JOIN newest WHERE a.{event_time} > newest.at - parse_duration(?) "
         f"ORDER BY 1 DESC, 2"
     )

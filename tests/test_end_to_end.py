@@ -86,6 +86,12 @@ def test_planted_spikes_raise_alerts_and_alerts_are_fewer_than_alarms(demo):
     ids = ", ".join(f"'{event_id}'" for event_id in demo["spikes"])
     alerted = trino_client.query(f"SELECT event_id FROM sensor_events.alerts WHERE event_id IN ({ids})", role="analyst", settings=get_settings())
     assert set(alerted.event_id) == set(demo["spikes"])
+    # The calibrated score (both layers write it) ranks the planted spikes above nearly every other
+    # event, on one scale for every entity.
+    surprises = trino_client.query("SELECT event_id, surprise FROM sensor_events.merged", role="analyst", settings=get_settings())
+    spikes = surprises[surprises.event_id.isin(demo["spikes"])].surprise
+    assert len(spikes) == len(demo["spikes"]) and spikes.notna().all()
+    assert spikes.min() > surprises.surprise.quantile(0.95) and spikes.median() > surprises.surprise.quantile(0.99)
     counts = trino_client.query("SELECT (SELECT count(*) FROM sensor_events.alerts) AS alerts, "
                                 "(SELECT count(*) FROM sensor_events.anomalies) AS anomalies, "
                                 "(SELECT count(*) FROM sensor_events.alerts a JOIN sensor_events.anomalies f ON a.event_id = f.event_id) AS flagged", settings=get_settings())
@@ -97,7 +103,7 @@ def test_planted_spikes_raise_alerts_and_alerts_are_fewer_than_alarms(demo):
     newest = trino_client.query("SELECT count(*) AS n FROM sensor_events.alerts "
                                 "WHERE event_time > (SELECT max(event_time) FROM sensor_events.merged) - INTERVAL '6' HOUR", settings=get_settings())
     recent = views.recent_alerts("sensor_events", 6, settings=get_settings())
-    assert len(recent) == newest.n[0] and recent.event_time.is_monotonic_decreasing
+    assert len(recent) == newest.n[0] and recent.event_time.is_monotonic_decreasing and "surprise" in recent.columns
 
 
 def test_an_event_reads_back_the_same_through_trino(demo):

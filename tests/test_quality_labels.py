@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from lakehouse.errors import ConfigurationError
+from lakehouse.likelihood import relative_score
 from quality import labels, nab, walk_forward
-from quality.scores import relative_score
 from quality.walk_forward import cut_points
 
 

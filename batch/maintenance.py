@@ -53,13 +53,20 @@ def maintain(
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", str(not force).lower())
     uris = [settings.table_uri(dataset, table) for table in (constants.SILVER, constants.BATCH_SCORES, constants.HOT_SCORES)]
     uris.append(settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE))
+    # The batch view is rewritten whole by every run, one file per day sorted by entity and time
+    # (batch/tables.write_batch_view): bin-packing would only concatenate sorted runs into files
+    # whose entity ranges overlap. It is vacuumed like the others (each run's overwrite leaves
+    # the previous files behind), not compacted.
+    batch_view = settings.table_uri(dataset, constants.BATCH_SCORES)
     results = []
     for uri in uris:
         if not storage.table_exists(uri):
             continue
         table = DeltaTable.forPath(spark, uri)
         before = _file_count(spark, uri)
-        metrics = table.optimize().executeCompaction().select("metrics.numFilesRemoved").collect()[0][0]
+        metrics = 0
+        if uri != batch_view:
+            metrics = table.optimize().executeCompaction().select("metrics.numFilesRemoved").collect()[0][0]
         vacuumed = 0
         if vacuum:
             files_before_vacuum = _listed_files(uri)

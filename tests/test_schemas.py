@@ -170,3 +170,36 @@ def test_the_duplicates_policy_is_declared_first_by_default_or_latest():
     assert Dataset.model_validate({**document, "duplicates": "latest"}).duplicates == "latest"
     with pytest.raises(ValueError, match="duplicates"):
         Dataset.model_validate({**document, "duplicates": "newest"})
+
+
+# Values that break, or nearly break, each kind of rule: missing, blank, spaced, wrong type,
+# non-finite, out of range, not allowed, not matching, and good ones written another way.
+_CANDIDATES = [None, "", "  ", " 5.1 ", "5.1", 5, -1, 250, 1e400, "NaN", "Infinity", True, "true", "abc", "fault", "ok",
+               "OK", "sensor-001", "sensor-1", "0123456789abcdef0123456789abcdef", "2024-01-01T00:05:00Z",
+               "2024-02-30 00:00:00", " 2024-01-01 00:05:00\t", 2.5, "3", "1e3", "+.5", "-0"]
+
+
+@pytest.mark.parametrize("name, good, source", [
+    ("sensor_events", {**GOOD, "status": "fault", "vibration": 4}, None),
+    ("metrics", {"timestamp": "2014-04-01 00:05:00", "value": "3.5"}, "s3://bucket/nab/cpu_util.csv"),
+])
+def test_the_compiled_pass_and_the_rule_walk_give_one_verdict(name, good, source):
+    """The speed layer accepts a record by a compiled pass and names the broken rules by a rule walk
+    (schemas/rules.py): on every mutated record, the pass accepts exactly when the walk finds no
+    broken rule, and both sides occur."""
+    import random
+
+    validator = RecordValidator(schemas.load(name))
+    random_ = random.Random(7)
+    keys = list(good)
+    verdicts = {True: 0, False: 0}
+    for _ in range(4000):
+        record = dict(good)
+        for key in random_.sample(keys, random_.choice((1, 1, 2))):
+            record[key] = random_.choice(_CANDIDATES)
+        texts = validator.texts(record, source)
+        accepted = validator.typed_if_valid(texts) is not None
+        failures = validator.failures(texts)
+        assert accepted == (failures == []), (record, failures)
+        verdicts[accepted] += 1
+    assert min(verdicts.values()) > 100, verdicts

@@ -182,6 +182,10 @@ def run(argv: list[str] | None = None) -> dict:
         numpy_rate = _numpy_reference(settings, dataset, history, stream, arguments.batch_size)
         local_rate = _local_replay(settings, replay, arguments.batch_size)
         loads["local replay"] = report.load_note()
+        validation_rate = _validation_rate(dataset, replay)
+        figures.append({"name": "the pipeline's first step alone: decode, parse and validate the replay's lines in one process",
+                        "value": validation_rate, "unit": "events/s", "reference": "the local replay, whole pipeline",
+                        "reference_value": local_rate})
         targets.update(numpy_events_per_s=numpy_rate, local_events_per_s=local_rate, ratio_to_numpy=local_rate / numpy_rate)
         figures.append({"name": f"local runner: bounded replay of {len(stream):,} events, {arguments.sensors} entities",
                         "value": local_rate, "unit": "events/s", "reference": "design target",
@@ -493,6 +497,22 @@ def _numpy_reference(settings, dataset, history: pd.DataFrame, stream: pd.DataFr
         for start in range(0, len(matrix), batch_size):
             model.score(matrix[start : start + batch_size])
     return sum(len(values) for _, values, _, _ in prepared) / (time.perf_counter() - started)
+
+
+def _validation_rate(dataset, replay: Path) -> float:
+    """events/s of speed/validate.py's work alone (decode, JSON, the declared rules) on the replay's
+    lines: what one core spends before features and scoring (issue #14's profile put it at 10%)."""
+    from schemas.rules import RecordValidator, decode_message, parse_json_record
+
+    validator = RecordValidator(dataset)
+    lines = replay.read_bytes().splitlines()
+    started = time.perf_counter()
+    for line in lines:
+        text, _, _ = decode_message(line, "bench")
+        record, _, _ = parse_json_record(text, "bench")
+        if record is not None:
+            validator.validate(record, source_file="bench")
+    return len(lines) / (time.perf_counter() - started)
 
 
 def _local_replay(settings, replay: Path, batch_size: int) -> float:

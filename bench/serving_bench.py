@@ -131,10 +131,11 @@ def run(argv: list[str] | None = None) -> dict:
                 reasons["freshness_p99_ms_at_1k"] = fresh["reason"]
             hot_files = _hot_files(trino_settings)
             targets["hot_files_after_soak"] = float(hot_files)
-            reasons["hot_files_after_soak"] = (
-                f"measured after {arguments.hot_rows:,} rows replayed in streaming commits and {arguments.latency_seconds:g} s "
-                f"of Flink following Kafka at {arguments.latency_rate:,.0f} events/s, not after the issue's hour of streaming"
-            )
+            if arguments.latency_seconds < 3600:
+                reasons["hot_files_after_soak"] = (
+                    f"measured after {arguments.hot_rows:,} rows replayed in streaming commits and {arguments.latency_seconds:g} s "
+                    f"of Flink following Kafka at {arguments.latency_rate:,.0f} events/s, not after the issue's hour of streaming"
+                )
             figures.append({"name": "data files a query of the hot table opens, after the streaming", "value": float(hot_files),
                             "unit": "files", "reference": "design target", "reference_value": TARGET["hot_files_after_soak"]})
     finally:

@@ -800,8 +800,10 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             result["other_figures"].append({"name": f"Flink following Kafka at {arguments.latency_rate:,.0f} events/s: {name} p50",
                                             "value": median * 1000, "unit": "ms"})
     result["stages"] = stage_breakdown(topic)
-    result["other_figures"].append({"name": "Flink following Kafka: events committed in the latency run",
-                                    "value": float(len(commits)), "unit": f"of {count}"})
+    # The samples are a bounded buffer (speed/metrics.py): past its size this counts the newest ones kept.
+    result["other_figures"].append({"name": f"Flink following Kafka: events with an arrival-to-commit sample (at most the newest "
+                                            f"{metrics.LATENCY_SAMPLES.maxlen:,} are kept)",
+                                    "value": float(len(commits)), "unit": f"of {count} sent"})
     result["other_figures"].append({"name": "freshness: sampled events seen in the merged view",
                                     "value": float(len(freshness)), "unit": f"of {len(sampled)}"})
     return result

@@ -113,9 +113,10 @@ def _violation(rule: Rule, field: FieldSpec, typed: Column, type_ok: Column) -> 
     raise ValueError(f"unknown rule kind {rule.kind}")
 
 
-def text_column(name: str) -> str:
-    """Column that keeps a field's text as read, beside its typed value, after validation."""
-    return f"_text_{name}"
+def text_column(field: FieldSpec) -> str:
+    """Column that holds a field's text as read, after validation: `_text_<field>` beside the typed
+    value, or the field's own column for a string field (its text is its value: no copy)."""
+    return field.name if field.type == "string" else f"_text_{field.name}"
 
 
 def _cast_column(name: str) -> str:
@@ -131,7 +132,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
 
     As in the speed layer, every rule a field breaks is reported, except that a missing value is
     checked for presence only and a value of the wrong type for its type only. A typed value is
-    null when its text is missing or of the wrong type; the text stays in `_text_<field>`.
+    null when its text is missing or of the wrong type; the text stays in `text_column(field)`.
     """
     frame = with_text_fields(frame, dataset)
     # Each typed field is cast and its type pattern matched once, in a projection of its own:
@@ -150,7 +151,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
         is_typed = TYPE_PATTERNS[field.type] is not None
         typed = F.col(_cast_column(field.name)) if is_typed else F.col(field.name)
         holds = F.col(_type_ok_column(field.name)) if is_typed else F.lit(True)
-        typed_columns[field.name] = F.when(F.col(field.name).isNotNull() & holds, typed)
+        typed_columns[field.name] = F.when(F.col(field.name).isNotNull() & holds, typed) if is_typed else typed
         for rule in _field_rules(field):
             broken = _violation(rule, field, typed, holds)
             failures.append(F.when(broken, F.lit(rule.name)))
@@ -195,12 +196,13 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
         .when(F.size(F.col(FAILED_RULES)) == 0, F.array().cast("array<string>"))
         .otherwise(field_messages),
     )
-    # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`.
-    for name, typed in typed_columns.items():
-        frame = frame.withColumn(f"_typed_{name}", typed)
+    # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`. A
+    # string field is its text: it keeps its one column (a copy would be cached for every record).
+    for field in typed_fields:
+        frame = frame.withColumn(f"_typed_{field.name}", typed_columns[field.name])
     frame = frame.drop(*[_cast_column(field.name) for field in typed_fields], *[_type_ok_column(field.name) for field in typed_fields])
-    for name in typed_columns:
-        frame = frame.withColumnRenamed(name, text_column(name)).withColumnRenamed(f"_typed_{name}", name)
+    for field in typed_fields:
+        frame = frame.withColumnRenamed(field.name, text_column(field)).withColumnRenamed(f"_typed_{field.name}", field.name)
     return frame
 
 

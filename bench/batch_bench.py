@@ -165,12 +165,7 @@ def _gx_spark_engine(frame, dataset) -> None:
     )
     suite = context.suites.add(gx.ExpectationSuite(name="bench"))
     for rule in rules_for(dataset):
-        expectation = _expectation(rule, dataset)
-        if rule.kind == "type":  # pandas row conditions do not run on Spark: use Spark's syntax
-            expectation = gx.expectations.ExpectColumnValuesToNotBeNull(
-                column=expectation.column, row_condition=f'col("_text_{rule.field}").notNull()', condition_parser="spark"
-            )
-        suite.add_expectation(expectation)
+        suite.add_expectation(_expectation(rule, dataset))
     batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
 
 

@@ -179,10 +179,17 @@ def test_the_run_report_holds_great_expectations_results_that_match_the_quaranti
     planted: dict[str, int] = {}
     for rule in inputs.history.bad.values():
         planted[rule] = planted.get(rule, 0) + 1
-    assert {rule: count for rule, count in unexpected.items() if count} == planted
     assert stored["report"]["failed_rules"] == planted
+    # GX checks a type rule on the text's shape: "n/a" has none, the planted event_time
+    # 2024-13-45T99:00:00Z has a timestamp's shape and fails only the rules' cast.
+    assert planted["temperature.type"] and planted["event_time.type"]
+    assert unexpected.pop("event_time.type") == 0
+    assert {rule: count for rule, count in unexpected.items() if count} == {
+        rule: count for rule, count in planted.items() if rule != "event_time.type"
+    }
     by_rule = {item["rule"]: item for item in result["expectations"]}
-    assert by_rule["temperature.type"]["expectation_type"] == "expect_column_values_to_not_be_null"
+    assert by_rule["temperature.type"]["expectation_type"] == "expect_column_values_to_match_regex"
+    assert set(by_rule["temperature.type"]["partial_unexpected_list"]) == {"n/a"}
     assert "n/a" not in json.dumps(by_rule["pressure.range"]["partial_unexpected_list"])
 
 
@@ -198,6 +205,14 @@ def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(fi
     wrong = SuiteResult("sensor_events", record.input_rows, [{"rule": "pressure.range", "unexpected_count": 10**6}])
     with pytest.raises(LakehouseError, match="pressure.range: 1000000 vs"):
         cross_check(wrong, validated)
+    fewer = SuiteResult("sensor_events", record.input_rows, [{"rule": "pressure.range", "unexpected_count": 0}])
+    with pytest.raises(LakehouseError, match="pressure.range: 0 vs"):
+        cross_check(fewer, validated)
+    # A type rule's GX count may be lower (the text's shape only), never higher.
+    assert cross_check(SuiteResult("sensor_events", record.input_rows, [{"rule": "event_time.type", "unexpected_count": 0}]), validated)
+    more = SuiteResult("sensor_events", record.input_rows, [{"rule": "event_time.type", "unexpected_count": 10**6}])
+    with pytest.raises(LakehouseError, match="event_time.type: 1000000 vs"):
+        cross_check(more, validated)
 
 
 def test_a_csv_without_a_declared_column_is_quarantined_whole_and_the_other_files_proceed(warehouse, spark, tmp_path):

@@ -138,8 +138,9 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     # Each typed field is cast and its type pattern matched once, in a projection of its own:
     # the rules, the messages and the typed output below refer to these columns. Spark does not
     # merge a projection into the next one when that would repeat a costly expression, and
-    # without them each rule re-ran its field's regex and cast (47 casts and 15 regex matches a
-    # sensor_events row, against 4 and 6 now).
+    # without them each rule re-ran its field's regex and cast (the executed plan of a
+    # sensor_events frame, measured 2026-12-03: 160 cast occurrences and 26 RLIKE before, 8 and 8
+    # after).
     typed_fields = [field for field in dataset.fields if TYPE_PATTERNS[field.type] is not None]
     frame = frame.select("*", *[_typed(field).alias(_cast_column(field.name)) for field in typed_fields])
     frame = frame.select("*", *[_type_ok(field, F.col(_cast_column(field.name))).alias(_type_ok_column(field.name)) for field in typed_fields])

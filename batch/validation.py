@@ -21,10 +21,10 @@ RAW = "_raw"
 
 
 def _normalised(field: FieldSpec, column: str) -> Column:
-    """schemas.rules.normalised: typed values trimmed of spaces and tabs, blank is missing."""
+    """schemas.rules.normalised: typed values trimmed of TRIMMED, blank is missing."""
     text = F.col(column)
     if field.type != "string":
-        text = F.expr(f"trim(BOTH '{TRIMMED}' FROM `{column}`)")
+        text = F.btrim(text, F.lit(TRIMMED))
     return F.when(text == "", None).otherwise(text)
 
 

@@ -4,8 +4,8 @@ The batch layer turns the same `Rule` list into Spark column expressions (batch/
 Both engines see the input as text first and apply identical regular expressions for types, so
 they reject the same records for the same reasons (tests/test_parity.py proves it).
 
-Text normalisation shared by both engines: spaces and tabs around the value of a typed field
-(double, long, boolean, timestamp) are trimmed, and an empty string is a missing value; string
+Text normalisation shared by both engines: spaces, tabs and line ends around the value of a typed
+field (double, long, boolean, timestamp) are trimmed, and an empty string is a missing value; string
 fields are kept as written.
 
 Record-level rules come before the field rules: a JSON line that is not valid JSON
@@ -42,8 +42,9 @@ TYPE_PATTERNS: dict[str, str | None] = {
 }
 
 
-# Around typed values, as Spark's trim(BOTH ' \t' ...) in batch/validation.py.
-TRIMMED = " \t"
+# Around typed values, as Spark's trim(BOTH ...) in batch/validation.py: spaces, tabs and line
+# ends (a spreadsheet's CRLF inside a quoted cell, a value copied with its newline).
+TRIMMED = " \t\r\n"
 
 # Record-level rules: the text is not one record of the declared shape.
 RECORD_JSON = "record.json"
@@ -87,8 +88,12 @@ def parse_json_record(text: str | bytes, where: str) -> tuple[dict[str, Any] | N
 
 
 def anchored(pattern: str) -> str:
-    """Whole-value match, the same in Java (Spark rlike) and Python (re.search)."""
-    return f"^(?:{pattern})$"
+    """Whole-value match, the same in Java (Spark rlike) and Python (re.search).
+
+    Not `$`: it matches before a final line terminator in both dialects, and they disagree on what
+    one is (Python: `\\n` only; Java: also `\\r`, `\\u0085`, `\\u2028`, `\\u2029`), so `"12\\r"` was
+    a long to Spark and not to Python. "No character follows" is the same assertion in both."""
+    return f"^(?:{pattern})(?![\\s\\S])"
 
 
 @dataclass(frozen=True)
@@ -345,7 +350,7 @@ def as_text(value: Any) -> str | None:
 
 
 def normalised(field: FieldSpec, text: str | None) -> str | None:
-    """A field's text as the rules see it: typed values trimmed of spaces and tabs, blank is missing."""
+    """A field's text as the rules see it: typed values trimmed of TRIMMED, blank is missing."""
     if text is not None and field.type != "string":
         text = text.strip(TRIMMED)
     return text if text else None

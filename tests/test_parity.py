@@ -65,6 +65,17 @@ VARIANTS = [
     {"status": "fault", "vibration": "x"},
     {"status": "fault", "vibration": 200},
     {"status": "ok", "vibration": 0.5},
+    # Line ends and other terminators: a typed value is trimmed of CR and LF; a string field keeps
+    # them, and Java's `$` matched before a final \r, \u0085 or \u2028 where Python's does not.
+    {"temperature": "61.5\r"},
+    {"temperature": "\r\n61.5\n"},
+    {"temperature": "61.5\u0085"},
+    {"pressure": "5\u2028"},
+    {"event_time": "2024-01-01T00:05:00Z\r"},
+    {"entity_id": "sensor-001\r"},
+    {"entity_id": "sensor-001\n"},
+    {"entity_id": "sensor-001\u2029"},
+    {"event_id": "0" * 31 + "a\r"},
 ]
 
 
@@ -100,7 +111,11 @@ def test_spark_and_the_record_validator_fail_the_same_rules(spark, tmp_path):
         (records[index], batch[index], speed[index]) for index in range(len(records)) if batch[index] != speed[index]
     ]
     assert not mismatches, "\n".join(f"{record}: batch {b} speed {s}" for record, b, s in mismatches)
-    assert speed[len(VARIANTS) - 5] == ["check.fault_shows_in_vibration"]
+    assert speed[VARIANTS.index({"status": "fault", "vibration": 2.0})] == ["check.fault_shows_in_vibration"]
+    verdict = {json.dumps(change): speed[index] for index, change in enumerate(VARIANTS)}
+    assert verdict[json.dumps({"temperature": "\r\n61.5\n"})] == []  # trimmed
+    assert verdict[json.dumps({"temperature": "61.5\u0085"})] == ["temperature.type"]
+    assert verdict[json.dumps({"entity_id": "sensor-001\r"})] == ["entity_id.pattern"]  # a string field is kept as written
     # The cases are not trivially all valid or all invalid.
     assert 5 < sum(1 for rules in speed if rules) < len(records) - 3
 

@@ -61,19 +61,37 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
         .withColumn("run_id", F.lit(run_id))
         .withColumn("ingested_at", F.current_timestamp())
     )
-    if not storage.table_exists(uri):
+    created = not storage.table_exists(uri)
+    if created:
+        # Created empty, without the run's name: a roll-back restores to this version (batch/recovery.py).
         rows.limit(0).write.format("delta").partitionBy("event_date").save(uri)
-    merge = (
-        DeltaTable.forPath(spark, uri)
-        .alias("silver")
-        .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
-    )
-    if dataset.duplicates == "latest":
-        merge = merge.whenMatchedUpdateAll()
-    merge = merge.whenNotMatchedInsertAll()
     # The commit names its run, so a run that does not succeed can be rolled back (batch/recovery.py).
     with _commit_metadata(spark, commit_metadata(run_id)):
+        if created:
+            # A table this run has just created holds no row, so the MERGE would insert every row
+            # after joining them with nothing: an append writes the same rows without the join and
+            # its snapshot jobs (a first run, a backfill). Only batch runs write silver, one at a
+            # time per dataset, so no row can have arrived in between.
+            rows.write.format("delta").mode("append").save(uri)
+            return _appended_rows(spark, uri, commit_metadata(run_id))
+        merge = (
+            DeltaTable.forPath(spark, uri)
+            .alias("silver")
+            .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
+        )
+        if dataset.duplicates == "latest":
+            merge = merge.whenMatchedUpdateAll()
+        merge = merge.whenNotMatchedInsertAll()
         return _merge_metric(merge, "num_inserted_rows", "num_updated_rows")
+
+
+def _appended_rows(spark: SparkSession, uri: str, metadata: str) -> int:
+    """The rows Delta says the table's newest commit wrote (its own count, not the caller's),
+    checked to be the commit `metadata` names."""
+    newest = DeltaTable.forPath(spark, uri).history(1).select("operation", "userMetadata", "operationMetrics").collect()[0]
+    if newest["userMetadata"] != metadata or newest["operation"] != "WRITE":
+        raise RuntimeError(f"{uri}: the newest commit is {newest['operation']} by {newest['userMetadata']!r}, not this run's append")
+    return int(newest["operationMetrics"]["numOutputRows"])
 
 
 @contextmanager
@@ -120,17 +138,25 @@ def quarantine_rows(rejected: DataFrame, dataset: Dataset, run_id: str) -> DataF
     return conform(rows, system_tables.QUARANTINE_SCHEMA)
 
 
-def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings, *, count: int | None = None) -> int:
+def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings, *, count: int | None = None) -> None:
     """Add rejected records not quarantined before (same dataset, same record from the same source).
 
     `count`, when the caller has counted `rows` already: with 0 the MERGE is skipped (the table is
     still created, as a run always leaves one)."""
     uri = settings.table_uri(constants.SYSTEM_SCHEMA, constants.QUARANTINE)
     rows = rows.dropDuplicates(list(system_tables.QUARANTINE_KEY))
-    if not storage.table_exists(uri):
+    created = not storage.table_exists(uri)
+    if created:
         rows.limit(0).write.format("delta").save(uri)
     if count == 0:
-        return 0
+        return
+    if created:
+        # Just created, so no record is in it yet from any source but this run's: the MERGE's
+        # join would find nothing. An append (the speed layer's own rows may land beside it:
+        # appends do not conflict) writes the same rows without it. The roll-back deletes a
+        # run's quarantine rows by run id, whatever wrote them (batch/recovery.py).
+        rows.write.format("delta").mode("append").save(uri)
+        return
     merge = (
         DeltaTable.forPath(spark, uri)
         .alias("quarantine")
@@ -140,7 +166,7 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings, *
         )
         .whenNotMatchedInsertAll()
     )
-    return _merge_metric(merge, "num_inserted_rows")
+    _merge_metric(merge, "num_inserted_rows")
 
 
 # Rows per batch-view file: a day up to this size is one file; a bigger one is split, each file

@@ -29,7 +29,6 @@ with its reason under `reasons`.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import tempfile
@@ -309,7 +308,10 @@ def _freshness(settings, trino_settings, base, dataset, arguments, newest: pd.Ti
     try:
         options = argparse.Namespace(sensors=arguments.entities, batch_size=1000, latency_rate=arguments.latency_rate,
                                      latency_seconds=arguments.latency_seconds, freshness_every=arguments.freshness_every)
-        result = speed_bench.latency_and_freshness(settings, base, dataset, options, newest, folder, trino_settings=trino_settings)
+        # A kept warehouse (--work-folder) holds the hot rows of earlier runs: continue after them, with new ids.
+        after = speed_bench.continued_after(settings, dataset, newest)
+        result = speed_bench.latency_and_freshness(settings, base, dataset, options, after, folder, trino_settings=trino_settings,
+                                                   seeds=speed_bench.fresh_seeds())
     finally:
         for service in reversed(started_here):
             service.stop()

@@ -305,7 +305,6 @@ def _only_soak(arguments) -> dict:
 def _only_latency(arguments) -> dict:
     """`--only latency`: the latency run alone (items 2 and 3), its stages broken down; the JSON
     keeps the `targets` keys, the others null with their reason."""
-    from lakehouse import constants, storage
     from lakehouse.settings import get_settings
     from local_services.flink import FlinkJobServer
     from local_services.kafka import KafkaBroker
@@ -324,20 +323,12 @@ def _only_latency(arguments) -> dict:
         else:
             after = _train_on_history(settings, arguments, folder).event_time.max()
             trained.write_text(json.dumps({"newest": after.isoformat()}))
-        hot = settings.table_uri(DATASET, constants.HOT_SCORES)
-        if storage.table_exists(hot):
-            # A reused warehouse: the run continues after the hot table's newest events, with new ids.
-            newest = storage.open_table(hot).to_pyarrow_table(columns=[dataset.event_time]).column(0)
-            if len(newest):
-                import pyarrow.compute as pc
-
-                after = max(after, pd.Timestamp(pc.max(newest).as_py()))
+        after = continued_after(settings, dataset, after)
         for service in (KafkaBroker(base), FlinkJobServer(base)):
             if service.pid() is None:
                 started_here.append(service)
             service.start()
-        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder,
-                                        seeds=(int(time.time()) % 1_000_000) * 2 + 100)
+        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder, seeds=fresh_seeds())
         loads["latency"] = report.load_note()
     finally:
         for service in reversed(started_here):
@@ -581,6 +572,28 @@ def _kafka_ranges(settings, dataset, stream: pd.DataFrame, arguments, folder: Pa
     return figures
 
 
+def continued_after(settings, dataset, after: pd.Timestamp) -> pd.Timestamp:
+    """Where a run's events start in a reused warehouse: after `after` and after the hot table's
+    newest event. Events older than the hot table's are late to the speed layer (re-read
+    histories, MERGEs): a run that sent them would measure the late path, not the stream."""
+    from lakehouse import constants, storage
+
+    hot = settings.table_uri(DATASET, constants.HOT_SCORES)
+    if storage.table_exists(hot):
+        newest = storage.open_table(hot).to_pyarrow_table(columns=[dataset.event_time]).column(0)
+        if len(newest):
+            import pyarrow.compute as pc
+
+            after = max(after, pd.Timestamp(pc.max(newest).as_py()))
+    return after
+
+
+def fresh_seeds() -> int:
+    """Seeds no earlier run used, so a reused warehouse gets new event ids: an id the merged view
+    already holds would be "seen" at once and measure no freshness."""
+    return (int(time.time()) % 1_000_000) * 2 + 100
+
+
 def _start_following(settings, dataset, arguments, after: pd.Timestamp, *, seed: int):
     """A new topic and a Flink job following it, warmed up: one event of every entity sent and
     committed (job start, history reads and model loads are not what the runs measure)."""
@@ -620,7 +633,6 @@ def _consumer_lag(settings, topic: str) -> int:
 def _follow_at_rate(settings, dataset, arguments, after: pd.Timestamp) -> dict:
     """Item 1: events/s committed by one Flink job following a topic fed at the follow rate."""
     from speed import metrics
-    from speed.produce import produce
 
     topic, job, after = _start_following(settings, dataset, arguments, after, seed=8)
     try:

@@ -153,7 +153,7 @@ def merge_quarantine(spark: SparkSession, rows: DataFrame, settings: Settings, *
         )
         .whenNotMatchedInsertAll()
     )
-    _merge_metric(merge, "num_inserted_rows")
+    merge.execute()
 
 
 # Rows per batch-view file: a day up to this size is one file; a bigger one is split, each file

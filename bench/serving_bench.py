@@ -308,10 +308,7 @@ def _freshness(settings, trino_settings, base, dataset, arguments, newest: pd.Ti
     try:
         options = argparse.Namespace(sensors=arguments.entities, batch_size=1000, latency_rate=arguments.latency_rate,
                                      latency_seconds=arguments.latency_seconds, freshness_every=arguments.freshness_every)
-        # A kept warehouse (--work-folder) holds the hot rows of earlier runs: continue after them, with new ids.
-        after = speed_bench.continued_after(settings, dataset, newest)
-        result = speed_bench.latency_and_freshness(settings, base, dataset, options, after, folder, trino_settings=trino_settings,
-                                                   seeds=speed_bench.fresh_seeds())
+        result = speed_bench.latency_and_freshness(settings, base, dataset, options, newest, folder, trino_settings=trino_settings)
     finally:
         for service in reversed(started_here):
             service.stop()

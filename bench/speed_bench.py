@@ -323,12 +323,11 @@ def _only_latency(arguments) -> dict:
         else:
             after = _train_on_history(settings, arguments, folder).event_time.max()
             trained.write_text(json.dumps({"newest": after.isoformat()}))
-        after = continued_after(settings, dataset, after)
         for service in (KafkaBroker(base), FlinkJobServer(base)):
             if service.pid() is None:
                 started_here.append(service)
             service.start()
-        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder, seeds=fresh_seeds())
+        latency = latency_and_freshness(settings, base, dataset, arguments, after, folder)
         loads["latency"] = report.load_note()
     finally:
         for service in reversed(started_here):
@@ -572,7 +571,7 @@ def _kafka_ranges(settings, dataset, stream: pd.DataFrame, arguments, folder: Pa
     return figures
 
 
-def continued_after(settings, dataset, after: pd.Timestamp) -> pd.Timestamp:
+def _continued_after(settings, dataset, after: pd.Timestamp) -> pd.Timestamp:
     """Where a run's events start in a reused warehouse: after `after` and after the hot table's
     newest event. Events older than the hot table's are late to the speed layer (re-read
     histories, MERGEs): a run that sent them would measure the late path, not the stream."""
@@ -588,7 +587,7 @@ def continued_after(settings, dataset, after: pd.Timestamp) -> pd.Timestamp:
     return after
 
 
-def fresh_seeds() -> int:
+def _fresh_seeds() -> int:
     """Seeds no earlier run used, so a reused warehouse gets new event ids: an id the merged view
     already holds would be "seen" at once and measure no freshness."""
     return (int(time.time()) % 1_000_000) * 2 + 100
@@ -596,13 +595,15 @@ def fresh_seeds() -> int:
 
 def _start_following(settings, dataset, arguments, after: pd.Timestamp, *, seed: int):
     """A new topic and a Flink job following it, warmed up: one event of every entity sent and
-    committed (job start, history reads and model loads are not what the runs measure)."""
+    committed (job start, history reads and model loads are not what the runs measure). Its
+    events start after `after` and after the hot table's newest event (a kept warehouse)."""
     from app.wiring import speed_hooks
     from speed import metrics
     from speed import pipeline as speed_pipeline
     from speed.produce import produce
     from speed.topics import create_topic
 
+    after = _continued_after(settings, dataset, after)
     topic = f"bench-follow-{uuid.uuid4().hex[:8]}"
     create_topic(topic, partitions=2, settings=settings)
     job = speed_pipeline.follow(
@@ -634,10 +635,11 @@ def _follow_at_rate(settings, dataset, arguments, after: pd.Timestamp) -> dict:
     """Item 1: events/s committed by one Flink job following a topic fed at the follow rate."""
     from speed import metrics
 
-    topic, job, after = _start_following(settings, dataset, arguments, after, seed=8)
+    seed = _fresh_seeds()
+    topic, job, after = _start_following(settings, dataset, arguments, after, seed=seed)
     try:
         count = int(arguments.follow_rate * arguments.follow_seconds)
-        live = live_events(arguments.sensors, count, after, seed=9)
+        live = live_events(arguments.sensors, count, after, seed=seed + 1)
         live_file = _write_lines(json_lines(live), Path(settings.warehouse).parent / "follow.jsonl")
         del live
         metrics.LATENCY_SAMPLES.clear()
@@ -744,8 +746,7 @@ def _stop(job, timeout: float = 180.0) -> None:
         time.sleep(3)
 
 
-def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None,
-                          seeds: int = 10) -> dict:
+def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestamp, folder: Path, *, trino_settings=None) -> dict:
     """Items 2 and 3: one Flink job following a topic fed at the latency rate; every Nth event is
     also timed from its send to its row in Trino's merged view. The serving bench calls it too,
     with the Trino it already runs (`trino_settings`), so freshness is measured one way only."""
@@ -760,6 +761,7 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
         trino = TrinoServer(trino_settings)
         trino.start()
     result: dict = {"other_figures": []}
+    seeds = _fresh_seeds()
     try:
         topic, job, after = _start_following(settings, dataset, arguments, after, seed=seeds)
         try:
@@ -769,8 +771,9 @@ def latency_and_freshness(settings, base, dataset, arguments, after: pd.Timestam
             lines_file = _write_lines(lines, Path(settings.warehouse).parent / f"{topic}-latency.jsonl")
             # The events timed in Trino: every Nth, known before they are sent; their send times
             # (wall clock) come back from the producer's process.
-            planned = {json.loads(lines[index])[dataset.event_id]: (index / arguments.latency_rate, json.loads(lines[index])[dataset.event_time])
-                       for index in range(0, count, arguments.freshness_every)}
+            sampled_records = {index: json.loads(lines[index]) for index in range(0, count, arguments.freshness_every)}
+            planned = {record[dataset.event_id]: (index / arguments.latency_rate, record[dataset.event_time])
+                       for index, record in sampled_records.items()}
             metrics.LATENCY_SAMPLES.clear()
             metrics.SCORED_LATENCY_SAMPLES.clear()
             metrics.STAGE_TIMES.clear()

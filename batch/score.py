@@ -63,6 +63,7 @@ def _score_frame(dataset: Dataset, frame: pd.DataFrame, models: dict[str, tuple[
     result["_likelihood_count"] = folded.count[in_row_order]
     result["_likelihood_mean"] = folded.mean[in_row_order]
     result["_likelihood_variance"] = folded.variance[in_row_order]
+    result["_likelihood_peak"] = folded.peak[in_row_order]
     result["_likelihood_recent"] = [folded.recent[position] for position in in_row_order.tolist()]
     return result
 

@@ -134,7 +134,8 @@ def calibration_figures(folder: Path) -> tuple[list[dict], dict]:
         {"name": "NAB standard, relative score at the best threshold (in-sample)", "value": summary["relative_in_sample_standard"], "unit": "score", **alerts_in_sample},
     ]
     for key, label in (("calibrated_held_out_settings", "likelihood settings from the other half, one threshold over all series (NAB's protocol)"),
-                       ("calibrated_held_out_settings_and_threshold", "likelihood settings and threshold from the other half")):
+                       ("calibrated_held_out_settings_and_threshold", "likelihood settings and threshold from the other half"),
+                       ("declared_held_out_threshold", "the declared likelihood settings (their defaults chosen on these series: in-sample settings), the threshold from the other half")):
         for statistic in ("mean", "median", "min"):
             figures.append({"name": f"NAB hold-out standard, calibrated score, {label}: {statistic} of {len(result.splits)} halvings",
                             "value": summary[f"{key}_{statistic}"], "unit": "score", **alerts_held_out})

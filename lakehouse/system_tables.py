@@ -201,6 +201,7 @@ LIKELIHOOD = pa.field(
         pa.field("mean", pa.float64()),
         pa.field("variance", pa.float64()),
         pa.field("recent", pa.list_(pa.float64())),
+        pa.field("peak", pa.float64()),
     ]),
 )
 # The batch view's partition column: the event's date.

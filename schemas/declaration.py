@@ -177,6 +177,8 @@ class LikelihoodSpec(_Strict):
     history: int = Field(default=8640, ge=1)  # effective length of the entity's score history, in events
     min_history: int = Field(default=1, ge=1)  # observations (prior included) before any surprise
     prior_weight: int = Field(default=10, ge=0)  # the relative scale's prior, in observations (0: none)
+    clip: float = Field(default=6.0, ge=0)  # how far from the mean a value moves the history, in spreads (0: no limit)
+    peak_half_life: int = Field(default=48, ge=0)  # report only new peaks of surprise, decaying at this half-life (0: all)
 
 
 class DetectorSpec(_Strict):

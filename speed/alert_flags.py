@@ -81,7 +81,7 @@ class AlertHistory(NamedTuple):
     # (events, CALIBRATION + settings.recent) float64, one matrix (one array to concatenate and
     # trim, not seven): the relative score (NaN: unscored), the surprise as last written (or
     # read), and the likelihood state after the event (lakehouse/likelihood.LikelihoodState):
-    # count (NaN: not known), mean, variance, then the recent scores, NaN-padded at the end.
+    # count (NaN: not known), mean, variance, peak, then the recent scores, NaN-padded at the end.
     calibration: np.ndarray
     complete: bool  # the events reach back to the entity's first event
     seen_at: float  # processing time of its last row, for the TTL
@@ -92,7 +92,7 @@ _ARRAYS = len(AlertHistory._fields) - 2
 
 
 # The calibration matrix's columns (AlertHistory.calibration); the recent scores from CALIBRATION on.
-RELATIVE_AT, SURPRISE_AT, COUNT_AT, MEAN_AT, VARIANCE_AT, CALIBRATION = 0, 1, 2, 3, 4, 5
+RELATIVE_AT, SURPRISE_AT, COUNT_AT, MEAN_AT, VARIANCE_AT, PEAK_AT, CALIBRATION = 0, 1, 2, 3, 4, 5, 6
 
 
 def empty_history(fields: int, complete: bool, recent: int = 1) -> AlertHistory:
@@ -116,7 +116,7 @@ def state_at(history: AlertHistory, position: int) -> likelihood.LikelihoodState
     if row[COUNT_AT] != row[COUNT_AT]:
         return None
     return likelihood.LikelihoodState([value for value in row[CALIBRATION:] if value == value], int(row[COUNT_AT]),
-                                      row[MEAN_AT], row[VARIANCE_AT])
+                                      row[MEAN_AT], row[VARIANCE_AT], row[PEAK_AT])
 
 
 def _record_at(history: AlertHistory, position: int) -> dict | None:
@@ -127,7 +127,7 @@ def _record_at(history: AlertHistory, position: int) -> dict | None:
 def _set_state(history: AlertHistory, position: int, state: likelihood.LikelihoodState) -> None:
     width = history.calibration.shape[1] - CALIBRATION
     recent = state.recent[-width:]
-    history.calibration[position, COUNT_AT:] = [state.count, state.mean, state.variance, *recent, *[np.nan] * (width - len(recent))]
+    history.calibration[position, COUNT_AT:] = [state.count, state.mean, state.variance, state.peak, *recent, *[np.nan] * (width - len(recent))]
 
 
 def alerts_at(flags: np.ndarray, start: int, quiet: int) -> np.ndarray:
@@ -318,8 +318,8 @@ class FlagAlerts(beam.DoFn):
         folded = likelihood.fold_arrays(history.calibration[start:, RELATIVE_AT], self.likelihood, state)
         width = history.calibration.shape[1] - CALIBRATION
         block = history.calibration[start:]
-        block[:, SURPRISE_AT], block[:, COUNT_AT], block[:, MEAN_AT], block[:, VARIANCE_AT] = (
-            folded.surprises, folded.count, folded.mean, folded.variance)
+        block[:, SURPRISE_AT], block[:, COUNT_AT], block[:, MEAN_AT], block[:, VARIANCE_AT], block[:, PEAK_AT] = (
+            folded.surprises, folded.count, folded.mean, folded.variance, folded.peak)
         block[:, CALIBRATION:] = [(recent + [math.nan] * width)[:width] for recent in folded.recent]
         return folded
 

@@ -60,6 +60,16 @@ def ensure_table(uri: str, schema: pa.Schema) -> None:
 
         table.alter.add_columns([DeltaField.from_arrow(field.with_nullable(True)) for field in missing])
         log.info("%s: added columns %s", uri, [field.name for field in missing])
+        table = DeltaTable(uri, storage_options=options)
+    # And a struct column gets the fields added to it since (the likelihood state's `peak`):
+    # add_columns adds top-level columns only; an empty append that merges schemas adds nested ones.
+    present_types = {field.name: field.type for field in pa.schema(table.schema().to_arrow())}
+    grown = [field.name for field in schema if pa.types.is_struct(field.type) and pa.types.is_struct(present_types.get(field.name, pa.null()))
+             and {child.name for child in field.type} - {child.name for child in present_types[field.name]}]
+    if grown:
+        _with_retries(lambda: write_deltalake(uri, schema.empty_table(), mode="append", schema_mode="merge", storage_options=options),
+                      f"evolve {uri}")
+        log.info("%s: added fields to the struct columns %s", uri, grown)
 
 
 def _with_retries(action, what: str) -> None:

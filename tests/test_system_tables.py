@@ -58,6 +58,32 @@ def test_speed_tables_checkpoint_every_ten_commits_old_ones_too(tmp_path):
         assert any(name.endswith(".checkpoint.parquet") for name in os.listdir(f"{uri}/_delta_log"))
 
 
+def test_a_hot_table_of_an_earlier_release_gains_the_likelihood_peak_and_keeps_its_rows(tmp_path):
+    """The likelihood state gained `peak` (lakehouse/likelihood.py): a hot table written before has
+    the struct without it; the speed layer's start evolves it, old rows read with no peak (0 when
+    stepped on from), and rows with a peak are written after."""
+    from lakehouse.likelihood import LikelihoodState
+
+    dataset = schemas.load("metrics")
+    schema = system_tables.hot_scores_schema(dataset)
+    old_state = pa.field("likelihood", pa.struct([child for child in system_tables.LIKELIHOOD.type if child.name != "peak"]))
+    old_schema = pa.schema([old_state if field.name == "likelihood" else field for field in schema])
+    uri = str(tmp_path / "hot")
+    record = {"event_id": "cpu@0", "entity_id": "cpu", "event_time": NOW, "value": 1.0, "_features": None}
+    row = system_tables.hot_row(dataset, record, score=0.5, is_anomaly=False, model_version=1, scored_at=NOW, revision=1)
+    row["likelihood"] = {"count": 11, "mean": 0.1, "variance": 0.2, "recent": [0.5]}
+    write_deltalake(uri, pa.Table.from_pylist([row], schema=old_schema))
+    tables.ensure_table(uri, schema)
+    assert delta_schema(uri) == delta_schema(schema)
+    (stored,) = DeltaTable(uri).to_pyarrow_table().to_pylist()
+    assert stored["likelihood"]["peak"] is None and stored["likelihood"]["count"] == 11
+    assert LikelihoodState.of_record(stored["likelihood"]) == LikelihoodState([0.5], 11, 0.1, 0.2, 0.0)
+    newer = dict(row, event_id="cpu@1", likelihood={**row["likelihood"], "peak": 3.5})
+    tables.upsert_by_key(uri, pa.Table.from_pylist([newer], schema=schema), system_tables.scored_row_key(dataset), newest="revision")
+    peaks = {stored["event_id"]: stored["likelihood"]["peak"] for stored in DeltaTable(uri).to_pyarrow_table().to_pylist()}
+    assert peaks == {"cpu@0": None, "cpu@1": 3.5}
+
+
 def _hot_commits(uri: str, dataset, commits: int, per_commit: int) -> set[str]:
     """Streaming-like commits: each a MERGE of events of every entity, as the sink writes them."""
     from datetime import timedelta

@@ -189,7 +189,8 @@ REVISION = pa.field("revision", pa.int64())
 # sides instead of running a window over history in every query (serving/views.py).
 IS_ALERT = pa.field("is_alert", pa.bool_())
 # The calibrated score (lakehouse/likelihood.py): how unlikely the event's relative score is
-# against its entity's earlier scores, -log10 of a tail probability (NaN: unscored). Written by
+# against its entity's earlier scores, -log10 of a tail probability (NaN: unscored), reported
+# where it is a new peak for the entity and 0 elsewhere (lakehouse/likelihood.py). Written by
 # both layers like `is_alert`: the batch job folds each entity's whole history, the speed layer
 # steps on from the entity's newest stored state, which every row keeps in LIKELIHOOD (the state
 # after the event: a job starting, or an entity back from expiry, reads one row, not a history).

@@ -261,8 +261,12 @@ class FlagAlerts(beam.DoFn):
             placed[ids[index]] = row
             first_changed = position if first_changed is None else min(first_changed, position)
         if first_changed is not None and first_changed < len(history.times):
-            written = history.calibration[:, SURPRISE_AT].copy()
+            # The surprise and the state as written: with only new peaks reported, a later row's
+            # surprise can stay 0 while its state (the next fold's start) moves.
+            written = history.calibration[:, SURPRISE_AT:].copy()
             self._fold_from(entity_id, history, first_changed)
+            calibration_moved = ~((written == history.calibration[:, SURPRISE_AT:])
+                                  | (np.isnan(written) & np.isnan(history.calibration[:, SURPRISE_AT:]))).all(axis=1)
             # State's oldest `quiet` events lack the flags before them: theirs stay as written.
             flags_from = first_changed if history.complete else max(first_changed, self.quiet)
             alerts = history.alerts.copy()
@@ -275,9 +279,9 @@ class FlagAlerts(beam.DoFn):
                 if event_id in placed:
                     history.alerts[position] = alert
                     continue
-                moved = alert != history.alerts[position] or not _same(written[position], history.calibration[position, SURPRISE_AT])
+                moved = alert != history.alerts[position] or calibration_moved[position]
                 if moved and history.hot[position]:
-                    # A later event whose flag or surprise the late one changed: its row again.
+                    # A later event whose flag, surprise or state the late one changed: its row again.
                     history.alerts[position] = alert
                     history.revisions[position] = revision
                     out.append(self._row(entity_id, history, position))
@@ -577,10 +581,6 @@ def _number(value) -> float:
 def _nullable(value: float) -> float | None:
     """A surprise as the tables store it: null for an unscored event (as the batch job writes it)."""
     return None if math.isnan(value) else float(value)
-
-
-def _same(first: float, second: float) -> bool:
-    return first == second or (math.isnan(first) and math.isnan(second))
 
 
 def shard_rows(rows: list[dict], entity: str, shards: int):

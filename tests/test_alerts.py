@@ -132,13 +132,13 @@ def test_the_speed_layer_flags_alerts_as_the_batch_rule_does_after_a_late_event(
 
 
 class _CollectSurprises:
-    """Every row the step emits, as (event id, revision, surprise, likelihood state's count)."""
+    """Every row the step emits, as (event id, revision, surprise, likelihood state's count and peak)."""
 
     @staticmethod
     def rows(rows):
         for row in rows:
             state = row["likelihood"]
-            yield row["event_id"], row["revision"], row["surprise"], None if state is None else state["count"]
+            yield row["event_id"], row["revision"], row["surprise"], *((None, None) if state is None else (state["count"], state["peak"]))
 
 
 @pytest.mark.beam
@@ -183,9 +183,9 @@ def test_the_speed_layer_writes_the_surprise_the_batch_fold_gives_after_a_late_e
         )
     emitted = [eval(line) for line in open(output)]  # noqa: S307 - our own repr output
     newest: dict[str, tuple] = {}
-    for event_id, revision, surprise, count in emitted:
+    for event_id, revision, surprise, count, peak in emitted:
         if event_id not in newest or revision >= newest[event_id][0]:
-            newest[event_id] = (revision, surprise, count)
+            newest[event_id] = (revision, surprise, count, peak)
     settings = likelihood.settings_of(dataset.detector.likelihood)
     final = [relative(index, 1 if 30 <= index <= 54 else 0) for index in range(70)]
     folded = likelihood.fold_arrays(np.array(final), settings, likelihood.initial_state(settings, dataset.detector.contamination))
@@ -193,6 +193,7 @@ def test_the_speed_layer_writes_the_surprise_the_batch_fold_gives_after_a_late_e
     ids = [f"sensor-001-{index:04d}" for index in range(70)]
     assert [newest[event_id][1] for event_id in ids] == expected.tolist()
     assert [newest[event_id][2] for event_id in ids] == folded.count.tolist()
+    assert [newest[event_id][3] for event_id in ids] == folded.peak.tolist()
     # Rows after the revised ones were written again, with a higher revision.
     assert all(newest[f"sensor-001-{index:04d}"][0] > 1000 + index for index in range(55, 70))
     assert max(expected) > 3, "the planted jumps are surprising"

@@ -37,6 +37,9 @@ class RunEvaluation:
     alert_quiet_events: int = 0  # the dataset's declared setting, which the alerts columns use
     # NAB standard of the alerts with other quiet periods (same flags): what to declare.
     alerts_by_quiet_events: dict[int, float] = field(default_factory=dict)
+    # The calibrated score (`surprise`) at NAB's best threshold per profile: the one threshold to
+    # use on it for every entity (None: the scores read carry no surprise).
+    surprise: dict[str, nab.Outcome] | None = None
 
     def summary(self) -> dict:
         return {
@@ -48,6 +51,9 @@ class RunEvaluation:
             "windows": self.windows,
             "alert_quiet_events": self.alert_quiet_events,
             "nab_standard_by_alert_quiet_events": {str(quiet): round(score, 2) for quiet, score in self.alerts_by_quiet_events.items()},
+            **({"surprise_nab": {name: round(outcome.normalised, 2) for name, outcome in self.surprise.items()},
+                "surprise_best_threshold": {name: round(outcome.threshold, 3) for name, outcome in self.surprise.items()}}
+               if self.surprise is not None else {}),
         }
 
 
@@ -60,7 +66,7 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
     quiet_events = schemas.load(dataset).detector.alert_quiet_events
     times = {entity: group["event_time"].to_numpy() for entity, group in frame.groupby("entity_id")}
     windows = labels.load(labels_path, event_times=times)
-    relative, flags, unlabelled, alarms = [], [], [], []
+    relative, flags, unlabelled, alarms, surprises = [], [], [], [], []
     for entity, group in frame.groupby("entity_id", sort=True):
         if entity not in windows:
             unlabelled.append(entity)
@@ -68,6 +74,8 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
         # Only windows the scored events reach: a window before or after the run is not its miss.
         entity_windows = [(start, end) for start, end in windows.get(entity, []) if np.any((stamps >= start) & (stamps <= end))]
         relative.append(nab.Series(entity, stamps, group["relative_score"].to_numpy(dtype=float), entity_windows))
+        if stored.SURPRISE in group:
+            surprises.append(nab.Series(entity, stamps, group[stored.SURPRISE].to_numpy(dtype=float), entity_windows))
         # Alerts in event-time order (the frame is sorted): as the `alerts` view computes them.
         alarms.append(group["is_anomaly"].fillna(False).astype(bool).to_numpy())
         alerted = first_of_episodes(alarms[-1], quiet_events)
@@ -91,4 +99,5 @@ def evaluate_run(dataset: str, labels_path: Path, settings: Settings, source: st
         unlabelled_entities=unlabelled,
         alert_quiet_events=quiet_events,
         alerts_by_quiet_events=sweep,
+        surprise={name: nab.optimise(surprises, profile, probation) for name, profile in nab.PROFILES.items()} if surprises else None,
     )

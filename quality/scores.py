@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from lakehouse import constants, registry, storage
+from lakehouse import constants, registry, storage, system_tables
 from lakehouse.errors import ConfigurationError, LakehouseError
 from lakehouse.settings import Settings
 import schemas
@@ -16,6 +16,7 @@ from serving import trino_client
 # one layer's Delta table directly.
 SOURCES = ("merged", "hot", "batch")
 COLUMNS = ["entity_id", "event_time", "score", "is_anomaly", "model_version"]
+SURPRISE = system_tables.SURPRISE.name
 
 
 def _naive_utc(values) -> pd.Series:
@@ -23,20 +24,26 @@ def _naive_utc(values) -> pd.Series:
 
 
 def read(dataset_name: str, source: str, settings: Settings) -> pd.DataFrame:
-    """A dataset's scored events (entity_id, event_time, score, is_anomaly, model_version, layer)."""
+    """A dataset's scored events (entity_id, event_time, score, is_anomaly, model_version, layer),
+    and `surprise` (the calibrated score) where every side read carries it."""
     dataset = schemas.load(dataset_name)
     if source not in SOURCES:
         raise ConfigurationError(f"scores source {source!r}: choose one of {', '.join(SOURCES)}")
     columns = f"{dataset.entity} AS entity_id, {dataset.event_time} AS event_time, score, is_anomaly, model_version"
     if source == "merged":
-        frame = trino_client.query(f"SELECT {columns}, layer FROM {constants.CATALOG}.{dataset.name}.{constants.MERGED_VIEW}", settings=settings)
+        view = f"{constants.CATALOG}.{dataset.name}.{constants.MERGED_VIEW}"
+        served = set(trino_client.query(f"SELECT * FROM {view} WHERE false", settings=settings).columns)
+        surprise = f", {SURPRISE}" if SURPRISE in served else ""
+        frame = trino_client.query(f"SELECT {columns}{surprise}, layer FROM {view}", settings=settings)
     else:
         table = constants.HOT_SCORES if source == "hot" else constants.BATCH_SCORES
         uri = settings.table_uri(dataset.name, table)
         if not storage.table_exists(uri):
             raise LakehouseError(f"{uri}: no {table} table yet for {dataset.name}")
-        frame = storage.open_table(uri).to_pyarrow_dataset().to_table(columns=[dataset.entity, dataset.event_time, "score", "is_anomaly", "model_version"]).to_pandas()
-        frame.columns = COLUMNS
+        stored = storage.open_table(uri).to_pyarrow_dataset()
+        surprise = [SURPRISE] if SURPRISE in stored.schema.names else []
+        frame = stored.to_table(columns=[dataset.entity, dataset.event_time, "score", "is_anomaly", "model_version", *surprise]).to_pandas()
+        frame.columns = COLUMNS + surprise
         frame["layer"] = constants.LAYER_SPEED if source == "hot" else constants.LAYER_BATCH
     frame["event_time"] = _naive_utc(frame["event_time"])
     frame["entity_id"] = frame["entity_id"].astype(str)

@@ -243,3 +243,6 @@ def test_eval_scores_the_merged_view_against_the_demo_labels(demo):
     declared = figures["alert_quiet_events"]
     assert declared == 12
     assert figures["nab_standard_by_alert_quiet_events"][str(declared)] == figures["nab_with_own_flags"]["standard"]
+    # The calibrated score, served by the merged view, at its own best threshold (one for every entity).
+    assert set(figures["surprise_nab"]) == set(figures["nab"]) and 0 < figures["surprise_nab"]["standard"] <= 100
+    assert figures["surprise_best_threshold"]["standard"] > 0

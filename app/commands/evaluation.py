@@ -48,6 +48,10 @@ def eval_run(
     )
     sweep = ", ".join(f"{quiet}: {score:.1f}" + (" (declared)" if quiet == result.alert_quiet_events else "") for quiet, score in result.alerts_by_quiet_events.items())
     results.print(f"NAB standard of the alerts by `detector.alert_quiet_events` (same flags): {sweep}.")
+    if result.surprise is not None:
+        best = result.surprise["standard"]
+        results.print(f"The calibrated score `surprise` scores {best.normalised:.1f} NAB standard at its best threshold, {best.threshold:.3g}: "
+                      f"one threshold for every entity, e.g. `WHERE surprise > {best.threshold:.3g}` on the `anomalies` view (chosen on these labels: in-sample).")
     if result.unlabelled_entities:
         results.print(f"entities without labels (every alarm is a false positive): {', '.join(result.unlabelled_entities[:10])}")
 

@@ -253,12 +253,24 @@ class NeighbourForm:
 
     def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Outlier scores and anomaly flags (score > threshold), as FittedModel.score without
-        event ids: a bank of this one model."""
-        if len(features) == 0:
-            return np.empty(0), np.empty(0, dtype=bool)
-        if "_bank" not in self.__dict__:
-            self.__dict__["_bank"] = NearestBank([self])
-        return self.__dict__["_bank"].score(np.zeros(len(features), dtype=np.int64), features)
+        event ids. The steps of NearestBank.score with one training plane broadcast to every row
+        (a bank would copy the plane per row: 7 times slower for 100 rows)."""
+        rows = np.asarray(features, dtype=np.float64)
+        scores = np.empty(len(rows))
+        step = max(1, NearestBank.CHUNK_TERMS // max(1, self.training.size))
+        for start in range(0, len(rows), step):
+            scaled = (rows[start : start + step] - self.center) / self.scale
+            if self.context:
+                scaled = (scaled[:, self.columns] - self.inner_center) / self.inner_scale
+                scaled *= self.weight
+            squares = scaled.T[:, :, np.newaxis] - self.training[:, np.newaxis, :]
+            squares *= squares
+            total = squares[0].copy()
+            for plane in squares[1:]:
+                total += plane
+            nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
+            scores[start : start + step] = np.asarray(_distance_by_method(self.method, np.sqrt(nearest)), dtype=np.float64).ravel()
+        return scores, scores > self.threshold
 
     def relative(self, scores: np.ndarray) -> np.ndarray:
         """As FittedModel.relative."""

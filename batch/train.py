@@ -21,6 +21,8 @@ _RESULT_SCHEMA = T.StructType(
     [
         T.StructField("entity_id", T.StringType()),
         T.StructField("artifact", T.BinaryType()),
+        # The model's numpy form (registry.pack_forms of it alone), null for detectors without one.
+        T.StructField("numpy_form", T.BinaryType()),
         T.StructField("train_rows", T.LongType()),
         T.StructField("train_start", T.TimestampType()),
         T.StructField("train_end", T.TimestampType()),
@@ -41,15 +43,19 @@ def _fit_frame(dataset: Dataset, frame: pd.DataFrame, entity_id: str) -> pd.Data
     spec = dataset.detector.for_entity(entity_id)
     if len(frame) < spec.min_train_rows:
         return pd.DataFrame(
-            [{"entity_id": entity_id, "artifact": None, "train_rows": len(frame), "train_start": None, "train_end": None, "metrics": None}]
+            [{"entity_id": entity_id, "artifact": None, "numpy_form": None, "train_rows": len(frame), "train_start": None,
+              "train_end": None, "metrics": None}]
         )
     model, metrics = detectors.fit(spec, frame[names].to_numpy(dtype=np.float64), names, frame[dataset.event_id].to_numpy())
     times = frame[dataset.event_time]
+    form = model.numpy_form()
     return pd.DataFrame(
         [
             {
                 "entity_id": entity_id,
                 "artifact": model.to_bytes(),
+                # Derived here, where the model is fitted, so the driver unpickles no model.
+                "numpy_form": registry.pack_forms({entity_id: ("", form)}) if form is not None else None,
                 "train_rows": len(frame),
                 "train_start": times.min(),
                 "train_end": times.max(),
@@ -73,12 +79,14 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
         results = _fit_frame(dataset, features.toPandas(), system_tables.DATASET_WIDE_ENTITY)
     version = registry.next_version(settings, dataset.name)
     created_at = registry.now_utc()
-    rows, skipped = [], []
+    rows, skipped, forms = [], [], {}
     for result in results.itertuples():
         if result.artifact is None:
             skipped.append(result.entity_id)
             continue
         uri = registry.save_artifact(settings, dataset.name, version, result.entity_id, bytes(result.artifact))
+        if result.numpy_form is not None:
+            forms[result.entity_id] = (uri, registry.unpack_forms(bytes(result.numpy_form))[result.entity_id][1])
         spec = dataset.detector.for_entity(result.entity_id)
         rows.append(
             {
@@ -104,6 +112,8 @@ def train(features: DataFrame, dataset: Dataset, settings: Settings, run_id: str
             "%s: %d entities have fewer than %d rows and got no model: %s",
             dataset.name, len(skipped), dataset.detector.min_train_rows, ", ".join(sorted(skipped)[:10]),
         )
+    # One file of the version's numpy forms, which the speed layer loads instead of the pickles.
+    registry.save_numpy_forms(settings, dataset.name, version, forms)
     registry.register(settings, rows)
     return TrainingResult(version=version if rows else None, trained_entities=len(rows), skipped_entities=sorted(skipped))
 

@@ -94,8 +94,15 @@ class FittedModel:
             self.__dict__["_nearest_path"] = _exact_knn_path(self.detector)
         return self.__dict__["_nearest_path"]
 
+    def numpy_form(self) -> "NeighbourForm | None":
+        """The model as a NeighbourForm (scored in numpy alone, the same bits), or None for the
+        detectors that have none (trees, histograms, LOF, ensembles, a brute-force KNN)."""
+        if "_numpy_form" not in self.__dict__:
+            self.__dict__["_numpy_form"] = _neighbour_form(self)
+        return self.__dict__["_numpy_form"]
+
     def __getstate__(self) -> dict:
-        return {key: value for key, value in self.__dict__.items() if key != "_nearest_path"}
+        return {key: value for key, value in self.__dict__.items() if key not in _DERIVED}
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -109,6 +116,10 @@ class FittedModel:
         if not isinstance(model, FittedModel):
             raise TypeError(f"artifact holds {type(model).__name__}, not a FittedModel")
         return model
+
+
+# What a FittedModel derives and keeps on first use, never in its artifact.
+_DERIVED = ("_nearest_path", "_numpy_form")
 
 
 # Up to this many squared differences (rows x training rows x features, 16 MB), a KNN model scores
@@ -200,53 +211,192 @@ def fit(
     return model, metrics
 
 
+@dataclass(eq=False)
+class NeighbourForm:
+    """A nearest-neighbour model reduced to the arrays its scores are computed from, scored in
+    numpy alone: the registry keeps one beside each pickled FittedModel that has one (one file a
+    version, lakehouse/registry.py), and the speed layer scores with it without importing PyOD,
+    sklearn or numba (about 2.5 s of a replay's start-up) or unpickling one model per entity.
+
+    Its scores are the bits of the FittedModel it was taken from, scored without event ids (the
+    speed layer never passes them): the steps below are the arithmetic of the scaler, of the
+    context detector's own scaling and of sklearn's KD and ball trees, in the same order
+    (tests/test_detectors.py). Rows are
+      (rows - center) / scale                     the model's scaler (0 and 1 without one),
+      (rows[:, columns] - inner_center) / inner_scale * weight   the context detector only
+                                                  (lakehouse/context_detector.py, its RobustScaler
+                                                  and level weight),
+    then the Euclidean distances to the `training` points (feature-major), the k nearest, and
+    PyOD's `method` over them (largest, mean, median; the context detector's is the mean)."""
+
+    feature_names: list[str]
+    k: int
+    method: str
+    training: np.ndarray  # (width, training points)
+    center: np.ndarray  # (features,)
+    scale: np.ndarray
+    threshold: float
+    train_score_mean: float
+    contamination_threshold: float
+    columns: np.ndarray | None = None  # (width,) positions in the feature row
+    inner_center: np.ndarray | None = None  # (width,)
+    inner_scale: np.ndarray | None = None
+    weight: np.ndarray | None = None
+
+    @property
+    def context(self) -> bool:
+        return self.columns is not None
+
+    @property
+    def features(self) -> int:
+        return len(self.center)
+
+    def score(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Outlier scores and anomaly flags (score > threshold), as FittedModel.score without
+        event ids. The steps of NearestBank.score with one training plane broadcast to every row
+        (a bank would copy the plane per row: 7 times slower for 100 rows)."""
+        rows = np.asarray(features, dtype=np.float64)
+        scores = np.empty(len(rows))
+        step = max(1, NearestBank.CHUNK_TERMS // max(1, self.training.size))
+        for start in range(0, len(rows), step):
+            scaled = (rows[start : start + step] - self.center) / self.scale
+            if self.context:
+                scaled = (scaled[:, self.columns] - self.inner_center) / self.inner_scale
+                scaled *= self.weight
+            squares = scaled.T[:, :, np.newaxis] - self.training[:, np.newaxis, :]
+            squares *= squares
+            total = squares[0].copy()
+            for plane in squares[1:]:
+                total += plane
+            nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
+            scores[start : start + step] = np.asarray(_distance_by_method(self.method, np.sqrt(nearest)), dtype=np.float64).ravel()
+        return scores, scores > self.threshold
+
+    def relative(self, scores: np.ndarray) -> np.ndarray:
+        """As FittedModel.relative."""
+        return relative_score(scores, self.contamination_threshold, self.train_score_mean)
+
+
+def neighbour_form(model: "FittedModel | NeighbourForm") -> NeighbourForm | None:
+    return model if isinstance(model, NeighbourForm) else model.numpy_form()
+
+
+def _neighbour_form(model: FittedModel) -> NeighbourForm | None:
+    detector = model.detector
+    if not _scaling_known(model.scaler):
+        return None
+    if _exact_knn_possible(detector):
+        fitted = detector.neigh_._fit_X
+        k, method, columns = detector.n_neighbors, detector.method, None
+        inner_center = inner_scale = weight = None
+    elif _exact_context_possible(detector):
+        fitted = detector.index_._fit_X
+        k, method = detector.n_neighbors, "mean"  # its decision_function: distances.mean(axis=1)
+        summary_width = 4 * detector.fields  # context_detector.SUMMARY_COLUMNS, not imported: it imports sklearn
+        lag_width = (detector.context - 1) * detector.fields
+        inner_center, inner_scale = _scaling(detector.scaler_)
+        width = fitted.shape[1]
+        inner_center = np.zeros(width) if inner_center is None else np.asarray(inner_center, dtype=np.float64)
+        inner_scale = np.ones(width) if inner_scale is None else np.asarray(inner_scale, dtype=np.float64)
+        weight = np.ones(width)
+        # The same float64 factor _scaled multiplies the sub-sequence by (x * 1.0 is x).
+        weight[summary_width:] = detector.level_weight / np.sqrt(detector.context)
+        columns = None  # set below, once the feature row's width is known
+    else:
+        return None
+    training = np.ascontiguousarray(fitted.T, dtype=np.float64)
+    # The feature row's width: what the KNN was fitted on; the context detector picks from the
+    # row the dataset's features give it.
+    features = len(model.feature_names) if inner_center is not None else training.shape[0]
+    center, scale = _scaling(model.scaler)
+    center = np.zeros(features) if center is None else np.asarray(center, dtype=np.float64)
+    scale = np.ones(features) if scale is None else np.asarray(scale, dtype=np.float64)
+    if center.shape != (features,) or scale.shape != (features,):
+        return None
+    if inner_center is not None:
+        # ContextNearestNeighbour._contexts: the summary columns, the lags (the last columns of
+        # the row, oldest first) and each field's value (the first of its summary columns).
+        summary = np.arange(summary_width)
+        lags = np.arange(features - lag_width, features)
+        columns = np.concatenate([summary, lags, summary[::4]]).astype(np.int64)
+        if len(columns) != training.shape[0] or lag_width > features - summary_width:
+            return None
+    mean = model.train_score_mean
+    if mean is None:  # artifacts of older versions: as FittedModel.relative
+        mean = float(np.mean(detector.decision_scores_))
+    contamination_threshold = model.contamination_threshold
+    if contamination_threshold is None:
+        contamination_threshold = float(detector.threshold_)
+    return NeighbourForm(
+        feature_names=list(model.feature_names), k=int(k), method=str(method), training=training, center=center,
+        scale=scale, threshold=float(model.threshold), train_score_mean=float(mean),
+        contamination_threshold=float(contamination_threshold), columns=columns, inner_center=inner_center,
+        inner_scale=inner_scale, weight=weight,
+    )
+
+
+def _exact_context_possible(detector: Any) -> bool:
+    index = getattr(detector, "index_", None)
+    if type(detector).__name__ != "ContextNearestNeighbour" or index is None:
+        return False
+    if getattr(index, "_fit_method", None) not in ("kd_tree", "ball_tree") or getattr(index, "effective_metric_", None) != "euclidean":
+        return False
+    return type(getattr(detector, "scaler_", None)).__name__ == "RobustScaler"
+
+
+def _distance_by_method(method: str, distances: np.ndarray) -> np.ndarray:
+    """PyOD's KNN._get_dist_by_method (pyod/models/knn.py), the same numpy calls: the speed layer
+    scores without a PyOD object at hand."""
+    if method == "largest":
+        return distances[:, -1]
+    if method == "mean":
+        return np.mean(distances, axis=1)
+    if method == "median":
+        return np.median(distances, axis=1)
+    raise ValueError(f"unknown KNN method {method!r}")
+
+
 class NearestBank:
-    """Many entities' exact KNN models scored in one numpy pass, the same bits as each model's
-    `score` (without event ids).
+    """Many entities' nearest-neighbour models scored in one numpy pass, the same bits as each
+    model's `score` (without event ids).
 
     The speed layer scores a batch of events of many entities, one or two events each. Called
     model by model, each call's set-up (the scaler, the broadcast, the partition, PyOD's distance
     method) costs far more than its arithmetic: scoring was about 36% of the stack samples of the
     latency run (docs/benchmarks.md). Here the models' training points are stacked into one array
     (padded with +inf, which sorts after every real distance: each model has at least k points),
-    rows pick their model's plane, and the steps of `_exact_knn_path` run once over all rows:
+    rows pick their model's plane, and the steps of NeighbourForm run once over all rows:
     elementwise arithmetic and the feature-by-feature sum in the same order give the same bits.
 
-    Holds the models that qualify (`eligible`): an exact KNN path, one k, distance method and
-    feature count, a robust or standard scaler or none. The others are scored one by one."""
+    Holds FittedModels with a numpy form and NeighbourForms (`eligible`) of one k, distance method,
+    feature count and width, all context detectors or none. The others are scored one by one."""
 
     # Rows scored per pass: bounds the (rows x features x training points) array (about 16 MB).
     CHUNK_TERMS = 2_000_000
 
-    def __init__(self, models: list[FittedModel]) -> None:
-        first = models[0].detector
-        self.k, self.method = first.n_neighbors, first.method
-        self.distance = first._get_dist_by_method
-        planes = [np.ascontiguousarray(model.detector.neigh_._fit_X.T) for model in models]
-        features = planes[0].shape[0]
-        self.training = np.full((len(models), features, max(plane.shape[1] for plane in planes)), np.inf)
-        for index, plane in enumerate(planes):
-            self.training[index, :, : plane.shape[1]] = plane
-        self.center = np.zeros((len(models), features))
-        self.scale = np.ones((len(models), features))
-        for index, model in enumerate(models):
-            center, scale = _scaling(model.scaler)
-            if center is not None:
-                self.center[index] = center
-            if scale is not None:
-                self.scale[index] = scale
-        self.thresholds = np.array([model.threshold for model in models], dtype=np.float64)
+    def __init__(self, models: list["FittedModel | NeighbourForm"]) -> None:
+        forms = [neighbour_form(model) for model in models]
+        first = forms[0]
+        self.k, self.method, self.context = first.k, first.method, first.context
+        width = first.training.shape[0]
+        self.training = np.full((len(forms), width, max(form.training.shape[1] for form in forms)), np.inf)
+        for index, form in enumerate(forms):
+            self.training[index, :, : form.training.shape[1]] = form.training
+        self.center = np.stack([form.center for form in forms])
+        self.scale = np.stack([form.scale for form in forms])
+        if self.context:
+            self.columns = np.stack([form.columns for form in forms])
+            self.inner_center = np.stack([form.inner_center for form in forms])
+            self.inner_scale = np.stack([form.inner_scale for form in forms])
+            self.weight = np.stack([form.weight for form in forms])
+        self.thresholds = np.array([form.threshold for form in forms], dtype=np.float64)
 
     @staticmethod
-    def eligible(models: list[FittedModel]) -> list[FittedModel]:
+    def eligible(models: list["FittedModel | NeighbourForm"]) -> list["FittedModel | NeighbourForm"]:
         """The models one bank can hold: those like the first model that qualifies."""
-        qualified = [model for model in models if _exact_knn_possible(model.detector) and _scaling_known(model.scaler)]
-        if not qualified:
-            return []
-        first = qualified[0].detector
-        shape = (first.n_neighbors, first.method, first.neigh_._fit_X.shape[1])
-        return [model for model in qualified
-                if (model.detector.n_neighbors, model.detector.method, model.detector.neigh_._fit_X.shape[1]) == shape]
+        shapes = [_bank_shape(neighbour_form(model)) for model in models]
+        first = next((shape for shape in shapes if shape is not None), None)
+        return [] if first is None else [model for model, shape in zip(models, shapes) if shape == first]
 
     def score(self, which: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Scores and flags of `rows`, row i by model number `which[i]` of the bank."""
@@ -258,14 +408,24 @@ class NearestBank:
             part = which[start : start + step]
             # (x - 0) / 1 is x, bit for bit: a model without centring or scaling takes 0 and 1.
             scaled = (rows[start : start + step] - self.center[part]) / self.scale[part]
+            if self.context:
+                scaled = np.take_along_axis(scaled, self.columns[part], axis=1)
+                scaled = (scaled - self.inner_center[part]) / self.inner_scale[part]
+                scaled *= self.weight[part]
             squares = scaled[:, :, np.newaxis] - self.training[part]
             squares *= squares
             total = squares[:, 0].copy()
             for feature in range(1, squares.shape[1]):
                 total += squares[:, feature]
             nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
-            scores[start : start + step] = np.asarray(self.distance(np.sqrt(nearest)), dtype=np.float64).ravel()
+            scores[start : start + step] = np.asarray(_distance_by_method(self.method, np.sqrt(nearest)), dtype=np.float64).ravel()
         return scores, scores > self.thresholds[which]
+
+
+def _bank_shape(form: NeighbourForm | None) -> tuple | None:
+    if form is None:
+        return None
+    return form.k, form.method, form.features, form.training.shape[0], form.context
 
 
 def _scaling_known(scaler: Any) -> bool:

@@ -147,6 +147,21 @@ def read_bytes(uri: str) -> bytes:
     return Path(uri.removeprefix("file://")).read_bytes()
 
 
+def read_bytes_if_exists(uri: str) -> bytes | None:
+    """An optional artifact's bytes, None when there is none (a file a newer writer adds)."""
+    if uri.startswith(("s3://", "s3a://")):
+        bucket, key = _bucket_key(uri)
+        client = _s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+    try:
+        return Path(uri.removeprefix("file://")).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
 def _bucket_key(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.split("://", 1)[1].partition("/")
     return bucket, key

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # seconds of CPU in the middle of a followed stream (docs/benchmarks.md, "Speed"). The registry
 # version also moves when a batch run is logged (registry.registry_version): the artifacts are
 # loaded again only when the served (entity, version) pairs changed. Only the newest is kept.
+# registry.load gives the numpy forms of the models that have one (one file a version, no PyOD
+# import) and unpickles the rest; the bank below holds either kind.
 _MODELS: dict[tuple[str, str], tuple[tuple, dict, frozenset]] = {}
 _MODELS_LOCK = threading.Lock()
 

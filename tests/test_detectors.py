@@ -113,3 +113,67 @@ def test_a_bank_of_models_scores_each_row_exactly_as_its_own_model_does(method):
         assert scores[mine].tobytes() == expected_scores.tobytes()
         assert np.array_equal(flags[mine], expected_flags)
     assert flags.any() and not flags.all()
+
+
+def _fit_pickled(spec: DetectorSpec, history: np.ndarray, names: list[str]) -> FittedModel:
+    return FittedModel.from_bytes(detectors.fit(spec, history, names)[0].to_bytes())
+
+
+@pytest.mark.parametrize(("name", "scale", "params"), [
+    ("knn", "robust", {"n_neighbors": 10}),
+    ("knn", "standard", {"n_neighbors": 1, "method": "mean"}),
+    ("knn", "none", {"n_neighbors": 5, "method": "median"}),
+    ("context", "robust", {"context": 3, "fields": 2, "level_weight": 2.0, "n_neighbors": 1}),
+    ("context", "none", {"context": 1, "fields": 2, "level_weight": 0.7, "n_neighbors": 3}),
+])
+def test_the_numpy_form_scores_the_bits_of_the_pickled_model(name, scale, params):
+    """The registry's numpy form (what the speed layer loads instead of the pickle) gives the
+    pickled model's scores, flags and relative scores bit for bit, before and after the round trip
+    through its file, for rows one at a time and many at once (the latter through sklearn's tree)."""
+    from lakehouse import registry
+
+    rng = np.random.default_rng(23)
+    # 2 fields: 4 summary columns each, then 2 lags each (what the context detector reads).
+    names = [f"f{index}" for index in range(12)]
+    history = rng.normal(size=(500, 12)) * rng.uniform(0.1, 50, size=12)
+    model = _fit_pickled(DetectorSpec(name=name, scale=scale, contamination=0.02, params=params), history, names)
+    form = model.numpy_form()
+    assert form is not None and form.context == (name == "context")
+    stored = registry.unpack_forms(registry.pack_forms({"e1": ("uri-1", form), "e2": ("uri-2", model.numpy_form())}))
+    assert stored["e1"][0] == "uri-1"
+    rows = np.vstack([rng.normal(size=(30, 12)) * 60, history[:10], history[:5] + 1e-9])
+    expected, expected_flags = model.score(rows)
+    for candidate in (form, stored["e1"][1]):
+        scores, flags = candidate.score(rows)
+        assert scores.tobytes() == expected.tobytes()
+        assert np.array_equal(flags, expected_flags)
+        one_at_a_time = np.concatenate([candidate.score(rows[index : index + 1])[0] for index in range(len(rows))])
+        assert one_at_a_time.tobytes() == expected.tobytes()
+        assert candidate.relative(scores).tobytes() == model.relative(expected).tobytes()
+        assert candidate.threshold == model.threshold and candidate.feature_names == names
+    many = rng.normal(size=(2000, 12)) * 30  # beyond the numpy path of FittedModel.score: sklearn's tree
+    assert stored["e1"][1].score(many)[0].tobytes() == model.score(many)[0].tobytes()
+
+
+def test_a_bank_holds_numpy_forms_and_pickled_models_alike():
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c"]
+    models = [_fit_pickled(DetectorSpec(name="knn", scale=("robust", "none")[index % 2], params={"n_neighbors": 4}),
+                           rng.normal(index, 1 + index, size=(50 + 9 * index, 3)), names) for index in range(6)]
+    mixed = [model.numpy_form() if index % 2 else model for index, model in enumerate(models)]
+    assert detectors.NearestBank.eligible(mixed) == mixed
+    which = rng.integers(0, len(mixed), size=300)
+    rows = rng.normal(3, 4, size=(300, 3))
+    scores, flags = detectors.NearestBank(mixed).score(which, rows)
+    for number, model in enumerate(models):
+        mine = which == number
+        assert scores[mine].tobytes() == model.score(rows[mine])[0].tobytes()
+        assert np.array_equal(flags[mine], model.score(rows[mine])[1])
+
+
+def test_detectors_without_a_numpy_form_have_none():
+    rng = np.random.default_rng(5)
+    history = rng.normal(size=(300, 3))
+    for spec in (DetectorSpec(name="iforest", params={"random_state": 0}), DetectorSpec(name="lof"),
+                 DetectorSpec(name="knn", params={"algorithm": "brute"})):
+        assert detectors.fit(spec, history, ["a", "b", "c"])[0].numpy_form() is None

@@ -216,3 +216,64 @@ def test_the_streaming_sink_appends_first_rows_and_merges_revisions_and_replays(
     bounded.setup()
     list(bounded.process([row("e", 5, 11, 0.5, True)]))
     assert DeltaTable(uri).history(1)[0]["operation"] == "MERGE"
+
+
+_SPEED_WORKER = """
+import json, sys
+from lakehouse.settings import get_settings
+from speed.pipeline import run
+settings = get_settings().model_copy(update={"warehouse": sys.argv[1]})
+result = run(["--dataset", "sensor_events", "--input", sys.argv[2]], settings=settings)
+print(json.dumps({"scored": result.scored, "imported": sorted(name for name in ("pyod", "sklearn", "numba") if name in sys.modules)}))
+"""
+
+
+def test_a_speed_worker_on_numpy_forms_imports_no_pyod_and_scores_the_bits_of_the_pickles(lambda_cycle, tmp_path):
+    """The speed layer in a process of its own, on a copy of the warehouse the batch layer
+    trained: with the numpy forms train.py wrote beside the pickles it never imports PyOD,
+    sklearn or numba; with them removed (a warehouse written before them) it unpickles, and
+    both write the same score bits for the same events."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    settings, inputs, _, _ = lambda_cycle
+    warehouse = Path(settings.warehouse)
+    forms = sorted(warehouse.rglob(registry.NUMPY_FORMS_FILE))
+    assert forms, "batch training writes the numpy forms of its KNN models"
+    # Events the fixture's run has not seen: the same readings under new ids.
+    replay = tmp_path / "replay.jsonl"
+    with open(replay, "w") as stream:
+        for record in inputs.recent.records:
+            renamed = {**record, "event_id": hashlib.md5(f"again-{record.get('event_id')}".encode()).hexdigest()}
+            stream.write(json.dumps(renamed, default=str) + "\n")
+    scores, imported = {}, {}
+    for kind in ("numpy", "pickle"):
+        # A copy for its hot table; the registry rows still name the artifacts of the original.
+        copy = tmp_path / kind
+        shutil.copytree(warehouse, copy)
+        shutil.rmtree(copy / "sensor_events" / constants.HOT_SCORES, ignore_errors=True)
+        aside = [(found, found.with_name("aside.npz")) for found in forms] if kind == "pickle" else []
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        try:
+            for found, moved in aside:
+                found.rename(moved)
+            finished = subprocess.run([sys.executable, "-c", _SPEED_WORKER, str(copy), str(replay)], capture_output=True,
+                                      text=True, env=environment, timeout=600, check=False)
+        finally:
+            for found, moved in aside:
+                moved.rename(found)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        report = json.loads(finished.stdout.strip().splitlines()[-1])
+        assert report["scored"] > 100
+        imported[kind] = report["imported"]
+        hot = DeltaTable(str(copy / "sensor_events" / constants.HOT_SCORES)).to_pandas().set_index("event_id").sort_index()
+        scores[kind] = hot
+    assert imported == {"numpy": [], "pickle": ["numba", "pyod", "sklearn"]}
+    assert scores["numpy"].index.equals(scores["pickle"].index)
+    assert scores["numpy"].score.to_numpy().tobytes() == scores["pickle"].score.to_numpy().tobytes()
+    assert scores["numpy"].is_anomaly.equals(scores["pickle"].is_anomaly)
+    assert scores["numpy"].surprise.to_numpy().tobytes() == scores["pickle"].surprise.to_numpy().tobytes()

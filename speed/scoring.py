@@ -23,6 +23,10 @@ from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
 
+# The hot row's columns set by name (system_tables.hot_row, whose layout _hot_rows follows).
+_SCORED_AT, _REVISION = system_tables.SCORED_AT.name, system_tables.REVISION.name
+_IS_ALERT, _SURPRISE, _LIKELIHOOD = system_tables.IS_ALERT.name, system_tables.SURPRISE.name, system_tables.LIKELIHOOD.name
+
 
 # The models of a registry version, shared by the DoFn instances of a process: the SDK harness
 # makes a new instance (setup) for each new bundle processor, and unpickling 1,000 models took
@@ -151,22 +155,35 @@ class ScoreBatch(beam.DoFn):
                 self.anomalies.inc(flagged)
                 self.prometheus_anomalies.inc(flagged)
             relative = entry.model.relative(scores)
-            for record, score, flag, on_scale in zip(records, scores, flags, relative):
-                rows.append({
-                    RELATIVE: float(on_scale),
-                    ARRIVED_AT: record.get(ARRIVED_AT),
-                    SOURCE: record.get(SOURCE),
-                    ACK: record.get(ACK),
-                    NEW: record.get(NEW),
-                    **system_tables.hot_row(
-                        dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
-                        scored_at=scored_at, revision=record.get(REVISION, 0),
-                    ),
-                })
+            rows.extend(self._hot_rows(records, np.asarray(scores, dtype=np.float64).tolist(), np.asarray(flags, dtype=bool).tolist(),
+                                       relative.tolist(), entry.version, scored_at))
         if letters:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
         if rows:
             yield rows
+
+    def _hot_rows(self, records: list[dict], scores: list[float], flags: list[bool], relative: list[float],
+                  model_version, scored_at: datetime) -> list[dict]:
+        """The records' hot rows (system_tables.hot_row, after the carried fields), built in one
+        loop from the scores as Python floats: a row was two dicts merged into a third, and a
+        float() and bool() of a numpy scalar each, several microseconds an event."""
+        event_fields = system_tables.event_field_names(self.dataset)
+        rows = []
+        for record, score, flag, on_scale in zip(records, scores, flags, relative):
+            get = record.get
+            row = {RELATIVE: on_scale, ARRIVED_AT: get(ARRIVED_AT), SOURCE: get(SOURCE), ACK: get(ACK), NEW: get(NEW)}
+            for name in event_fields:
+                row[name] = record[name]
+            row["score"] = score
+            row["is_anomaly"] = flag
+            row["model_version"] = model_version
+            row[_SCORED_AT] = scored_at
+            row[_REVISION] = get(REVISION, 0)
+            row[_IS_ALERT] = False
+            row[_SURPRISE] = None
+            row[_LIKELIHOOD] = None
+            rows.append(row)
+        return rows
 
     def _score_banked(self, by_entity: dict[str, list[dict]], entries: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """entity -> (scores, flags) of its records, for the entities whose model the bank holds:

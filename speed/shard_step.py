@@ -7,6 +7,12 @@ alert flags' shard after scoring, every row pickled and sent once more. The late
 that second shuffle as most of the time between scored and the hot-table sink (docs/benchmarks.md,
 "Speed"). Here one element of a shard goes through all three in one call; each part keeps its own
 state (speed/shard_state.py) and its own code, and is still a DoFn of its own for the tests that run it alone.
+
+Between the parts, the rows go as dicts (they are the step's output), and beside them the arrays
+one part already had and the next would otherwise build again row by row: the features of the
+events that followed their state (stateful_features.Appended) reach scoring as one block per
+entity, and their times, values, revisions, scores and flags reach the alert flags as arrays
+(alert_flags.Incoming).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from speed import shard_state
 from speed.alert_flags import FlagAlerts
 from speed.scoring import ScoreBatch
 from speed.stateful_features import ComputeFeatures
+from speed.validate import DEAD_LETTER
 
 
 class ScoreShard(beam.DoFn):
@@ -54,12 +61,18 @@ class ScoreShard(beam.DoFn):
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable:
         shard = element[0]
-        for featured in self.features.process(element, log=features_log, token=features_token, expiry=expiry):
-            for output in self.scoring.process(featured):
-                if isinstance(output, beam.pvalue.TaggedOutput):
-                    yield output
-                else:
-                    yield from self.flags.process((shard, output), log=alerts_log, token=alerts_token)
+        featured, blocks = self.features.featured(element, features_log, features_token, expiry)
+        rows, letters, groups, scored_at = self.scoring.score(featured, blocks)
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
+        if rows:
+            # The arrays the alert flags would read back from the rows, from the parts that had them.
+            arrays = {}
+            for entity_id, scores, flags, relative, version in groups:
+                block = blocks.get(entity_id)
+                if block is not None and len(block.ids) == len(scores):
+                    arrays[entity_id] = self.flags.incoming(block, scores, flags, relative, version, scored_at)
+            yield self.flags.flag(shard, rows, alerts_log, alerts_token, arrays)
 
     @on_timer(EXPIRY)
     def expire(

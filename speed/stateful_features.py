@@ -76,6 +76,17 @@ class EntityHistory(NamedTuple):
     seen_at: float  # processing time of its last event, for the TTL
 
 
+class Appended(NamedTuple):
+    """An entity's events of an element that followed its state, as ComputeFeatures._append had
+    them: what the keyed step's scoring and alert flags would otherwise read back from the rows."""
+
+    times: np.ndarray  # int64 microseconds since the epoch
+    ids: list  # event ids
+    values: np.ndarray  # (events, feature fields) float64
+    features: np.ndarray  # (events, features) float64
+    revision: int  # the first event's; each next event's is one more
+
+
 class ComputeFeatures(beam.DoFn):
     """(shard, events) -> a list of featured events, from each entity's recent history in state.
 
@@ -143,6 +154,11 @@ class ComputeFeatures(beam.DoFn):
         token=beam.DoFn.StateParam(TOKEN),
         expiry=beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterable[list[dict]]:
+        yield self.featured(element, log, token, expiry)[0]
+
+    def featured(self, element: tuple[int, list[dict]], log, token, expiry) -> tuple[list[dict], dict[str, "Appended"]]:
+        """process's one list, and the arrays of the entities whose events followed their state
+        (entity -> Appended), for the keyed step's later parts (speed/shard_step.py)."""
         shard, records = element
         metrics.trace("keyed_in", records, SOURCE)
         entity = self.dataset.entity
@@ -169,10 +185,11 @@ class ComputeFeatures(beam.DoFn):
                 state.put(entity_id, history._replace(seen_at=now))
             else:
                 appended.append((entity_id, history, events, *new))
-        for entity_id, history, count in self._append(appended, featured):
+        blocks: dict[str, Appended] = {}
+        for entity_id, history, count in self._append(appended, featured, blocks):
             state.append(entity_id, history._replace(seen_at=now), count)
         state.commit()
-        yield featured
+        return featured, blocks
 
     @on_timer(EXPIRY)
     def expire(self, key=beam.DoFn.KeyParam, log=beam.DoFn.StateParam(LOG), token=beam.DoFn.StateParam(TOKEN),
@@ -212,9 +229,9 @@ class ComputeFeatures(beam.DoFn):
         values = np.array([[event[name] for name in self.fields] for event in events], dtype=np.float64)
         return times, ids, values
 
-    def _append(self, appended: list, out: list[dict]) -> Iterable[tuple[str, EntityHistory, int]]:
+    def _append(self, appended: list, out: list[dict], blocks: dict) -> Iterable[tuple[str, EntityHistory, int]]:
         """Features of the events that follow their entity's state, all entities in one call;
-        (entity, new history, events appended) of each."""
+        (entity, new history, events appended) of each, and its arrays in `blocks`."""
         if not appended:
             return
         dataset = self.dataset
@@ -227,11 +244,13 @@ class ComputeFeatures(beam.DoFn):
         )
         kept = 2 * window
         start = 0
+        only = acks.unit(0, 1)
         for entity_id, history, events, times, ids, values in appended:
             revision = max(history.revision + 1, time.time_ns())
             for number, event in enumerate(events):
                 out.append({**event, "_features": features[start + number], REVISION: revision + number,
-                            ACK: (event.get(SOURCE), acks.unit(0, 1)), NEW: True})
+                            ACK: (event.get(SOURCE), only), NEW: True})
+            blocks[entity_id] = Appended(times, ids, values, features[start : start + len(events)], revision)
             start += len(events)
             yield entity_id, EntityHistory(
                 times=np.concatenate([history.times, times])[-kept:],

@@ -30,7 +30,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import TimerSpec, on_timer
 
 from lakehouse import constants, storage
-from lakehouse.features import compute_features, features_from_windows, previous_windows
+from lakehouse.features import compute_features, features_from_windows
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import acks, metrics, shard_state
@@ -222,7 +222,8 @@ class ComputeFeatures(beam.DoFn):
         dataset = self.dataset
         times = np.fromiter((micros(event[dataset.event_time]) for event in events), dtype=np.int64, count=len(events))
         ids = [event[dataset.event_id] for event in events]
-        in_order = all((times[i], ids[i]) < (times[i + 1], ids[i + 1]) for i in range(len(events) - 1))
+        instants = times.tolist()  # Python ints: compared faster than numpy scalars, the same order
+        in_order = all((instants[i], ids[i]) < (instants[i + 1], ids[i + 1]) for i in range(len(events) - 1))
         after_state = not len(history.times) or (times[0], ids[0]) > (history.times[-1], history.ids[-1])
         if not (in_order and after_state and (history.complete or len(history.times) >= dataset.features.window)):
             return None
@@ -239,7 +240,7 @@ class ComputeFeatures(beam.DoFn):
         features = features_from_windows(
             dataset,
             np.concatenate([values for *_, values in appended]),
-            np.concatenate([_previous(values, history.values, window) for _, history, _, _, _, values in appended]),
+            _previous_of_all([(history.values, values) for _, history, _, _, _, values in appended], window),
             np.concatenate([times for _, _, _, times, _, _ in appended]).astype("datetime64[us]"),
         )
         kept = 2 * window
@@ -442,12 +443,22 @@ class ComputeFeatures(beam.DoFn):
         return self._features_of(row, record[self.dataset.event_time], values)
 
 
-def _previous(values: np.ndarray, history: np.ndarray, window: int) -> np.ndarray:
-    """previous_windows(values, history, window), without building a series for the usual case
-    of one new event after a full window (the window is the history's tail)."""
-    if len(values) == 1 and len(history) >= window:
-        return history[-window:].T[np.newaxis]
-    return previous_windows(values, history, window)
+def _previous_of_all(entities: list[tuple[np.ndarray, np.ndarray]], window: int) -> np.ndarray:
+    """The concatenation of previous_windows(values, history, window) of each (history, values)
+    in one series, cut into windows once: each entity's last `window` rows of history (NaN-padded
+    to `window`) then its new values, and each event's window starting at its own place. Built
+    entity by entity, a window view and its copy cost about 10 microseconds an entity."""
+    width = entities[0][1].shape[1]
+    pieces, counts = [], []
+    for history, values in entities:
+        before = np.asarray(history, dtype=np.float64)[-window:]
+        if len(before) < window:
+            pieces.append(np.full((window - len(before), width), np.nan))
+        pieces += [before, values]
+        counts.append(len(values))
+    # Entity e's series starts at e * window + the events before it: the event's own index plus e * window.
+    starts = np.arange(sum(counts)) + window * np.repeat(np.arange(len(counts)), counts)
+    return np.lib.stride_tricks.sliding_window_view(np.concatenate(pieces), window, axis=0)[starts]
 
 
 def insertion_point(times, ids, key: tuple) -> int:

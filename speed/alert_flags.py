@@ -9,7 +9,8 @@ the batch view (batch/score.py). With the flag written on both sides, the servin
 
 State holds, per entity, its newest 2 x `window` + `alert_quiet_events` events: time, id, alarm
 flag, the alert flag last written, and what is needed to write its hot row again. Rows nearly
-always follow what state holds and are flagged in one pass over arrays. A late event (and the
+always follow what state holds and are flagged in one pass over arrays (in the keyed step,
+speed/shard_step.py, arrays that features and scoring already had: Incoming). A late event (and the
 later events the stateful features step revised after it, speed/stateful_features.py, which come
 in the same element) is put in its place; every later event whose alert flag that changes, and
 that is not among the rows coming in, is written again with the new flag and a higher revision.

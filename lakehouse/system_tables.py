@@ -224,7 +224,7 @@ def _event_fields(dataset: Dataset) -> list[pa.Field]:
     ]
 
 
-def _event_field_names(dataset: Dataset) -> tuple[str, ...]:
+def event_field_names(dataset: Dataset) -> tuple[str, ...]:
     """The names of _event_fields, without building pyarrow fields (asked once per scored event)."""
     return (dataset.event_id, dataset.entity, dataset.event_time, *dataset.features.fields)
 
@@ -260,9 +260,10 @@ def hot_row(
 ) -> dict[str, Any]:
     """A scored event as a hot-table row: the record's event fields plus its score. `is_alert`,
     `surprise` and `likelihood` are set by the speed layer's alert step from the entity's
-    previous rows (speed/alert_flags.py)."""
+    previous rows (speed/alert_flags.py). The speed layer's scoring builds the same dict many rows
+    at a time (speed/scoring.ScoreBatch._hot_rows; tests/test_speed.py holds them equal)."""
     return {
-        **{name: record[name] for name in _event_field_names(dataset)},
+        **{name: record[name] for name in event_field_names(dataset)},
         "score": float(score),
         "is_anomaly": bool(is_anomaly),
         "model_version": model_version,

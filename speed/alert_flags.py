@@ -9,7 +9,8 @@ the batch view (batch/score.py). With the flag written on both sides, the servin
 
 State holds, per entity, its newest 2 x `window` + `alert_quiet_events` events: time, id, alarm
 flag, the alert flag last written, and what is needed to write its hot row again. Rows nearly
-always follow what state holds and are flagged in one pass over arrays. A late event (and the
+always follow what state holds and are flagged in one pass over arrays (in the keyed step,
+speed/shard_step.py, arrays that features and scoring already had: Incoming). A late event (and the
 later events the stateful features step revised after it, speed/stateful_features.py, which come
 in the same element) is put in its place; every later event whose alert flag that changes, and
 that is not among the rows coming in, is written again with the new flag and a higher revision.
@@ -63,6 +64,15 @@ REVISION = system_tables.REVISION.name
 SCORED_AT = system_tables.SCORED_AT.name
 SURPRISE = system_tables.SURPRISE.name
 LIKELIHOOD = system_tables.LIKELIHOOD.name
+
+
+class Incoming(NamedTuple):
+    """An entity's rows coming in, as arrays: their event times (int64 microseconds), their ids,
+    and the rows as an AlertHistory (FlagAlerts._arrays: no alert flag or calibration yet)."""
+
+    times: np.ndarray
+    ids: list
+    rows: "AlertHistory"
 
 
 class AlertHistory(NamedTuple):
@@ -167,13 +177,21 @@ class FlagAlerts(beam.DoFn):
         self.batch_version = self._batch_version()
         self.checked_at = time.monotonic()
         self.latest_batch_version = self.batch_version
-        # Each entity's newest `keep` events, and one more to tell whether there are that many.
-        self.startup = read_flags(self.settings, self.dataset, newest=self.keep + 1)
+        # Each entity's newest `keep` events, and one more to tell whether there are that many;
+        # as arrays, converted from pandas once for all entities (_histories_of).
+        self.startup = _histories_of(self.dataset, read_flags(self.settings, self.dataset, newest=self.keep + 1),
+                                     self.likelihood.recent)
         self.tables_read_at: dict[str, tuple[float, pd.DataFrame]] = {}
 
     def process(self, element: tuple[int, list[dict]], log=beam.DoFn.StateParam(LOG),
                 token=beam.DoFn.StateParam(TOKEN)) -> Iterable[list[dict]]:
         shard, rows = element
+        yield self.flag(shard, rows, log, token)
+
+    def flag(self, shard, rows: list[dict], log, token, arrays: dict[str, "Incoming"] | None = None) -> list[dict]:
+        """process's one list. `arrays`: entity -> its rows as arrays (Incoming), when the caller
+        has them (the keyed step, speed/shard_step.py, from features and scoring); the others are
+        read from the rows."""
         entity = self.dataset.entity
         now = time.time()
         state = shard_state.ShardState(self.job, "alerts", shard, log, token)
@@ -187,13 +205,16 @@ class FlagAlerts(beam.DoFn):
             history = state.entities.get(entity_id)
             if history is None:
                 history = self._seed(entity_id, fresh=entity_id in state.expired, read=read)
-            history, appended = self._flag(entity_id, history, incoming, out)
+            given = arrays.get(entity_id) if arrays is not None else None
+            if given is None or len(given.ids) != len(incoming):
+                given = self._incoming(incoming)
+            history, appended = self._flag(entity_id, history, incoming, given, out)
             if appended:
                 state.append(entity_id, history._replace(seen_at=now), len(incoming))
             else:
                 state.put(entity_id, history._replace(seen_at=now))
         state.commit()
-        yield out
+        return out
 
     def expire_silent(self, key, log, token) -> int:
         """Expire the entities silent for the TTL now (the keyed step's timer, speed/shard_step.py);
@@ -217,26 +238,56 @@ class FlagAlerts(beam.DoFn):
 
     # --- flagging ---
 
-    def _flag(self, entity_id: str, history: AlertHistory, incoming: list[dict], out: list[dict]) -> tuple[AlertHistory, bool]:
+    def incoming(self, block, scores: np.ndarray, flags: np.ndarray, relative: np.ndarray, model_version: int,
+                 scored_at) -> "Incoming":
+        """An entity's rows as arrays, from the keyed step's features (stateful_features.Appended)
+        and scores: the values _arrays reads from the rows, built from arrays."""
+        count = len(block.ids)
+        return Incoming(block.times, block.ids, AlertHistory(
+            times=np.asarray(block.times, dtype=np.int64),
+            ids=np.array(block.ids, dtype=str),
+            flags=np.asarray(flags, dtype=bool),
+            alerts=np.zeros(count, dtype=bool),
+            hot=np.ones(count, dtype=bool),
+            values=np.asarray(block.values, dtype=np.float64).reshape(count, len(self.fields)),
+            scores=np.asarray(scores, dtype=np.float64),
+            versions=np.full(count, model_version, dtype=np.int64),
+            scored_at=np.full(count, micros(scored_at), dtype=np.int64),
+            revisions=block.revision + np.arange(count, dtype=np.int64),
+            calibration=_unknown_calibration(count, self.likelihood.recent, np.asarray(relative, dtype=np.float64)),
+            complete=True,
+            seen_at=0.0,
+        ))
+
+    def _incoming(self, rows: list[dict]) -> "Incoming":
+        dataset = self.dataset
+        times = np.fromiter((micros(row[dataset.event_time]) for row in rows), dtype=np.int64, count=len(rows))
+        ids = [row[dataset.event_id] for row in rows]
+        return Incoming(times, ids, self._arrays(rows, times, ids))
+
+    def _flag(self, entity_id: str, history: AlertHistory, incoming: list[dict], given: "Incoming",
+              out: list[dict]) -> tuple[AlertHistory, bool]:
         """The entity's new history, and whether the rows were appended at its end (older rows
         unchanged) rather than placed."""
-        dataset = self.dataset
-        times = np.fromiter((micros(row[dataset.event_time]) for row in incoming), dtype=np.int64, count=len(incoming))
-        ids = [row[dataset.event_id] for row in incoming]
+        times, ids, new = given
         in_order = all((times[i], ids[i]) < (times[i + 1], ids[i + 1]) for i in range(len(incoming) - 1))
         if in_order and (not len(history.times) or (times[0], ids[0]) > (history.times[-1], history.ids[-1])):
-            # Nearly always: every row follows what state holds.
-            history = _concat(history, self._arrays(incoming, times, ids))
-            start = len(history.times) - len(incoming)
-            alerts = alerts_at(history.flags, start, self.quiet)
-            history.alerts[start:] = alerts
-            folded = self._fold_from(entity_id, history, start)
-            for row, alert, surprise, record in zip(incoming, alerts, folded.surprises.tolist(), folded.records()):
-                row[IS_ALERT] = bool(alert)
+            # Nearly always: every row follows what state holds. Flags and calibration are
+            # computed into the new rows' arrays, then state's tail and them are joined already
+            # trimmed: one concatenation per array, not a concatenation and a trimming copy.
+            if self.quiet > 0:
+                before = history.flags[-self.quiet :]
+                alerts = alerts_at(np.concatenate([before, new.flags]), len(before), self.quiet)
+            else:
+                alerts = new.flags.copy()
+            new.alerts[:] = alerts
+            folded = self._fold(entity_id, history, len(history.times), new.calibration, (int(times[0]), str(ids[0])))
+            for row, alert, surprise, record in zip(incoming, alerts.tolist(), folded.surprises.tolist(), folded.records()):
+                row[IS_ALERT] = alert
                 row[SURPRISE] = None if surprise != surprise else surprise
                 row[LIKELIHOOD] = record
                 out.append(row)
-            return self._trim(history), True
+            return self._joined(history, new), True
         return self._place(entity_id, history, incoming, times, ids, out), False
 
     def _place(self, entity_id, history: AlertHistory, incoming, times, ids, out: list[dict]) -> AlertHistory:
@@ -305,23 +356,28 @@ class FlagAlerts(beam.DoFn):
         return likelihood.initial_state(self.likelihood, self.dataset.detector.for_entity(entity_id).contamination)
 
     def _fold_from(self, entity_id: str, history: AlertHistory, start: int) -> likelihood.Folded | None:
-        """Surprises and states of positions start.. in place, stepping on from the state after
-        the event before `start`: from state, or (before the oldest event of a history that does
-        not reach back to the entity's first) from the tables; the prior at an entity's first
-        event, or where the state is not known."""
+        """Surprises and states of positions start.. in place (_fold)."""
         if start >= len(history.times):
             return None
+        return self._fold(entity_id, history, start, history.calibration[start:], (int(history.times[0]), str(history.ids[0])))
+
+    def _fold(self, entity_id: str, history: AlertHistory, start: int, block: np.ndarray, first: tuple[int, str]) -> likelihood.Folded:
+        """Fold the relative scores of `block` (the calibration rows of the events at `start`..,
+        in place: history's own or the rows about to follow it) and write their surprises and
+        states, stepping on from the state after the event before `start`: from state, or (before
+        the oldest event of a history that does not reach back to the entity's first, `first` the
+        key of the oldest event) from the tables; the prior at an entity's first event, or where
+        the state is not known."""
         if start > 0:
             state = state_at(history, start - 1)
         elif history.complete:
             state = None
         else:
-            state = self._stored_state_before(entity_id, (int(history.times[0]), str(history.ids[0])))
+            state = self._stored_state_before(entity_id, first)
         if state is None:
             state = self._initial(entity_id)
-        folded = likelihood.fold_arrays(history.calibration[start:, RELATIVE_AT], self.likelihood, state)
-        width = history.calibration.shape[1] - CALIBRATION
-        block = history.calibration[start:]
+        folded = likelihood.fold_arrays(block[:, RELATIVE_AT], self.likelihood, state)
+        width = block.shape[1] - CALIBRATION
         block[:, SURPRISE_AT], block[:, COUNT_AT], block[:, MEAN_AT], block[:, VARIANCE_AT], block[:, PEAK_AT] = (
             folded.surprises, folded.count, folded.mean, folded.variance, folded.peak)
         block[:, CALIBRATION:] = [(recent + [math.nan] * width)[:width] for recent in folded.recent]
@@ -366,6 +422,15 @@ class FlagAlerts(beam.DoFn):
             LIKELIHOOD: _record_at(history, position),
         }
 
+    def _joined(self, history: AlertHistory, new: AlertHistory) -> AlertHistory:
+        """_trim(_concat(history, new)), each array joined from the parts the trim keeps."""
+        cut = len(history.times) + len(new.times) - self.keep
+        if cut <= 0:
+            return _concat(history, new)
+        old_from, new_from = min(cut, len(history.times)), max(0, cut - len(history.times))
+        return AlertHistory(*(np.concatenate([old[old_from:], more[new_from:]]) for old, more in zip(history[:_ARRAYS], new[:_ARRAYS])),
+                            complete=False, seen_at=history.seen_at)
+
     def _trim(self, history: AlertHistory) -> AlertHistory:
         if len(history.times) <= self.keep:
             return history
@@ -390,8 +455,8 @@ class FlagAlerts(beam.DoFn):
         view changed since start-up, or fewer events than needed in the start-up lookback."""
         if fresh or self._batch_changed():
             return True
-        frame = self.startup.get(entity_id)
-        return frame is None or len(frame) < self.keep
+        history = self.startup.get(entity_id)
+        return history is None or len(history.times) < self.keep
 
     def _prefetch(self, state, entity_ids) -> dict[str, pd.DataFrame] | None:
         """The tables' rows of the element's entities that _seed would read one by one, in one
@@ -407,19 +472,21 @@ class FlagAlerts(beam.DoFn):
     def _seed(self, entity_id: str, *, fresh: bool, read: dict[str, pd.DataFrame] | None = None) -> AlertHistory:
         """The entity's newest `keep` events from the start-up read, or from a read of the tables
         (`read`, the element's, or its own) when that may lack them (_needs_read)."""
-        complete = False
-        frame = self.startup.get(entity_id)
         if self._needs_read(entity_id, fresh=fresh):
             frame = read.get(entity_id) if read is not None else None
             if frame is None:
                 frame = read_flags(self.settings, self.dataset, entities=[entity_id], lookback_days=None).get(entity_id)
-            complete = True
             self.startup.pop(entity_id, None)
-        if frame is None or not len(frame):
-            return empty_history(len(self.fields), complete=True, recent=self.likelihood.recent)
-        if len(frame) > self.keep:
-            frame, complete = frame.iloc[-self.keep :], False
-        return _history_of(self.dataset, frame, complete, self.likelihood.recent)
+            if frame is None or not len(frame):
+                return empty_history(len(self.fields), complete=True, recent=self.likelihood.recent)
+            complete = True
+            if len(frame) > self.keep:
+                frame, complete = frame.iloc[-self.keep :], False
+            return _history_of(self.dataset, frame, complete, self.likelihood.recent)
+        # At least `keep` events (_needs_read): the newest `keep`, copied out of the start-up arrays.
+        history = self.startup[entity_id]
+        cut = len(history.times) - self.keep
+        return AlertHistory(*(array[cut:].copy() for array in history[:_ARRAYS]), complete=False, seen_at=0.0)
 
     def _from_tables(self, entity_id: str, row: dict) -> None:
         """The flag, surprise and likelihood state of an event beyond state, from the entity's
@@ -554,6 +621,22 @@ def _history_of(dataset: Dataset, frame: pd.DataFrame, complete: bool, recent: i
             # A scored event's own relative score is the newest of the recent scores after it.
             history.calibration[position, RELATIVE_AT] = state.recent[-1]
     return history
+
+
+def _histories_of(dataset: Dataset, frames: dict[str, pd.DataFrame], recent: int) -> dict[str, AlertHistory]:
+    """_history_of of every entity's frame (not complete), the frames converted together: per
+    entity, pandas' column conversions cost about a millisecond, most of seeding 1,000 entities.
+    Each history is a view of the arrays of all: _seed copies the part state keeps."""
+    if not frames:
+        return {}
+    names = list(frames)
+    lengths = [len(frames[name]) for name in names]
+    whole = _history_of(dataset, pd.concat([frames[name] for name in names]), False, recent)
+    histories, start = {}, 0
+    for name, length in zip(names, lengths):
+        histories[name] = AlertHistory(*(array[start : start + length] for array in whole[:_ARRAYS]), complete=False, seen_at=0.0)
+        start += length
+    return histories
 
 
 def _concat(history: AlertHistory, new: AlertHistory) -> AlertHistory:

@@ -23,6 +23,10 @@ from speed.validate import DEAD_LETTER, dead_letter
 
 log = logging.getLogger(__name__)
 
+# The hot row's columns set by name (system_tables.hot_row, whose layout _hot_rows follows).
+_SCORED_AT, _REVISION = system_tables.SCORED_AT.name, system_tables.REVISION.name
+_IS_ALERT, _SURPRISE, _LIKELIHOOD = system_tables.IS_ALERT.name, system_tables.SURPRISE.name, system_tables.LIKELIHOOD.name
+
 
 # The models of a registry version, shared by the DoFn instances of a process: the SDK harness
 # makes a new instance (setup) for each new bundle processor, and unpickling 1,000 models took
@@ -107,6 +111,16 @@ class ScoreBatch(beam.DoFn):
 
     def process(self, batch: list[dict]) -> Iterable[Any]:
         """One list of hot rows, and one list of dead letters (tag `dead_letter`) when any."""
+        rows, letters, _, _ = self.score(batch)
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
+        if rows:
+            yield rows
+
+    def score(self, batch: list[dict], blocks: dict | None = None) -> tuple[list[dict], list[dict], list[tuple], datetime]:
+        """process's hot rows and dead letters, and (entity, scores, flags, relative scores, model
+        version) of each entity scored, with the scoring time. `blocks`: entity -> its records'
+        features as one array (stateful_features.Appended), where the keyed step has them."""
         self._maybe_reload()
         rows, letters = [], []
         dataset = self.dataset
@@ -115,7 +129,12 @@ class ScoreBatch(beam.DoFn):
             by_entity.setdefault(record[dataset.entity], []).append(record)
         scored_at = datetime.now(timezone.utc)
         entries = {entity_id: system_tables.model_for(self.models, entity_id) for entity_id in by_entity}
-        banked = self._score_banked(by_entity, entries)
+        features = {}
+        for entity_id, block in (blocks or {}).items():
+            if len(by_entity.get(entity_id, ())) == len(block.features):
+                features[entity_id] = block.features
+        groups = []
+        banked = self._score_banked(by_entity, entries, features)
         for entity_id, records in by_entity.items():
             entry = entries[entity_id]
             if entry is None:
@@ -140,7 +159,8 @@ class ScoreBatch(beam.DoFn):
             if entity_id in banked:
                 scores, flags = banked[entity_id]
             else:
-                scores, flags = entry.model.score(np.vstack([record["_features"] for record in records]))
+                given = features.get(entity_id)
+                scores, flags = entry.model.score(given if given is not None else np.vstack([record["_features"] for record in records]))
             self._observe_scored(records)
             revised = sum(1 for record in records if record.get("_revised"))
             self.scored.inc(len(records) - revised)
@@ -151,26 +171,38 @@ class ScoreBatch(beam.DoFn):
                 self.anomalies.inc(flagged)
                 self.prometheus_anomalies.inc(flagged)
             relative = entry.model.relative(scores)
-            for record, score, flag, on_scale in zip(records, scores, flags, relative):
-                rows.append({
-                    RELATIVE: float(on_scale),
-                    ARRIVED_AT: record.get(ARRIVED_AT),
-                    SOURCE: record.get(SOURCE),
-                    ACK: record.get(ACK),
-                    NEW: record.get(NEW),
-                    **system_tables.hot_row(
-                        dataset, record, score=score, is_anomaly=flag, model_version=entry.version,
-                        scored_at=scored_at, revision=record.get(REVISION, 0),
-                    ),
-                })
-        if letters:
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, letters)
-        if rows:
-            yield rows
+            groups.append((entity_id, scores, flags, relative, entry.version))
+            rows.extend(self._hot_rows(records, np.asarray(scores, dtype=np.float64).tolist(), np.asarray(flags, dtype=bool).tolist(),
+                                       relative.tolist(), entry.version, scored_at))
+        return rows, letters, groups, scored_at
 
-    def _score_banked(self, by_entity: dict[str, list[dict]], entries: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _hot_rows(self, records: list[dict], scores: list[float], flags: list[bool], relative: list[float],
+                  model_version, scored_at: datetime) -> list[dict]:
+        """The records' hot rows (system_tables.hot_row, after the carried fields), built in one
+        loop from the scores as Python floats: a row was two dicts merged into a third, and a
+        float() and bool() of a numpy scalar each, several microseconds an event."""
+        event_fields = system_tables.event_field_names(self.dataset)
+        rows = []
+        for record, score, flag, on_scale in zip(records, scores, flags, relative):
+            get = record.get
+            row = {RELATIVE: on_scale, ARRIVED_AT: get(ARRIVED_AT), SOURCE: get(SOURCE), ACK: get(ACK), NEW: get(NEW)}
+            for name in event_fields:
+                row[name] = record[name]
+            row["score"] = score
+            row["is_anomaly"] = flag
+            row["model_version"] = model_version
+            row[_SCORED_AT] = scored_at
+            row[_REVISION] = get(REVISION, 0)
+            row[_IS_ALERT] = False
+            row[_SURPRISE] = None
+            row[_LIKELIHOOD] = None
+            rows.append(row)
+        return rows
+
+    def _score_banked(self, by_entity: dict[str, list[dict]], entries: dict, features: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """entity -> (scores, flags) of its records, for the entities whose model the bank holds:
-        all of them in one pass (lakehouse/detectors.NearestBank; the same bits as one by one)."""
+        all of them in one pass (lakehouse/detectors.NearestBank; the same bits as one by one).
+        `features`: entity -> its records' features as one array, where known."""
         bank, slot = getattr(self.models, "bank", None), getattr(self.models, "slot", {})
         if bank is None:
             return {}
@@ -182,7 +214,11 @@ class ScoreBatch(beam.DoFn):
                 continue
             names.append((entity_id, len(records)))
             which.extend([number] * len(records))
-            rows.extend(record["_features"] for record in records)
+            given = features.get(entity_id)
+            if given is not None:
+                rows.append(given)  # vstack takes a block of rows and single rows alike
+            else:
+                rows.extend(record["_features"] for record in records)
         if not names:
             return {}
         scores, flags = bank.score(np.array(which), np.vstack(rows))

@@ -277,3 +277,32 @@ def test_a_speed_worker_on_numpy_forms_imports_no_pyod_and_scores_the_bits_of_th
     assert scores["numpy"].score.to_numpy().tobytes() == scores["pickle"].score.to_numpy().tobytes()
     assert scores["numpy"].is_anomaly.equals(scores["pickle"].is_anomaly)
     assert scores["numpy"].surprise.to_numpy().tobytes() == scores["pickle"].surprise.to_numpy().tobytes()
+
+
+def test_scoring_builds_each_hot_row_as_system_tables_hot_row_does(tmp_path):
+    """ScoreBatch._hot_rows builds many rows in one loop: the same keys in the same order and the
+    same values and types as the carried fields followed by system_tables.hot_row."""
+    from datetime import datetime, timezone
+
+    import schemas
+    from lakehouse import system_tables
+    from lakehouse.settings import get_settings
+    from speed.carried_fields import ACK, ARRIVED_AT, NEW, RELATIVE, REVISION, SOURCE
+    from speed.scoring import ScoreBatch
+
+    dataset = schemas.load("sensor_events")
+    settings = get_settings().model_copy(update={"warehouse": str(tmp_path / "warehouse")})
+    scored_at = datetime(2024, 3, 1, tzinfo=timezone.utc)
+    records = [{"event_id": f"e{number}", "entity_id": "sensor-001", "event_time": scored_at, "temperature": 50.0 + number,
+                "pressure": 5.0, "vibration": 2.0, SOURCE: f"file:{number}", ARRIVED_AT: 1.5, ACK: ("file", "0/1"),
+                REVISION: 7 + number, "_features": np.zeros(3)} for number in range(3)]
+    records[1][NEW] = True
+    del records[2][REVISION]
+    scores, flags, relative = np.array([0.25, 1e300, -0.0]), np.array([False, True, False]), np.array([0.5, np.inf, -1.0])
+    built = ScoreBatch(dataset, settings)._hot_rows(records, scores.tolist(), flags.tolist(), relative.tolist(), 3, scored_at)
+    expected = [{RELATIVE: float(on_scale), ARRIVED_AT: record.get(ARRIVED_AT), SOURCE: record.get(SOURCE), ACK: record.get(ACK),
+                 NEW: record.get(NEW), **system_tables.hot_row(dataset, record, score=score, is_anomaly=flag, model_version=3,
+                                                             scored_at=scored_at, revision=record.get(REVISION, 0))}
+                for record, score, flag, on_scale in zip(records, scores, flags, relative)]
+    assert [list(row.items()) for row in built] == [list(row.items()) for row in expected]
+    assert [[type(value) for value in row.values()] for row in built] == [[type(value) for value in row.values()] for row in expected]

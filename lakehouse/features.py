@@ -60,13 +60,29 @@ def compute_features(
 def previous_windows(values: np.ndarray, history: np.ndarray | None, window: int) -> np.ndarray:
     """(n, k, window): the `window` values before each of n consecutive events of one entity (NaN
     where the entity had less history); [i, :, -1] is the value just before event i."""
-    count, width = values.shape
     if history is None or len(history) == 0:
-        history = np.empty((0, width), dtype=np.float64)
-    history = np.asarray(history, dtype=np.float64)[-window:]
-    padding = np.full((window - len(history), width), np.nan)
-    series = np.concatenate([padding, history, values])
-    return np.lib.stride_tricks.sliding_window_view(series, window, axis=0)[:count]
+        history = np.empty((0, values.shape[1]), dtype=np.float64)
+    return previous_windows_of_many([(history, values)], window)
+
+
+def previous_windows_of_many(entities: list[tuple[np.ndarray, np.ndarray]], window: int) -> np.ndarray:
+    """previous_windows of each (history, values) of several entities, concatenated, from one
+    series cut into windows once: each entity's last `window` rows of history (NaN-padded to
+    `window`) then its new values, each event's window starting at its own place. Built entity by
+    entity, a window view and its copy cost about 10 microseconds an entity (the speed layer's
+    keyed step appends one or two events to each of many entities). One entity's windows are a
+    view of its series, not a copy (the batch layer's whole history)."""
+    width = entities[0][1].shape[1]
+    pieces, counts = [], []
+    for history, values in entities:
+        before = np.asarray(history, dtype=np.float64)[-window:]
+        pieces += [np.full((window - len(before), width), np.nan), before, values]
+        counts.append(len(values))
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate(pieces), window, axis=0)
+    if len(counts) == 1:
+        return windows[: counts[0]]
+    # Entity e's series starts at e * window + the events before it: the event's own index plus e * window.
+    return windows[np.arange(sum(counts)) + window * np.repeat(np.arange(len(counts)), counts)]
 
 
 def features_from_windows(dataset: Dataset, values: np.ndarray, previous: np.ndarray, event_times: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import TimerSpec, on_timer
 
 from lakehouse import constants, storage
-from lakehouse.features import compute_features, features_from_windows
+from lakehouse.features import compute_features, features_from_windows, previous_windows_of_many
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 from speed import acks, metrics, shard_state
@@ -240,7 +240,7 @@ class ComputeFeatures(beam.DoFn):
         features = features_from_windows(
             dataset,
             np.concatenate([values for *_, values in appended]),
-            _previous_of_all([(history.values, values) for _, history, _, _, _, values in appended], window),
+            previous_windows_of_many([(history.values, values) for _, history, _, _, _, values in appended], window),
             np.concatenate([times for _, _, _, times, _, _ in appended]).astype("datetime64[us]"),
         )
         kept = 2 * window
@@ -441,24 +441,6 @@ class ComputeFeatures(beam.DoFn):
         _, _, values, _ = self._before(entity_id, record, self.dataset.features.window)
         row = np.array([[record[name] for name in self.fields]], dtype=np.float64)
         return self._features_of(row, record[self.dataset.event_time], values)
-
-
-def _previous_of_all(entities: list[tuple[np.ndarray, np.ndarray]], window: int) -> np.ndarray:
-    """The concatenation of previous_windows(values, history, window) of each (history, values)
-    in one series, cut into windows once: each entity's last `window` rows of history (NaN-padded
-    to `window`) then its new values, and each event's window starting at its own place. Built
-    entity by entity, a window view and its copy cost about 10 microseconds an entity."""
-    width = entities[0][1].shape[1]
-    pieces, counts = [], []
-    for history, values in entities:
-        before = np.asarray(history, dtype=np.float64)[-window:]
-        if len(before) < window:
-            pieces.append(np.full((window - len(before), width), np.nan))
-        pieces += [before, values]
-        counts.append(len(values))
-    # Entity e's series starts at e * window + the events before it: the event's own index plus e * window.
-    starts = np.arange(sum(counts)) + window * np.repeat(np.arange(len(counts)), counts)
-    return np.lib.stride_tricks.sliding_window_view(np.concatenate(pieces), window, axis=0)[starts]
 
 
 def insertion_point(times, ids, key: tuple) -> int:

@@ -6,7 +6,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -145,16 +145,22 @@ def _exact_knn_path(detector: Any):
     def score(rows: np.ndarray) -> np.ndarray:
         squares = rows.T[:, :, np.newaxis] - training[:, np.newaxis, :]
         squares *= squares
-        # Summed feature by feature in order, as the trees do (np.sum would pair them up); the
-        # first plane as is, as 0.0 + a is a for the non-negative squares.
-        total = squares[0].copy()
-        for plane in squares[1:]:
-            total += plane
-        nearest = np.sort(np.partition(total, k - 1, axis=1)[:, :k], axis=1)
-        return np.asarray(detector._get_dist_by_method(np.sqrt(nearest)), dtype=np.float64).ravel()
+        return _knn_scores(iter(squares), k, detector.method)
 
     score.terms_per_row = training.size
     return score
+
+
+def _knn_scores(planes: Iterator[np.ndarray], k: int, method: str) -> np.ndarray:
+    """Scores from each feature's (rows x training points) plane of squared differences: the
+    planes summed feature by feature in order, as sklearn's trees do (np.sum would pair them up;
+    the first plane as is, as 0.0 + a is a for the non-negative squares), the k smallest sums in
+    order, their square roots, and PyOD's `method` over them."""
+    total = next(planes).copy()
+    for plane in planes:
+        total += plane
+    nearest = np.sort(np.partition(total, k - 1, axis=1)[:, :k], axis=1)
+    return np.asarray(_distance_by_method(method, np.sqrt(nearest)), dtype=np.float64).ravel()
 
 
 def _exact_knn_possible(detector: Any) -> bool:
@@ -265,11 +271,7 @@ class NeighbourForm:
                 scaled *= self.weight
             squares = scaled.T[:, :, np.newaxis] - self.training[:, np.newaxis, :]
             squares *= squares
-            total = squares[0].copy()
-            for plane in squares[1:]:
-                total += plane
-            nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
-            scores[start : start + step] = np.asarray(_distance_by_method(self.method, np.sqrt(nearest)), dtype=np.float64).ravel()
+            scores[start : start + step] = _knn_scores(iter(squares), self.k, self.method)
         return scores, scores > self.threshold
 
     def relative(self, scores: np.ndarray) -> np.ndarray:
@@ -414,11 +416,7 @@ class NearestBank:
                 scaled *= self.weight[part]
             squares = scaled[:, :, np.newaxis] - self.training[part]
             squares *= squares
-            total = squares[:, 0].copy()
-            for feature in range(1, squares.shape[1]):
-                total += squares[:, feature]
-            nearest = np.sort(np.partition(total, self.k - 1, axis=1)[:, : self.k], axis=1)
-            scores[start : start + step] = np.asarray(_distance_by_method(self.method, np.sqrt(nearest)), dtype=np.float64).ravel()
+            scores[start : start + step] = _knn_scores((squares[:, feature] for feature in range(squares.shape[1])), self.k, self.method)
         return scores, scores > self.thresholds[which]
 
 

@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from batch.source import LINE_NUMBER, SOURCE_FILE
-from batch.validation import ERRORS, FAILED_RULES, RAW
+from batch.validation import ERRORS, FAILED_RULES, RAW, RECORD_ID
 from schemas.declaration import Dataset
 
 CONFLICT_RULE = "event_id.conflict"
@@ -35,6 +35,8 @@ _SILVER_VALUES = "_silver_values"
 
 
 OUTCOME = "_outcome"
+# Conflicting records up to this many are broadcast to the run's lines (a few MB of values).
+_BROADCAST_CONFLICTS = 100_000
 WRITE, DUPLICATE, CONFLICT = "write", "duplicate", "conflict"
 
 
@@ -43,8 +45,9 @@ class Resolution:
     """One run's valid records sorted out against silver: each record's OUTCOME decided once, so
     the three parts and their counts come from one pass (persist `judged`)."""
 
-    judged: DataFrame  # every valid record with its OUTCOME (write, duplicate or conflict)
+    judged: DataFrame  # every valid record with its OUTCOME (write, duplicate or conflict), without its line
     superseded: DataFrame | None  # silver versions the run replaces (`latest`), as quarantine-ready records
+    lines: DataFrame  # RECORD_ID -> RAW of the run's valid records: the conflicts' lines are joined back from it
 
     @property
     def writes(self) -> DataFrame:
@@ -56,10 +59,15 @@ class Resolution:
         """Exact repeats of the winner."""
         return self.judged.where(F.col(OUTCOME) == DUPLICATE).drop(OUTCOME, FAILED_RULES, ERRORS)
 
-    @property
-    def conflicts(self) -> DataFrame:
-        """The run's records that lost to another version, with _failed_rules, _errors, _raw."""
-        return self.judged.where(F.col(OUTCOME) == CONFLICT).drop(OUTCOME)
+    def conflicts(self, count: int | None = None) -> DataFrame:
+        """The run's records that lost to another version, with _failed_rules, _errors, _raw.
+
+        `count`, when known (`counts()`): up to _BROADCAST_CONFLICTS of them are broadcast to the
+        lines, which are then read where they are (cached), not shuffled."""
+        losers = self.judged.where(F.col(OUTCOME) == CONFLICT).drop(OUTCOME)
+        if count is not None and count <= _BROADCAST_CONFLICTS:
+            losers = F.broadcast(losers)
+        return self.lines.join(losers, RECORD_ID, "inner")
 
     def counts(self) -> dict[str, int]:
         """Records per outcome (one aggregation over `judged`)."""
@@ -67,13 +75,15 @@ class Resolution:
         return {outcome: found.get(outcome, 0) for outcome in (WRITE, DUPLICATE, CONFLICT)}
 
 
-def values_hash(dataset: Dataset) -> Column:
-    """A record's values: every declared field, typed, as one hash (equal values, equal hash)."""
-    return F.sha2(F.to_json(F.struct(*[F.col(field.name) for field in dataset.fields])), 256)
+def record_values(dataset: Dataset) -> Column:
+    """A record's values: every declared field, typed, as one struct. Compared as they are, not by a
+    hash of them: exact, and cheaper than the SHA-256 of their JSON that was here (the duplicate
+    step over 1M records: see docs/benchmarks.md, issue #15's sixth round)."""
+    return F.struct(*[F.col(field.name) for field in dataset.fields])
 
 
 def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Resolution:
-    """Sort a run's valid records (declared fields, SOURCE_FILE, LINE_NUMBER, RAW) into writes,
+    """Sort a run's valid records (declared fields, SOURCE_FILE, LINE_NUMBER, RAW, RECORD_ID) into writes,
     duplicates and conflicts; `silver` is the table as it is (None when it does not exist yet)."""
     key = dataset.event_id
     latest = dataset.duplicates == "latest"
@@ -83,24 +93,28 @@ def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Res
     # in the policy's order), so the winners need no join of their own; silver's version, where it
     # has one, is joined on the same key (one row per id in silver).
     by_id = Window.partitionBy(key).orderBy(*order)
-    records = valid.withColumn(VALUES, values_hash(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
+    # The line as it arrived (the widest column) stays out of the window's shuffle: only the
+    # conflicts need it, and they get it back by RECORD_ID (Resolution.conflicts).
+    lines = valid.select(RECORD_ID, RAW)
+    records = valid.drop(RAW).withColumn(VALUES, record_values(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
         "_run_values", F.first(VALUES).over(by_id)
     )
     if silver is not None:
-        records = records.join(silver.select(key, values_hash(dataset).alias(_SILVER_VALUES)), key, "left")
+        records = records.join(silver.select(key, record_values(dataset).alias(_SILVER_VALUES)), key, "left")
     else:
-        records = records.withColumn(_SILVER_VALUES, F.lit(None).cast("string"))
+        records = records.withColumn(_SILVER_VALUES, F.lit(None).cast(records.schema[VALUES].dataType))
     records = records.withColumn(
         _WINNER_VALUES,
         F.col("_run_values") if latest else F.coalesce(F.col(_SILVER_VALUES), F.col("_run_values")),
     )
     winners = records.where(F.col(_RANK) == 1).select(key, _WINNER_VALUES, _SILVER_VALUES)
     # The run's winning record is written unless silver already holds those very values.
-    written = (F.col(_RANK) == 1) & (F.col(VALUES) == F.col(_WINNER_VALUES)) & ~F.coalesce(
-        F.col(_SILVER_VALUES) == F.col(VALUES), F.lit(False)
-    )
-    duplicate = ~written & (F.col(VALUES) == F.col(_WINNER_VALUES))
-    conflict = F.col(VALUES) != F.col(_WINNER_VALUES)
+    # Null-safe: an optional field missing in both versions is the same value (as Spark's struct
+    # equality compares fields), and a record never equals a silver version that is not there.
+    same_as_winner = F.col(VALUES).eqNullSafe(F.col(_WINNER_VALUES))
+    written = (F.col(_RANK) == 1) & same_as_winner & ~F.col(_SILVER_VALUES).eqNullSafe(F.col(VALUES))
+    duplicate = ~written & same_as_winner
+    conflict = ~same_as_winner
     message = F.format_string(
         "record %s: another version of event id %s wins (duplicates: %s); this one is kept here",
         F.col(key), F.col(key), F.lit(dataset.duplicates),
@@ -112,13 +126,14 @@ def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Res
         .withColumn(ERRORS, F.when(conflict, F.array(message)))
     )
     superseded = _superseded(silver, winners, dataset) if latest and silver is not None else None
-    return Resolution(judged=judged.drop(VALUES, _RANK, "_run_values", _WINNER_VALUES, _SILVER_VALUES), superseded=superseded)
+    judged = judged.drop(VALUES, _RANK, "_run_values", _WINNER_VALUES, _SILVER_VALUES)
+    return Resolution(judged=judged, superseded=superseded, lines=lines)
 
 
 def _superseded(silver: DataFrame, winners: DataFrame, dataset: Dataset) -> DataFrame:
     """Silver versions a `latest` run replaces, shaped as rejected records for the quarantine."""
     key = dataset.event_id
-    replaced = winners.where(F.col(_SILVER_VALUES).isNotNull() & (F.col(_SILVER_VALUES) != F.col(_WINNER_VALUES)))
+    replaced = winners.where(F.col(_SILVER_VALUES).isNotNull() & ~F.col(_SILVER_VALUES).eqNullSafe(F.col(_WINNER_VALUES)))
     rows = silver.join(replaced.select(key), key, "left_semi")
     message = F.format_string(
         "record %s: replaced in silver by a later version (duplicates: latest); this one is kept here", F.col(key)

@@ -156,6 +156,15 @@ def _validate_partition(dataset_name: str, batches) -> pd.DataFrame:
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite, result_format=dict(_RESULT_FORMAT))
     rows = []
     for outcome in result.results:
+        failure = _exception_message(outcome.exception_info)
+        if failure is not None:
+            # GX reports an expectation that raised as a failed result with no counts: taken as
+            # counts, it would read as "0 unexpected" and could pass the cross-check (a type
+            # rule's GX count may be lower). The run fails instead, naming it.
+            raise LakehouseError(
+                f"Great Expectations could not evaluate {outcome.expectation_config.type} "
+                f"(rule {outcome.expectation_config.meta['rule']}): {failure}"
+            )
         details = dict(outcome.result or {})
         rows.append(
             {
@@ -169,6 +178,17 @@ def _validate_partition(dataset_name: str, batches) -> pd.DataFrame:
             }
         )
     yield pd.DataFrame(rows)
+
+
+def _exception_message(info: dict | None) -> str | None:
+    """The message of an exception GX caught while evaluating an expectation, else None; GX keeps
+    it either at the top of `exception_info` or per metric inside it."""
+    if not info:
+        return None
+    if "raised_exception" in info:
+        return (info.get("exception_message") or "an exception") if info["raised_exception"] else None
+    messages = [message for value in info.values() if isinstance(value, dict) and (message := _exception_message(value))]
+    return "; ".join(messages) or None
 
 
 @dataclass

@@ -209,7 +209,7 @@ def _run_steps(
         judged = resolution.judged.persist()
         counts = resolution.counts()
         record.duplicate_rows, record.conflict_rows = counts[duplicates.DUPLICATE], counts[duplicates.CONFLICT]
-        writes, conflicts = resolution.writes, resolution.conflicts
+        writes, conflicts = resolution.writes, resolution.conflicts(record.conflict_rows)
         losers, lost = tables.quarantine_rows(conflicts, dataset, record.run_id), record.conflict_rows
         if resolution.superseded is not None:
             superseded = resolution.superseded.persist()

@@ -18,6 +18,9 @@ from schemas.rules import TRIMMED, TYPE_PATTERNS, Rule, _field_rules, anchored
 FAILED_RULES = "_failed_rules"
 ERRORS = "_errors"
 RAW = "_raw"
+# A number for each record of a run (unique, stable while the validated records are cached): the
+# duplicate step joins the conflicts' lines back by it (batch/duplicates.py).
+RECORD_ID = "_record_id"
 
 
 def _normalised(field: FieldSpec, column: str) -> Column:
@@ -38,7 +41,10 @@ def with_text_fields(frame: DataFrame, dataset: Dataset) -> DataFrame:
     carried = [_normalised(field, field.name).alias(f"_carried_{field.name}") for field in dataset.derived_fields]
     read = [field.input_name for field in dataset.input_fields] + [field.name for field in dataset.derived_fields]
     raw = F.coalesce(F.col(LINE), F.to_json(F.struct(*read)))
-    frame = frame.select(*columns, *carried, SOURCE_FILE, LINE_NUMBER, PARSE_RULE, PARSE_ERROR, raw.alias(RAW))
+    frame = frame.select(
+        *columns, *carried, SOURCE_FILE, LINE_NUMBER, PARSE_RULE, PARSE_ERROR, raw.alias(RAW),
+        F.monotonically_increasing_id().alias(RECORD_ID),
+    )
     timestamps = {field.name for field in dataset.fields if field.type == "timestamp"}
     for field in dataset.derived_fields:
         frame = frame.withColumn(field.name, F.coalesce(F.col(f"_carried_{field.name}"), _derive(field, timestamps)))
@@ -235,6 +241,6 @@ def parsed(validated: DataFrame) -> DataFrame:
 def split(validated: DataFrame, dataset: Dataset) -> tuple[DataFrame, DataFrame]:
     """(valid records with the declared typed columns and where each was read, rejected records with their reasons)."""
     is_valid = F.size(F.col(FAILED_RULES)) == 0
-    valid = validated.where(is_valid).select(*[field.name for field in dataset.fields], SOURCE_FILE, LINE_NUMBER, RAW)
+    valid = validated.where(is_valid).select(*[field.name for field in dataset.fields], SOURCE_FILE, LINE_NUMBER, RAW, RECORD_ID)
     rejected = validated.where(~is_valid)
     return valid, rejected

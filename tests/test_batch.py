@@ -220,6 +220,24 @@ def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(fi
         cross_check(more, validated)
 
 
+def test_an_expectation_great_expectations_cannot_evaluate_fails_the_partition_instead_of_counting_zero():
+    # GX reports an expectation that raised as a result without counts; read as counts it would be
+    # "0 unexpected" (and a type rule's lower GX count passes the cross-check). It must fail loudly.
+    import pandas as pd
+
+    from batch import expectations
+
+    record = {"event_id": "0" * 32, "entity_id": "sensor-001", "_text_event_time": "2024-01-01 00:00:00", "status": "ok",
+              "_text_temperature": "20.5", "temperature": 20.5, "_text_pressure": "1.5", "pressure": 1.5,
+              "_text_vibration": "4", "vibration": 4.0}
+    good = pd.DataFrame([record])[expectations.checked_columns(schemas.load("sensor_events"))]
+    outcome = next(expectations._validate_partition("sensor_events", [good]))
+    assert set(outcome.unexpected_count) == {0}
+    broken = good.drop(columns=["_text_temperature"])
+    with pytest.raises(LakehouseError, match=r"could not evaluate .*temperature\.(not_null|type)"):
+        next(expectations._validate_partition("sensor_events", [broken]))
+
+
 def test_a_csv_without_a_declared_column_is_quarantined_whole_and_the_other_files_proceed(warehouse, spark, tmp_path):
     # #15: a bad file no longer stops the run; its quarantine row names file, column and types.
     bad = tmp_path / "cpu.csv"
@@ -379,11 +397,14 @@ def _resolved(spark, rows, silver_rows, policy):
     from batch import duplicates
 
     dataset = schemas.load("metrics").model_copy(update={"duplicates": policy})
-    columns = "event_id string, entity_id string, event_time timestamp, value double, _source_file string, _line_number long, _raw string"
+    columns = ("event_id string, entity_id string, event_time timestamp, value double, _source_file string, _line_number long, "
+               "_raw string, _record_id long")
     from datetime import datetime
 
     at = datetime(2024, 1, 1)
-    frame = spark.createDataFrame([("a@t", "a", at, value, path, line, f"line {line}") for value, path, line in rows], columns)
+    frame = spark.createDataFrame(
+        [("a@t", "a", at, value, path, line, f"{path} line {line}", number) for number, (value, path, line) in enumerate(rows)], columns
+    )
     silver = None
     if silver_rows is not None:
         silver = spark.createDataFrame([("a@t", "a", at, value, "old.csv") for value in silver_rows],
@@ -391,7 +412,10 @@ def _resolved(spark, rows, silver_rows, policy):
     resolution = duplicates.resolve(frame, silver, dataset)
     values = lambda part: sorted(row["value"] for row in part.collect())  # noqa: E731
     superseded = values(resolution.superseded) if resolution.superseded is not None else []
-    return values(resolution.writes), values(resolution.duplicates), values(resolution.conflicts), superseded
+    conflicts = resolution.conflicts().collect()
+    # Each conflict carries its own line back (joined by record id, not shuffled with the window).
+    assert all(row["_raw"] == f"{row['_source_file']} line {row['_line_number']}" for row in conflicts)
+    return values(resolution.writes), values(resolution.duplicates), sorted(row["value"] for row in conflicts), superseded
 
 
 def test_same_id_other_values_is_a_conflict_and_the_declared_policy_picks_the_winner(spark):

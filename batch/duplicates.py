@@ -35,9 +35,9 @@ _SILVER_VALUES = "_silver_values"
 
 
 OUTCOME = "_outcome"
+WRITE, DUPLICATE, CONFLICT = "write", "duplicate", "conflict"
 # Conflicting records up to this many are broadcast to the run's lines (a few MB of values).
 _BROADCAST_CONFLICTS = 100_000
-WRITE, DUPLICATE, CONFLICT = "write", "duplicate", "conflict"
 
 
 @dataclass

@@ -153,7 +153,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     frame = frame.select("*", *[_typed(field).alias(_cast_column(field.name)) for field in typed_fields])
     frame = frame.select("*", *[_type_ok(field, F.col(_cast_column(field.name))).alias(_type_ok_column(field.name)) for field in typed_fields])
     record_id = F.coalesce(F.col(dataset.event_id), F.lit("<no event id>"))
-    failures: list[tuple[Column, Column]] = []  # (the rule's name where it is broken, else null; broken)
+    failures: list[tuple[str, Column]] = []  # (rule name, broken)
     messages: list[Column] = []
     typed_columns: dict[str, Column] = {}
     for field in dataset.fields:
@@ -163,7 +163,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
         typed_columns[field.name] = F.when(F.col(field.name).isNotNull() & holds, typed) if is_typed else typed
         for rule in _field_rules(field):
             broken = _violation(rule, field, typed, holds)
-            failures.append((F.when(broken, F.lit(rule.name)), broken))
+            failures.append((rule.name, broken))
             messages.append(
                 F.when(
                     broken,
@@ -180,7 +180,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     for check in dataset.checks:
         broken = _check_violation(check, typed_columns)
         rule = f"check.{check.name}"
-        failures.append((F.when(broken, F.lit(rule)), broken))
+        failures.append((rule, broken))
         messages.append(
             F.when(
                 broken,
@@ -195,7 +195,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     # fields were never read, so no field rule applies.
     not_a_record = F.col(PARSE_RULE).isNotNull()
     none = F.array().cast("array<string>")
-    field_failures = F.array_compact(F.array(*[failure for failure, _ in failures])) if failures else none
+    field_failures = F.array_compact(F.array(*[F.when(broken, F.lit(name)) for name, broken in failures])) if failures else none
     field_messages = F.array_compact(F.array(*messages)) if messages else none
     # The array of broken rules is built for rejected records only: array_compact is a
     # higher-order function, which Spark evaluates row by row outside generated code together
@@ -211,7 +211,7 @@ def validate(frame: DataFrame, dataset: Dataset) -> DataFrame:
     frame = frame.withColumn(
         ERRORS,
         F.when(not_a_record, F.array(F.col(PARSE_ERROR)))
-        .when(F.size(F.col(FAILED_RULES)) == 0, F.array().cast("array<string>"))
+        .when(F.size(F.col(FAILED_RULES)) == 0, none)
         .otherwise(field_messages),
     )
     # Typed values replace the text ones; the text stays beside them and, whole, in `_raw`. A

@@ -154,7 +154,7 @@ def _gx_spark_engine(frame, dataset) -> None:
     import great_expectations as gx
 
     from batch.expectations import _expectation
-    from schemas.rules import rules_for
+    from schemas.rules import anchored, rules_for
 
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -165,7 +165,7 @@ def _gx_spark_engine(frame, dataset) -> None:
     )
     suite = context.suites.add(gx.ExpectationSuite(name="bench"))
     for rule in rules_for(dataset):
-        suite.add_expectation(_expectation(rule, dataset))
+        suite.add_expectation(_expectation(rule, dataset, anchored))  # Spark's rlike: Java's regex syntax
     batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
 
 

@@ -224,6 +224,7 @@ def test_an_expectation_great_expectations_cannot_evaluate_fails_the_partition_i
     # GX reports an expectation that raised as a result without counts; read as counts it would be
     # "0 unexpected" (and a type rule's lower GX count passes the cross-check). It must fail loudly.
     import pandas as pd
+    import pyarrow as pa
 
     from batch import expectations
 
@@ -231,11 +232,11 @@ def test_an_expectation_great_expectations_cannot_evaluate_fails_the_partition_i
               "_text_temperature": "20.5", "temperature": 20.5, "_text_pressure": "1.5", "pressure": 1.5,
               "_text_vibration": "4", "vibration": 4.0}
     good = pd.DataFrame([record])[expectations.checked_columns(schemas.load("sensor_events"))]
-    outcome = next(expectations._validate_partition("sensor_events", [good]))
+    outcome = expectations._validate_partition("sensor_events", pa.Table.from_pandas(good))
     assert set(outcome.unexpected_count) == {0}
     broken = good.drop(columns=["_text_temperature"])
     with pytest.raises(LakehouseError, match=r"could not evaluate .*temperature\.(not_null|type)"):
-        next(expectations._validate_partition("sensor_events", [broken]))
+        expectations._validate_partition("sensor_events", pa.Table.from_pandas(broken))
 
 
 def test_a_csv_without_a_declared_column_is_quarantined_whole_and_the_other_files_proceed(warehouse, spark, tmp_path):
@@ -456,3 +457,45 @@ def test_a_model_is_served_only_once_its_run_succeeded(warehouse, spark, tmp_pat
     assert third.model_version == first.model_version + 2
     assert set(_table(warehouse, "sensor_events", constants.BATCH_SCORES).model_version) == {third.model_version}
     assert set(registry.latest_versions(warehouse, "sensor_events").version) == {third.model_version}
+
+
+def test_great_expectations_counts_the_same_on_arrow_strings_in_re2_as_on_python_strings(monkeypatch):
+    # #15: GX's regex expectations run in RE2 over Arrow strings (`^(?:p)$`, RE2's whole value)
+    # where every pattern compiles there; the counts must be those of Python's `re` with the rules'
+    # look-ahead anchor, on the values where the two dialects could part: a final newline or
+    # carriage return, non-ASCII digits, inner spaces, empty text.
+    import pyarrow as pa
+
+    from batch import expectations
+
+    dataset = schemas.load("sensor_events")
+    texts = ["0" * 32, "0" * 32 + "\n", "0" * 31 + "\r", "０" * 32, "", "sensor-001", "sensor-001\n", "sensor-1"]
+    numbers = ["20.5", "20.5\n", "2 0", "1e5", "٣", ".5", "5.", "+-1"]
+    rows = len(texts)
+    table = pa.table({
+        "event_id": texts, "entity_id": list(reversed(texts)), "_text_event_time": ["2024-01-01 00:00:00", "2024-01-01\n"] * (rows // 2),
+        "_text_temperature": numbers, "temperature": [20.5] * rows, "_text_pressure": list(reversed(numbers)), "pressure": [1.0] * rows,
+        "_text_vibration": numbers, "vibration": [4.0] * rows, "status": ["ok", "ok\n", "fault", "Ok", "", "warning", "x", "ok"],
+    }).select(expectations.checked_columns(dataset))
+    counts = {}
+    for re2 in (True, False):
+        monkeypatch.setattr(expectations, "runs_in_re2", lambda _dataset, re2=re2: re2)
+        monkeypatch.setattr(expectations, "arrow_strings", lambda _name, re2=re2: re2)
+        expectations._validator.cache_clear()
+        outcome = expectations._validate_partition("sensor_events", table)
+        counts[re2] = dict(zip(outcome.rule, outcome.unexpected_count))
+    expectations._validator.cache_clear()
+    assert counts[True] == counts[False]
+    assert counts[True]["event_id.pattern"] == 7 and counts[True]["temperature.type"] == 4
+
+
+def test_a_pattern_re2_cannot_compile_keeps_the_suite_on_python_strings():
+    from batch import expectations
+
+    dataset = schemas.load("sensor_events")
+    assert expectations.runs_in_re2(dataset)
+    fields = [field.model_copy(update={"pattern": "sensor-(?!000)[0-9]{3,5}"}) if field.name == "entity_id" else field for field in dataset.fields]
+    lookahead = dataset.model_copy(update={"fields": fields})
+    assert not expectations.runs_in_re2(lookahead)
+    rule = next(rule for rule in schemas.rules.rules_for(lookahead) if rule.name == "entity_id.pattern")
+    assert expectations._expectation(rule, lookahead).regex == schemas.rules.anchored("sensor-(?!000)[0-9]{3,5}")

@@ -189,9 +189,9 @@ def _run_steps(
     with _timed(timings, "validate", progress):
         validated = validate(raw, dataset).persist()
         suite = expectations.run_suite(parsed(validated), dataset)
-        rule_counts = expectations.cross_check(suite, validated)
+        read_by_file, record.quarantined_rows, rule_counts = _read_counts(validated)
+        expectations.cross_check(suite, rule_counts)
         record.report.update({"great_expectations": suite.to_json(), "failed_rules": rule_counts})
-        read_by_file, record.quarantined_rows = _read_counts(validated)
         if files is None:
             record.input_rows = sum(read_by_file.values())  # a Delta snapshot: its rows are its records
         else:
@@ -263,11 +263,20 @@ def check_counts(record: run_log.RunRecord) -> None:
         )
 
 
-def _read_counts(validated: DataFrame) -> tuple[dict[str, int], int]:
-    """(records read per source file, records rejected): one aggregation over the validated records."""
-    rejected = (F.size(F.col(FAILED_RULES)) != 0).cast("long")  # as split() tells them apart
-    rows = validated.groupBy(SOURCE_FILE).agg(F.count(F.lit(1)).alias("read"), F.sum(rejected).alias("rejected")).collect()
-    return {row[SOURCE_FILE]: int(row["read"]) for row in rows}, sum(int(row["rejected"] or 0) for row in rows)
+def _read_counts(validated: DataFrame) -> tuple[dict[str, int], int, dict[str, int]]:
+    """(records read per source file, records rejected, records per broken rule): one aggregation
+    over the validated records, by file and list of broken rules (few distinct lists)."""
+    read: dict[str, int] = {}
+    rejected = 0
+    by_rule: dict[str, int] = {}
+    for row in validated.groupBy(SOURCE_FILE, FAILED_RULES).count().collect():
+        count = int(row["count"])
+        read[row[SOURCE_FILE]] = read.get(row[SOURCE_FILE], 0) + count
+        if row[FAILED_RULES]:  # rejected, as split() tells them apart
+            rejected += count
+            for rule in row[FAILED_RULES]:
+                by_rule[rule] = by_rule.get(rule, 0) + count
+    return read, rejected, by_rule
 
 
 def _file_counts(files: list[source.FileScan], read_by_file: dict[str, int]) -> list[dict]:

@@ -56,13 +56,17 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
     uri = settings.table_uri(dataset.name, constants.SILVER)
     rows = (
         valid.select(*[field.name for field in dataset.fields], SOURCE_FILE)
-        .withColumn("event_date", F.to_date(dataset.event_time))
+        .withColumn(system_tables.EVENT_DATE.name, F.to_date(dataset.event_time))
+        .withColumn(system_tables.EVENT_MONTH.name, F.trunc(dataset.event_time, "month"))
         .withColumnRenamed(SOURCE_FILE, "source_file")
         .withColumn("run_id", F.lit(run_id))
         .withColumn("ingested_at", F.current_timestamp())
     )
     if not storage.table_exists(uri):
-        rows.limit(0).write.format("delta").partitionBy("event_date").save(uri)
+        rows.limit(0).write.format("delta").partitionBy(system_tables.EVENT_MONTH.name).save(uri)
+    elif system_tables.EVENT_MONTH.name not in spark.read.format("delta").load(uri).columns:
+        # A silver table created before it was partitioned by month (by event_date) keeps its layout.
+        rows = rows.drop(system_tables.EVENT_MONTH.name)
     merge = (
         DeltaTable.forPath(spark, uri)
         .alias("silver")

@@ -207,6 +207,12 @@ LIKELIHOOD = pa.field(
 )
 # The batch view's partition column: the event's date.
 EVENT_DATE = pa.field("event_date", pa.date32())
+# Silver's partition column: the first day of the event's month. A day of events is a few MB at
+# the fleets this serves (5.8k rows a day for 20 sensors), far below the ~1 GB a Delta partition
+# should hold: by day, a run over half a year of history wrote 174 small files, twice the time
+# of the same rows by month (6 files), measured on 1M rows (docs/benchmarks.md, "Seventh round").
+# Silver keeps `event_date` as a column: filters on it skip files by Delta's statistics.
+EVENT_MONTH = pa.field("event_month", pa.date32())
 
 
 def scored_row_key(dataset: Dataset) -> str:

@@ -3,7 +3,8 @@ the batch layer's.
 
 A freshly started pipeline has empty state: without seeding, the first `window` events of each
 entity would see less history than the batch layer gives them, and score differently. At start
-each worker reads the newest days of silver (partition pruning on event_date) and the hot table
+each worker reads the newest days of silver (partition pruning on event_month, or on event_date
+in a table created before silver was partitioned by month) and the hot table
 (the events earlier speed runs scored since the last batch run: a Kafka micro-batch or a
 restarted pipeline continues from them), and keeps the last events of each entity; an entity's
 state is seeded from them on its first event.
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse import constants, storage
+from lakehouse.system_tables import EVENT_DATE, EVENT_MONTH
 from lakehouse.settings import Settings
 from schemas.declaration import Dataset
 
@@ -41,6 +43,20 @@ def entity_filter(dataset: Dataset, entities: Collection[str] | None):
     return pc.field(dataset.entity).cast(pa.string()).isin(pa.array(sorted(set(entities)), pa.string()))
 
 
+def _newest_day(table) -> date | None:
+    """Silver's newest event date, from the Delta log alone: the partition values of a table
+    partitioned by day, else the files' statistics (None when it holds no row)."""
+    if EVENT_DATE.name in table.metadata().partition_columns:
+        days = [date.fromisoformat(str(partition[EVENT_DATE.name])) for partition in table.partitions()]
+        return max(days, default=None)
+    files = pa.table(table.get_add_actions(flatten=True))
+    column = f"max.{EVENT_DATE.name}"
+    if column not in files.column_names or not files.num_rows:
+        return None
+    newest = pc.max(files[column]).as_py()
+    return None if newest is None else newest if isinstance(newest, date) else date.fromisoformat(str(newest)[:10])
+
+
 def recent_history(
     settings: Settings, dataset: Dataset, *, lookback_days: int | None = 7, entities: Collection[str] | None = None
 ) -> dict[str, History]:
@@ -54,12 +70,14 @@ def recent_history(
     uri = settings.table_uri(dataset.name, constants.SILVER)
     if storage.table_exists(uri):
         table = storage.open_table(uri)
-        days = [date.fromisoformat(str(partition["event_date"])) for partition in table.partitions()]
-        if days:
+        newest = _newest_day(table)
+        if newest is not None:
             recent = None
             if lookback_days is not None:
-                since = max(days) - timedelta(days=lookback_days)
-                recent = pc.field("event_date") >= pc.scalar(since)
+                since = newest - timedelta(days=lookback_days)
+                recent = pc.field(EVENT_DATE.name) >= pc.scalar(since)
+                if EVENT_MONTH.name in table.metadata().partition_columns:
+                    recent = (pc.field(EVENT_MONTH.name) >= pc.scalar(since.replace(day=1))) & recent
             conditions = [condition for condition in (recent, only) if condition is not None]
             condition = conditions[0] if len(conditions) == 1 else (conditions[0] & conditions[1] if conditions else None)
             tables.append(plain(table.to_pyarrow_dataset().to_table(columns=columns, filter=condition)))

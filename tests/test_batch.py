@@ -50,7 +50,8 @@ def test_silver_holds_each_valid_event_once(first_run):
     silver = _table(settings, "sensor_events", constants.SILVER)
     assert len(silver) == record.valid_rows == silver.event_id.nunique()
     assert set(silver.event_id).isdisjoint(inputs.history.bad)
-    assert set(silver.columns) >= {"event_date", "source_file", "run_id", "ingested_at"}
+    assert set(silver.columns) >= {"event_date", "event_month", "source_file", "run_id", "ingested_at"}
+    assert DeltaTable(settings.table_uri("sensor_events", constants.SILVER)).metadata().partition_columns == ["event_month"]
 
 
 def test_quarantine_keeps_each_rejected_record_with_the_rule_it_broke(first_run):
@@ -198,26 +199,27 @@ def test_the_run_report_holds_great_expectations_results_that_match_the_quaranti
 def test_a_disagreement_between_great_expectations_and_the_rules_fails_loudly(first_run, spark):
     from batch.expectations import SuiteResult, cross_check
     from batch.ingest import read_raw
+    from batch.job import _read_counts
     from batch.validation import validate
     import schemas
 
     settings, inputs, record = first_run
     dataset = schemas.load("sensor_events")
-    validated = validate(read_raw(spark, dataset, record.inputs), dataset)
+    counted = _read_counts(validate(read_raw(spark, dataset, record.inputs), dataset))[2]
     wrong = SuiteResult("sensor_events", record.input_rows, [{"rule": "pressure.range", "unexpected_count": 10**6}])
     with pytest.raises(LakehouseError, match="pressure.range: 1000000 vs"):
-        cross_check(wrong, validated)
+        cross_check(wrong, counted)
     planted = list(inputs.history.bad.values())
     assert planted.count("status.allowed_values") > 0
     fewer = SuiteResult("sensor_events", record.input_rows, [{"rule": "status.allowed_values", "unexpected_count": 0}])
     with pytest.raises(LakehouseError, match="status.allowed_values: 0 vs"):
-        cross_check(fewer, validated)
+        cross_check(fewer, counted)
     # A type rule's GX count may be lower (the text's shape only), never higher.
     assert planted.count("event_time.type") > 0
-    assert cross_check(SuiteResult("sensor_events", record.input_rows, [{"rule": "event_time.type", "unexpected_count": 0}]), validated)
+    assert cross_check(SuiteResult("sensor_events", record.input_rows, [{"rule": "event_time.type", "unexpected_count": 0}]), counted)
     more = SuiteResult("sensor_events", record.input_rows, [{"rule": "event_time.type", "unexpected_count": 10**6}])
     with pytest.raises(LakehouseError, match="event_time.type: 1000000 vs"):
-        cross_check(more, validated)
+        cross_check(more, counted)
 
 
 def test_an_expectation_great_expectations_cannot_evaluate_fails_the_partition_instead_of_counting_zero():
@@ -499,3 +501,36 @@ def test_a_pattern_re2_cannot_compile_keeps_the_suite_on_python_strings():
     assert not expectations.runs_in_re2(lookahead)
     rule = next(rule for rule in schemas.rules.rules_for(lookahead) if rule.name == "entity_id.pattern")
     assert expectations._expectation(rule, lookahead).regex == schemas.rules.anchored("sensor-(?!000)[0-9]{3,5}")
+
+
+def test_silver_by_month_and_a_silver_made_by_day_before_it_serve_the_same_history(warehouse, spark, tmp_path):
+    # #15: silver is partitioned by month now (lakehouse/system_tables.py EVENT_MONTH); a table
+    # made by day before keeps its layout, takes new runs, and seeds the speed layer the same.
+    from speed.history import recent_history
+
+    def day_file(day: int) -> str:
+        path = tmp_path / f"days-{day}" / "memory.csv"
+        path.parent.mkdir()
+        path.write_text("timestamp,value\n" + "".join(f"2014-04-{day:02d} {hour:02d}:00:00,{hour % 5}\n" for hour in range(24)))
+        return str(path)
+
+    dataset = schemas.load("metrics")
+    histories = []
+    for layout in ("month", "day"):
+        settings = warehouse.model_copy(update={"warehouse": str(tmp_path / f"warehouse-{layout}")})
+        run_batch("metrics", [day_file(1 if layout == "month" else 11)], settings=settings, spark=spark)
+        uri = settings.table_uri("metrics", constants.SILVER)
+        if layout == "day":  # the layout silver had before
+            old = spark.read.format("delta").load(uri).drop("event_month").localCheckpoint()
+            old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
+        record = run_batch("metrics", [day_file(3 if layout == "month" else 13)], settings=settings, spark=spark)
+        assert record.status == "succeeded" and record.valid_rows == 24
+        table = DeltaTable(uri)
+        assert table.metadata().partition_columns == ["event_month" if layout == "month" else "event_date"]
+        assert len(table.to_pandas()) == 48
+        history = recent_history(settings, dataset, lookback_days=1)
+        times, _, values = history["memory"]
+        histories.append(values.tolist())
+        assert len(times) == 24  # the newest day only: the first file's day is older than the lookback
+        assert len(recent_history(settings, dataset, lookback_days=None)["memory"][0]) == 48
+    assert histories[0] == histories[1]

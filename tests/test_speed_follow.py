@@ -118,7 +118,7 @@ def _append_to_silver(settings, entity: str, like: dict, times: list) -> list[di
     rows = [
         {"event_id": uuid.uuid4().hex, "entity_id": entity, "event_time": moment.to_pydatetime(), "temperature": like["temperature"] + 20 + index % 3,
          "pressure": like["pressure"], "vibration": like["vibration"], "status": like["status"], "source_file": "test:fresh",
-         "event_date": moment.date(), "run_id": "test", "ingested_at": datetime.now(timezone.utc)}
+         "event_date": moment.date(), "event_month": moment.date().replace(day=1), "run_id": "test", "ingested_at": datetime.now(timezone.utc)}
         for index, moment in enumerate(times)
     ]
     write_deltalake(uri, pa.Table.from_pylist(rows, schema=schema), mode="append")

@@ -96,9 +96,14 @@ def resolve(valid: DataFrame, silver: DataFrame | None, dataset: Dataset) -> Res
     # The line as it arrived (the widest column) stays out of the window's shuffle: only the
     # conflicts need it, and they get it back by RECORD_ID (Resolution.conflicts).
     lines = valid.select(RECORD_ID, RAW)
-    records = valid.drop(RAW).withColumn(VALUES, record_values(dataset)).withColumn(_RANK, F.row_number().over(by_id)).withColumn(
-        "_run_values", F.first(VALUES).over(by_id)
-    )
+    # The run's winning values are each field's first value over the window, made a struct after
+    # it: a struct column (or `first` of a struct expression, which Spark projects below the
+    # window) would cross the shuffle beside the fields it repeats, doubling its bytes.
+    firsts = [F.first(field.name).over(by_id).alias(f"_first_{field.name}") for field in dataset.fields]
+    records = valid.drop(RAW).select("*", F.row_number().over(by_id).alias(_RANK), *firsts)
+    records = records.withColumn(VALUES, record_values(dataset)).withColumn(
+        "_run_values", F.struct(*[F.col(f"_first_{field.name}").alias(field.name) for field in dataset.fields])
+    ).drop(*[f"_first_{field.name}" for field in dataset.fields])
     if silver is not None:
         records = records.join(silver.select(key, record_values(dataset).alias(_SILVER_VALUES)), key, "left")
     else:

@@ -503,34 +503,39 @@ def test_a_pattern_re2_cannot_compile_keeps_the_suite_on_python_strings():
     assert expectations._expectation(rule, lookahead).regex == schemas.rules.anchored("sensor-(?!000)[0-9]{3,5}")
 
 
-def test_silver_by_month_and_a_silver_made_by_day_before_it_serve_the_same_history(warehouse, spark, tmp_path):
-    # #15: silver is partitioned by month now (lakehouse/system_tables.py EVENT_MONTH); a table
-    # made by day before keeps its layout, takes new runs, and seeds the speed layer the same.
+def _history_matches_silver(settings, dataset_name: str, lookback_days: int) -> None:
+    """speed.history.recent_history over silver alone: each entity's rows of its newest days."""
     from speed.history import recent_history
 
+    dataset = schemas.load(dataset_name)
+    silver = _table(settings, dataset_name, constants.SILVER)
+    since = pd.Timestamp(silver.event_date.max()) - pd.Timedelta(days=lookback_days)
+    expected = silver[pd.to_datetime(silver.event_date) >= since].groupby(dataset.entity)[dataset.event_id].apply(sorted).to_dict()
+    history = recent_history(settings, dataset, lookback_days=lookback_days)
+    assert {entity: sorted(ids) for entity, (_, ids, _) in history.items()} == expected
+    assert len(silver) > sum(len(ids) for ids in expected.values()) > 0  # the lookback left older days out
+
+
+def test_the_speed_layers_history_reads_the_newest_days_of_silver_by_month(first_run):
+    # #15: silver is partitioned by month (lakehouse/system_tables.py EVENT_MONTH); the speed
+    # layer's start-up history prunes by month and filters by day.
+    settings, _, _ = first_run
+    _history_matches_silver(settings, "sensor_events", lookback_days=0)
+
+
+def test_a_silver_made_by_day_before_keeps_its_layout_and_takes_new_runs(warehouse, spark, tmp_path):
     def day_file(day: int) -> str:
         path = tmp_path / f"days-{day}" / "memory.csv"
         path.parent.mkdir()
         path.write_text("timestamp,value\n" + "".join(f"2014-04-{day:02d} {hour:02d}:00:00,{hour % 5}\n" for hour in range(24)))
         return str(path)
 
-    dataset = schemas.load("metrics")
-    histories = []
-    for layout in ("month", "day"):
-        settings = warehouse.model_copy(update={"warehouse": str(tmp_path / f"warehouse-{layout}")})
-        run_batch("metrics", [day_file(1 if layout == "month" else 11)], settings=settings, spark=spark)
-        uri = settings.table_uri("metrics", constants.SILVER)
-        if layout == "day":  # the layout silver had before
-            old = spark.read.format("delta").load(uri).drop("event_month").localCheckpoint()
-            old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
-        record = run_batch("metrics", [day_file(3 if layout == "month" else 13)], settings=settings, spark=spark)
-        assert record.status == "succeeded" and record.valid_rows == 24
-        table = DeltaTable(uri)
-        assert table.metadata().partition_columns == ["event_month" if layout == "month" else "event_date"]
-        assert len(table.to_pandas()) == 48
-        history = recent_history(settings, dataset, lookback_days=1)
-        times, _, values = history["memory"]
-        histories.append(values.tolist())
-        assert len(times) == 24  # the newest day only: the first file's day is older than the lookback
-        assert len(recent_history(settings, dataset, lookback_days=None)["memory"][0]) == 48
-    assert histories[0] == histories[1]
+    uri = warehouse.table_uri("metrics", constants.SILVER)
+    run_batch("metrics", [day_file(1)], settings=warehouse, spark=spark)
+    old = spark.read.format("delta").load(uri).drop("event_month").localCheckpoint()  # the layout silver had before
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
+    record = run_batch("metrics", [day_file(3)], settings=warehouse, spark=spark)
+    assert record.status == "succeeded" and record.valid_rows == 24
+    assert DeltaTable(uri).metadata().partition_columns == ["event_date"]
+    assert len(_table(warehouse, "metrics", constants.SILVER)) == 48
+    _history_matches_silver(warehouse, "metrics", lookback_days=0)

@@ -530,10 +530,16 @@ def test_a_silver_made_by_day_before_keeps_its_layout_and_takes_new_runs(warehou
         path.write_text("timestamp,value\n" + "".join(f"2014-04-{day:02d} {hour:02d}:00:00,{hour % 5}\n" for hour in range(24)))
         return str(path)
 
+    from datetime import datetime, timezone
+
     uri = warehouse.table_uri("metrics", constants.SILVER)
-    run_batch("metrics", [day_file(1)], settings=warehouse, spark=spark)
-    old = spark.read.format("delta").load(uri).drop("event_month").localCheckpoint()  # the layout silver had before
-    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy("event_date").save(uri)
+    # Silver as the batch job made it before: partitioned by event_date, no event_month.
+    times = pd.date_range("2014-04-01", periods=24, freq="h", tz="UTC")
+    old = pd.DataFrame({
+        "event_id": [f"memory@{moment:%Y-%m-%d %H:%M:%S}" for moment in times], "entity_id": "memory", "event_time": times,
+        "value": 1.0, "source_file": "old.csv", "event_date": times.date, "run_id": "old", "ingested_at": datetime.now(timezone.utc),
+    })
+    spark.createDataFrame(old).write.format("delta").partitionBy("event_date").save(uri)
     record = run_batch("metrics", [day_file(3)], settings=warehouse, spark=spark)
     assert record.status == "succeeded" and record.valid_rows == 24
     assert DeltaTable(uri).metadata().partition_columns == ["event_date"]

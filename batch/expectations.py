@@ -67,6 +67,7 @@ def _re2_anchored(pattern: str) -> str:
     return f"^(?:{pattern})$"
 
 
+@lru_cache(maxsize=None)  # asked once per expectation built: each pattern is compiled once a process
 def _compiles_in_re2(pattern: str) -> bool:
     try:
         pc.match_substring_regex(pa.array([""], pa.string()), _re2_anchored(pattern))  # an empty array compiles nothing

@@ -64,11 +64,12 @@ def merge_silver(spark: SparkSession, valid: DataFrame, dataset: Dataset, settin
     )
     if not storage.table_exists(uri):
         rows.limit(0).write.format("delta").partitionBy(system_tables.EVENT_MONTH.name).save(uri)
-    elif system_tables.EVENT_MONTH.name not in spark.read.format("delta").load(uri).columns:
+    silver = DeltaTable.forPath(spark, uri)
+    if system_tables.EVENT_MONTH.name not in silver.toDF().columns:
         # A silver table created before it was partitioned by month (by event_date) keeps its layout.
         rows = rows.drop(system_tables.EVENT_MONTH.name)
     merge = (
-        DeltaTable.forPath(spark, uri)
+        silver
         .alias("silver")
         .merge(rows.alias("incoming"), f"silver.{dataset.event_id} = incoming.{dataset.event_id}")
     )
